@@ -1,0 +1,34 @@
+# The interface: run, test, bench, lint. Each target sets up .venv first when it is missing.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test bench lint schemas demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)  ## broker + all services on the default ports; Ctrl-C stops everything
+	.venv/bin/yibao run
+
+demo: $(STAMP)  ## narrated scenario against a running `make run`
+	.venv/bin/yibao demo
+
+test: $(STAMP)  ## unit, integration (embedded broker, SQLite + PostgreSQL) and end-to-end tests
+	$(PY) -m pytest -q
+
+bench: $(STAMP)  ## end-to-end settlements/s and latency; JSON in var/bench.json
+	.venv/bin/yibao bench
+
+lint: $(STAMP)
+	.venv/bin/ruff check services schemas tests
+	.venv/bin/mypy services schemas
+
+schemas: $(STAMP)  ## regenerate schemas/json from the models
+	.venv/bin/yibao schemas export
+
+clean:
+	rm -rf var/*.db var/bench.json

@@ -1,0 +1,61 @@
+"""Shared field types of the wire contracts: region codes, money, enumerations."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Admdvs = Annotated[str, Field(pattern=r"^\d{6}$", description="6-digit 医保区划 code")]
+FixmedinsCode = Annotated[
+    str, Field(pattern=r"^[HP]\d{11}$", description="定点医药机构编号: H + 6-digit 区划 + 5-digit 顺序号")
+]
+Yuan = Annotated[Decimal, Field(max_digits=16, decimal_places=2, description="amount in yuan, 2 decimals")]
+
+
+class Wire(BaseModel):
+    """Base of events: unknown fields are ignored so producers may add optional fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+
+class Command(BaseModel):
+    """Base of commands: unknown fields are an error that names the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Insutype(StrEnum):
+    """险种类型: 310 职工基本医疗保险, 390 城乡居民基本医疗保险."""
+
+    EMPLOYEE = "310"
+    RESIDENT = "390"
+
+
+class PsnType(StrEnum):
+    """人员类别: 在职 or 退休 (the two the benefit rules distinguish)."""
+
+    IN_SERVICE = "11"
+    RETIRED = "21"
+
+
+class FilingType(StrEnum):
+    """异地就医备案类型: the six national filing sub-types (reference §2.3)."""
+
+    RETIRED_RELOCATED = "RETIRED_RELOCATED"  # 异地安置退休人员
+    LONG_TERM_RESIDENT = "LONG_TERM_RESIDENT"  # 异地长期居住人员
+    WORKING_REMOTE = "WORKING_REMOTE"  # 常驻异地工作人员
+    REFERRAL = "REFERRAL"  # 异地转诊就医人员
+    EMERGENCY = "EMERGENCY"  # 异地急诊抢救人员
+    OTHER_TEMP = "OTHER_TEMP"  # 其他临时外出就医人员
+
+    @property
+    def long_term(self) -> bool:
+        return self in LONG_TERM_FILINGS
+
+
+LONG_TERM_FILINGS = frozenset(
+    {FilingType.RETIRED_RELOCATED, FilingType.LONG_TERM_RESIDENT, FilingType.WORKING_REMOTE}
+)

@@ -1,0 +1,303 @@
+"""Events and commands on the wire, one model per CloudEvents type (ce_type)."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.common import (
+    Admdvs,
+    Command,
+    FilingType,
+    FixmedinsCode,
+    Insutype,
+    PsnType,
+    Wire,
+    Yuan,
+)
+
+# --- enrolment (参保登记) -------------------------------------------------------------
+
+
+class EnrolmentUpdated(Wire):
+    """参保状态变更: the whole current enrolment of a person in one pooling region.
+
+    Carries state, not a diff, so any consumer can rebuild its view from the latest event.
+    The raw ID number never travels: only `psn_no`.
+    """
+
+    psn_no: str = Field(max_length=30)
+    psn_name: str
+    gend: Literal["1", "2"] = Field(description="1 男, 2 女 (GB/T 2261.1)")
+    brdy: date
+    insuplc_admdvs: Admdvs
+    insutype: Insutype
+    psn_type: PsnType = PsnType.IN_SERVICE
+    psn_insu_stas: Literal["0", "1", "2", "3", "4"] = Field(
+        description="0 未参保, 1 正常参保, 2 暂停参保, 3 无效, 4 终止参保"
+    )
+    paid_through: date | None = Field(None, description="contributions paid up to this day")
+    voucher_active: bool = Field(False, description="医保电子凭证 activated")
+    cvlserv_flag: bool = False
+    acct_balc: Yuan = Field(Decimal("0"), description="个人账户 opening balance (职工)")
+    version: int = Field(1, description="increases with every change; older versions are ignored")
+
+
+# --- filing (异地就医备案) ------------------------------------------------------------
+
+
+class FilingStatus(StrEnum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class FilingUpdated(Wire):
+    """备案变更: the whole current state of one cross-province filing."""
+
+    fil_id: str
+    psn_no: str
+    insuplc_admdvs: Admdvs
+    fil_type: FilingType
+    target_admdvs: Admdvs = Field(description="备案地: a city or a whole province (xx0000)")
+    begndate: date
+    enddate: date | None = Field(None, description="None for long-term filings (长期有效)")
+    status: FilingStatus
+    commitment: bool = Field(False, description="承诺制: filed on a personal commitment")
+    version: int = 1
+
+
+# --- settlement (结算) ----------------------------------------------------------------
+
+
+class FeeLine(BaseModel):
+    """feedetail: one fee line as the hospital uploads it."""
+
+    feedetl_sn: str
+    med_list_codg: str
+    cnt: Decimal = Field(gt=0)
+    pric: Yuan = Field(ge=0)
+    det_item_fee_sumamt: Yuan = Field(ge=0)
+
+
+class Claim(BaseModel):
+    """A settlement request as it travels: the hospital envelope plus its input."""
+
+    msgid: str
+    infno: str
+    fixmedins_code: FixmedinsCode
+    mdtrtarea_admvs: Admdvs
+    insuplc_admdvs: Admdvs
+    psn_no: str
+    insutype: Insutype
+    med_type: str = Field(description="医疗类别: 11 普通门诊, 13 急诊, 21 普通住院 …")
+    mdtrt_cert_type: Literal["01", "02", "03"] = "02"
+    acct_used_flag: Literal["0", "1"] = "0"
+    begntime: date
+    fees: list[FeeLine]
+    deadline_ms: int = Field(description="epoch milliseconds after which nobody waits")
+
+
+class FeeSplit(BaseModel):
+    """The treatment city's split of one fee line against its catalogue (就医地目录)."""
+
+    feedetl_sn: str
+    med_list_codg: str
+    det_item_fee_sumamt: Yuan
+    chrgitm_lv: Literal["01", "02", "03"] = Field(description="01 甲, 02 乙, 03 丙/目录外")
+    selfpay_prop: Decimal
+    pric_uplmt_amt: Yuan | None = None
+    fulamt_ownpay_amt: Yuan
+    overlmt_amt: Yuan
+    preselfpay_amt: Yuan
+    inscp_scp_amt: Yuan
+    lmt_gend: Literal["1", "2"] | None = Field(None, description="item restricted to this gender")
+
+
+class HopLevel(StrEnum):
+    CITY = "city"
+    PROVINCE = "province"
+    NATIONAL = "national"
+
+
+class HopAction(StrEnum):
+    SPLIT = "split"  # treatment city: hospital check and catalogue split
+    RELAY = "relay"  # province / national: pass on
+    COMPUTE = "compute"  # insured city: eligibility, benefits, ledger
+    FINISH = "finish"  # treatment city: answer the hospital
+
+
+class RouteStep(BaseModel):
+    level: HopLevel
+    admdvs: Admdvs
+    action: HopAction
+
+
+class HopStamp(BaseModel):
+    """One entry of the hop trace: who handled the claim and when (epoch ms)."""
+
+    level: HopLevel
+    admdvs: str
+    action: HopAction
+    received_ms: int
+    sent_ms: int
+    attempt: int = 1
+
+
+class Setlinfo(BaseModel):
+    """setlinfo: the national settlement output (amounts in yuan)."""
+
+    setl_id: str
+    mdtrt_id: str
+    psn_no: str
+    psn_name: str
+    gend: str
+    insutype: str
+    psn_type: str
+    med_type: str
+    setl_time: str
+    medfee_sumamt: Yuan
+    fulamt_ownpay_amt: Yuan
+    overlmt_selfpay: Yuan
+    preselfpay_amt: Yuan
+    inscp_scp_amt: Yuan
+    act_pay_dedc: Yuan
+    hifp_pay: Yuan
+    pool_prop_selfpay: Decimal
+    cvlserv_pay: Yuan = Decimal("0.00")
+    hifmi_pay: Yuan = Decimal("0.00")
+    hifob_pay: Yuan = Decimal("0.00")
+    maf_pay: Yuan = Decimal("0.00")
+    oth_pay: Yuan = Decimal("0.00")
+    fund_pay_sumamt: Yuan
+    psn_part_amt: Yuan
+    acct_pay: Yuan
+    psn_cash_pay: Yuan
+    hosp_part_amt: Yuan = Decimal("0.00")
+    balc: Yuan
+    medins_setl_id: str
+    clr_optins: Admdvs
+    clr_type: str
+
+
+class Setldetail(BaseModel):
+    fund_pay_type: str
+    fund_pay_type_name: str
+    inscp_scp_amt: Yuan
+    fund_payamt: Yuan
+    setl_proc_info: str = ""
+
+
+class Outcome(BaseModel):
+    """What the insured city (or a failing hop) decided."""
+
+    infcode: Literal[0, -1]
+    err_code: str | None = Field(None, description="machine-readable reason of a refusal")
+    err_msg: str | None = None
+    setlinfo: Setlinfo | None = None
+    setldetail: list[Setldetail] = []
+    psn_gend: str | None = None
+
+
+class SettlementHop(Wire):
+    """A claim on its way through the hop chain (settle.city / settle.province / settle.national)."""
+
+    claim: Claim
+    route: list[RouteStep]
+    pos: int = Field(ge=0, description="index in route of the hop that must act on this message")
+    hosp_lv: Literal["1", "2", "3"] | None = Field(None, description="treating hospital's level")
+    split: list[FeeSplit] | None = None
+    outcome: Outcome | None = None
+    trace: list[HopStamp] = []
+
+
+class SettlementResult(Wire):
+    """The final answer for one hospital request (settle.hospital, settle.completed, replies)."""
+
+    msgid: str
+    infno: str
+    fixmedins_code: FixmedinsCode
+    mdtrtarea_admvs: Admdvs
+    insuplc_admdvs: Admdvs
+    psn_no: str
+    outcome: Outcome
+    split: list[FeeSplit] = []
+    trace: list[HopStamp] = []
+
+
+# --- monitoring (智能监控) ------------------------------------------------------------
+
+
+class AlertRaised(Wire):
+    """A rule hit on a settled claim, for supervisors."""
+
+    alert_id: str
+    rule_id: str
+    rule_name: str
+    fixmedins_code: FixmedinsCode
+    msgid: str
+    psn_no: str
+    setl_id: str | None = None
+    vola_cont: str = Field(description="违规内容: what was found, in words")
+    vola_amt: Yuan
+    sev_deg: str = Field(description="严重程度: 明确违规 / 高度可疑")
+    feedetl_sn: list[str] = []
+
+
+# --- commands accepted from provincial platforms and counters --------------------------
+
+
+class RegisterPerson(Command):
+    """人员登记: ID number (GB 11643) and name; the answer carries the issued psn_no."""
+
+    certno: str = Field(min_length=18, max_length=18, description="18-character 公民身份号码")
+    psn_name: str = Field(min_length=1, max_length=50)
+    admdvs: Admdvs = Field(description="region issuing the person number")
+
+
+class EnrolPerson(Command):
+    """参保登记: enrol a registered person in a pooling region."""
+
+    psn_no: str
+    insuplc_admdvs: Admdvs
+    insutype: Insutype
+    psn_type: PsnType = PsnType.IN_SERVICE
+    psn_insu_stas: Literal["1", "2", "4"] = "1"
+    paid_through: date | None = None
+    voucher_active: bool = True
+    cvlserv_flag: bool = False
+    acct_balc: Yuan = Field(Decimal("0"), ge=0)
+
+
+class FileTreatment(Command):
+    """异地就医备案: file a cross-province treatment."""
+
+    psn_no: str
+    fil_type: FilingType
+    target_admdvs: Admdvs
+    begndate: date
+    enddate: date | None = None
+    commitment: bool = False
+
+
+EVENT_TYPES: dict[str, type[BaseModel]] = {
+    "yibao.enroll.EnrolmentUpdated.v1": EnrolmentUpdated,
+    "yibao.filing.FilingUpdated.v1": FilingUpdated,
+    "yibao.settle.SettlementHop.v1": SettlementHop,
+    "yibao.settle.SettlementResult.v1": SettlementResult,
+    "yibao.monitor.AlertRaised.v1": AlertRaised,
+    "yibao.enroll.RegisterPerson.v1": RegisterPerson,
+    "yibao.enroll.EnrolPerson.v1": EnrolPerson,
+    "yibao.filing.FileTreatment.v1": FileTreatment,
+}
+_TYPE_OF = {model: name for name, model in EVENT_TYPES.items()}
+
+
+def event_type_of(model: type[BaseModel] | BaseModel) -> str:
+    """The ce_type under which a model travels."""
+    cls = model if isinstance(model, type) else type(model)
+    return _TYPE_OF[cls]

@@ -1,0 +1,64 @@
+"""Topic registry: names, keys, partition counts and the event types each topic carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RETRY_SUFFIX = ".retry"
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    types: tuple[str, ...]
+    partitions: int = 4
+    consumed: bool = True  # a consumed topic gets its own .retry and .dlq
+    retention_ms: int = 7 * 24 * 3600 * 1000
+
+    @property
+    def retry(self) -> str:
+        return self.name + RETRY_SUFFIX
+
+    @property
+    def dlq(self) -> str:
+        return self.name + DLQ_SUFFIX
+
+
+_HOP = ("yibao.settle.SettlementHop.v1",)
+_RESULT = ("yibao.settle.SettlementResult.v1",)
+
+TOPICS: dict[str, TopicSpec] = {
+    spec.name: spec
+    for spec in (
+        TopicSpec("enroll.inbound", "psn_no", ("yibao.enroll.RegisterPerson.v1", "yibao.enroll.EnrolPerson.v1")),
+        TopicSpec("enroll.events", "psn_no", ("yibao.enroll.EnrolmentUpdated.v1",)),
+        TopicSpec("filing.inbound", "psn_no", ("yibao.filing.FileTreatment.v1",)),
+        TopicSpec("filing.events", "psn_no", ("yibao.filing.FilingUpdated.v1",)),
+        TopicSpec("settle.city", "admdvs of the city that must act", _HOP),
+        TopicSpec("settle.province", "admdvs of the province that must act", _HOP),
+        TopicSpec("settle.national", "insured province admdvs", _HOP),
+        TopicSpec("settle.hospital", "fixmedins_code", _RESULT, consumed=False),
+        TopicSpec("settle.completed", "psn_no", _RESULT),
+        TopicSpec("monitor.alerts", "fixmedins_code", ("yibao.monitor.AlertRaised.v1",), consumed=False),
+    )
+}
+
+REPLY_PREFIX = "settle.reply."  # one single-partition reply topic per API instance
+
+
+def topic(name: str) -> TopicSpec:
+    """The spec of a registered topic, or of the .retry/.dlq topic derived from one."""
+    base = name.removesuffix(RETRY_SUFFIX).removesuffix(DLQ_SUFFIX)
+    return TOPICS[base]
+
+
+def all_topic_names() -> list[tuple[str, int]]:
+    """Every topic to create at start-up, with its partition count."""
+    out: list[tuple[str, int]] = []
+    for spec in TOPICS.values():
+        out.append((spec.name, spec.partitions))
+        if spec.consumed:
+            out += [(spec.retry, spec.partitions), (spec.dlq, spec.partitions)]
+    return out

@@ -1,0 +1,1 @@
+"""The shared Kafka runtime: envelope, producer, consumers, outbox, inbox, retry and dead-letter."""

@@ -1,0 +1,187 @@
+"""The Kafka client of a process: one producer, configured consumers, topic admin, epoch watch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from pydantic import BaseModel
+
+from schemas.topics import all_topic_names
+from services.bus.envelope import Headers, encode, make_headers
+from services.bus.settings import BusSettings
+
+log = logging.getLogger("yibao.bus")
+
+EPOCH_TOPIC = "yibao.epoch"  # exists while the broker keeps its data; gone after a restart
+
+
+class Bus:
+    """Everything a service process does with Kafka goes through here."""
+
+    def __init__(self, settings: BusSettings, bootstrap: str, client_id: str) -> None:
+        self.settings, self.bootstrap, self.client_id = settings, bootstrap, client_id
+        self.producer: AIOKafkaProducer | None = None
+        self._epoch_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._epoch_task: asyncio.Task[None] | None = None
+        self.epochs_seen = 0
+
+    async def start(self) -> None:
+        # aiokafka's idempotent producer fails on the embedded broker (broker-notes item 4):
+        # at-least-once with acks=all, and idempotent consumers downstream.
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
+            enable_idempotence=False, linger_ms=self.settings.linger_ms,
+            max_batch_size=self.settings.max_batch_size,
+        )
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        if self._epoch_task:
+            self._epoch_task.cancel()
+            await asyncio.gather(self._epoch_task, return_exceptions=True)
+        if self.producer:
+            await self.producer.stop()
+            self.producer = None
+
+    # --- producing --------------------------------------------------------------------
+
+    async def send_raw(self, topic: str, key: str | None, value: bytes,
+                       headers: Headers) -> asyncio.Future[Any]:
+        """Queue a record; await the returned future for the broker's acknowledgement."""
+        assert self.producer, "Bus.start() first"
+        return await self.producer.send(
+            topic, value=value, key=key.encode() if key else None, headers=headers
+        )
+
+    async def send(self, topic: str, key: str | None, event: BaseModel, source: str,
+                   **header_args: Any) -> asyncio.Future[Any]:
+        return await self.send_raw(topic, key, encode(event), make_headers(event, source, **header_args))
+
+    async def flush(self) -> None:
+        if self.producer:
+            await self.producer.flush()
+
+    # --- consuming --------------------------------------------------------------------
+
+    def consumer(self, *topics: str, group_id: str | None, slow: bool = False,
+                 **overrides: Any) -> AIOKafkaConsumer:
+        """A consumer tuned for the broker; `slow` for topics where latency does not matter."""
+        s = self.settings
+        cfg: dict[str, Any] = dict(
+            bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-{group_id or 'solo'}",
+            group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=(s.fetch_max_wait_ms * 10 if slow else s.fetch_max_wait_ms),
+            fetch_min_bytes=s.fetch_min_bytes, max_poll_records=s.max_poll_records,
+            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
+            request_timeout_ms=max(40_000, s.session_timeout_ms * 2),
+        )
+        cfg.update(overrides)
+        return AIOKafkaConsumer(*topics, **cfg)
+
+    # --- topics -----------------------------------------------------------------------
+
+    def admin(self) -> AIOKafkaAdminClient:
+        return AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+
+    async def ensure_topics(self, extra: Iterable[tuple[str, int]] = ()) -> list[str]:
+        """Create every registry topic (and .retry/.dlq) that does not exist; return the new ones."""
+        wanted = dict(all_topic_names()) | {EPOCH_TOPIC: 1} | dict(extra)
+        admin = self.admin()
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+            return [t.name for t in missing]
+        finally:
+            await admin.close()
+
+    async def create_topic(self, name: str, partitions: int = 1) -> None:
+        await self.ensure_topics([(name, partitions)])
+
+    async def delete_topic(self, name: str) -> None:
+        admin = self.admin()
+        await admin.start()
+        try:
+            await admin.delete_topics([name])
+        finally:
+            await admin.close()
+
+    async def list_topics(self) -> set[str]:
+        admin = self.admin()
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """High watermarks, correct on the embedded broker.
+
+        Its ListOffsets(LATEST) answers base offset + 1 of the last record batch (broker-notes
+        item 1), so we ask for it only as a lower bound and read the true high watermark from a
+        Fetch response at that offset - 1 with a non-zero max wait.
+        """
+        probe = self.consumer(group_id=None, fetch_max_wait_ms=100)
+        await probe.start()
+        try:
+            probe.assign(tps)
+            listed: dict[TopicPartition, int] = await probe.end_offsets(tps)
+            if not self.settings.embedded:
+                return listed
+            out: dict[TopicPartition, int] = {}
+            for tp in tps:
+                start = max(listed[tp] - 1, 0)
+                probe.seek(tp, start)
+                await probe.getmany(tp, timeout_ms=500, max_records=1)
+                hw = probe.highwater(tp)
+                out[tp] = hw if hw is not None else listed[tp]
+            return out
+        finally:
+            await probe.stop()
+
+    # --- broker epochs (broker-notes item 8) -----------------------------------------------
+
+    def on_new_epoch(self, listener: Callable[[], Awaitable[None]]) -> None:
+        self._epoch_listeners.append(listener)
+
+    def watch_epoch(self) -> None:
+        self._epoch_task = asyncio.create_task(self._watch_epoch(), name="epoch-watch")
+
+    async def _watch_epoch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.epoch_check_s)
+            try:
+                topics = await self.list_topics()
+            except Exception:
+                log.warning("broker at %s not answering", self.bootstrap)
+                continue
+            if EPOCH_TOPIC in topics:
+                continue
+            await self.handle_new_epoch()
+
+    async def handle_new_epoch(self) -> None:
+        self.epochs_seen += 1
+        log.warning("broker lost its data (new epoch %d): re-creating topics, restarting clients",
+                    self.epochs_seen)
+        await self.ensure_topics()
+        for listener in self._epoch_listeners:
+            try:
+                await listener()
+            except Exception:
+                log.exception("epoch listener failed")
+
+
+def instance_id() -> str:
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,51 @@
+"""Database engines: SQLite under var/ by default, PostgreSQL where a URL says so."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, event
+from sqlmodel import Session, SQLModel, create_engine
+
+
+def database_url(service: str, var_dir: Path) -> str:
+    """YIBAO_<SERVICE>_DATABASE_URL, else YIBAO_DATABASE_URL, else a SQLite file per service."""
+    url = os.environ.get(f"YIBAO_{service.upper()}_DATABASE_URL") or os.environ.get(
+        "YIBAO_DATABASE_URL"
+    )
+    if url:
+        return url
+    var_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{var_dir / (service + '.db')}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def create_tables(engine: Engine, tables: Sequence[type[SQLModel]]) -> None:
+    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in tables])  # type: ignore[attr-defined]
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One unit of work: everything written inside commits together or not at all."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session

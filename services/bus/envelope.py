@@ -1,0 +1,149 @@
+"""CloudEvents 1.0 Kafka binary-mode headers and JSON values, encoded and decoded in one place."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from schemas.events import EVENT_TYPES, event_type_of
+from schemas.topics import topic as topic_spec
+
+Headers = list[tuple[str, bytes]]
+
+# Extensions this runtime adds to every message (CloudEvents extension names: lowercase).
+CORRELATION = "ce_correlationid"  # the hospital's msgid
+ATTEMPT = "ce_attempt"
+DEADLINE = "ce_deadline"  # epoch ms
+HOPTRACE = "ce_hoptrace"
+REPLY_TO = "reply-to"
+DUE = "yibao-due-ms"
+CONSUMER = "yibao-consumer"
+
+
+class BadMessageError(Exception):
+    """A message no retry can fix: not JSON, wrong schema, or an unknown type."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _traceparent() -> str:
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def make_headers(
+    event: BaseModel,
+    source: str,
+    *,
+    correlation_id: str | None = None,
+    deadline_ms: int | None = None,
+    hoptrace: str | None = None,
+    reply_to: str | None = None,
+    traceparent: str | None = None,
+    attempt: int = 1,
+) -> Headers:
+    h: Headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", str(uuid.uuid4()).encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", event_type_of(event).encode()),
+        ("ce_time", datetime.now(UTC).isoformat(timespec="milliseconds").encode()),
+        ("content-type", b"application/json"),
+        ("traceparent", (traceparent or _traceparent()).encode()),
+        (ATTEMPT, str(attempt).encode()),
+    ]
+    if correlation_id:
+        h.append((CORRELATION, correlation_id.encode()))
+    if deadline_ms is not None:
+        h.append((DEADLINE, str(deadline_ms).encode()))
+    if hoptrace:
+        h.append((HOPTRACE, hoptrace.encode()))
+    if reply_to:
+        h.append((REPLY_TO, reply_to.encode()))
+    return h
+
+
+def encode(event: BaseModel) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def header_dict(headers: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in headers or ():
+        out[k] = v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
+    return out
+
+
+def replace_header(headers: Headers, name: str, value: str) -> Headers:
+    return [(k, v) for k, v in headers if k != name] + [(name, value.encode())]
+
+
+@dataclass
+class Incoming:
+    """A consumed message, validated: the handler sees the model, never raw bytes."""
+
+    topic: str  # the topic it was first published on (not the .retry topic)
+    key: str | None
+    event: Any
+    headers: dict[str, str]
+    raw_headers: Headers
+    value: bytes
+    partition: int
+    offset: int
+    attempt: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ce_type(self) -> str:
+        return self.headers.get("ce_type", "")
+
+    @property
+    def ce_id(self) -> str:
+        return self.headers.get("ce_id", "")
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get(CORRELATION)
+
+    @property
+    def deadline_ms(self) -> int | None:
+        d = self.headers.get(DEADLINE)
+        return int(d) if d else None
+
+
+def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
+           partition: int = 0, offset: int = 0) -> Incoming:
+    """Parse and validate; raises BadMessageError with a sentence that says what is wrong."""
+    raw: Headers = [(k, bytes(v)) for k, v in headers or ()]
+    hd = header_dict(raw)
+    ce_type = hd.get("ce_type")
+    allowed = topic_spec(topic).types
+    if not ce_type:
+        raise BadMessageError("missing header ce_type (CloudEvents binary mode)")
+    if ce_type not in allowed:
+        raise BadMessageError(f"unknown ce_type {ce_type!r} for topic {topic}; expected one of {allowed}")
+    if value is None:
+        raise BadMessageError("empty value (tombstone) where an event was expected")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessageError(f"value is not JSON: {exc}") from None
+    try:
+        event = EVENT_TYPES[ce_type].model_validate(data)
+    except ValidationError as exc:
+        errs = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise BadMessageError(f"value does not match {ce_type}: {errs}") from None
+    return Incoming(
+        topic=topic, key=key.decode() if key else None, event=event, headers=hd, raw_headers=raw,
+        value=value, partition=partition, offset=offset, attempt=int(hd.get(ATTEMPT, "1") or 1),
+    )

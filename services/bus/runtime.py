@@ -1,0 +1,49 @@
+"""What every service process runs: a Bus, its outbox relay, its workers, the epoch watch."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine
+
+from services.bus.client import Bus
+from services.bus.outbox import OutboxRelay
+from services.bus.settings import BusSettings
+from services.bus.worker import GiveUp, Handler, Worker
+
+log = logging.getLogger("yibao.bus.runtime")
+
+
+class ServiceRuntime:
+    def __init__(self, service: str, settings: BusSettings, bootstrap: str, engine: Engine) -> None:
+        self.service = service
+        self.bus = Bus(settings, bootstrap, client_id=f"yibao-{service}")
+        self.relay = OutboxRelay(engine, service, self.bus)
+        self.workers: list[Worker] = []
+        self.bus.on_new_epoch(self._republish)
+
+    def add_worker(self, group: str, handlers: dict[str, Handler], on_give_up: GiveUp | None = None) -> Worker:
+        w = Worker(self.bus, group, handlers, on_give_up)
+        self.workers.append(w)
+        return w
+
+    async def start(self, watch_epoch: bool = True) -> None:
+        await self.bus.start()
+        self.relay.start()
+        for w in self.workers:
+            await w.start()
+        if watch_epoch:
+            self.bus.watch_epoch()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        for w in self.workers:
+            await w.wait_assigned(timeout)
+
+    async def stop(self) -> None:
+        for w in self.workers:
+            await w.stop()
+        await self.relay.stop()
+        await self.bus.stop()
+
+    async def _republish(self) -> None:
+        self.relay.republish_recent(self.bus.settings.outbox_republish_window_s)

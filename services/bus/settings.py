@@ -1,0 +1,30 @@
+"""Settings of the Kafka runtime, read once from YIBAO_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YIBAO_", extra="ignore")
+
+    kafka_bootstrap: str | None = None  # unset: start the embedded broker
+    embedded_port: int = 9092
+    # Consumer tuning for the embedded broker (reference/broker-notes.md items 2 and 3):
+    # new data does not wake a waiting fetch, and every group join waits session/2.
+    fetch_max_wait_ms: int = 20
+    fetch_min_bytes: int = 1
+    session_timeout_ms: int = 2000
+    heartbeat_interval_ms: int = 500
+    max_poll_records: int = 500
+    linger_ms: int = 2
+    max_batch_size: int = 256 * 1024
+    retry_attempts: int = 5
+    retry_backoff_ms: int = 200
+    retry_backoff_max_ms: int = 5000
+    outbox_republish_window_s: int = 600
+    epoch_check_s: float = 2.0
+
+    @property
+    def embedded(self) -> bool:
+        return not self.kafka_bootstrap

@@ -1,0 +1,205 @@
+"""The consumer loop every service uses: validate, handle, retry without blocking, dead-letter.
+
+A handler gets a validated `Incoming`. If it raises, the message goes to `<topic>.retry`
+with the next attempt number and a due time, and the loop moves on; the retry consumer
+handles it again when due. After the attempt budget or the message's deadline, it goes to
+`<topic>.dlq` with the reason in headers (key and value unchanged) and `on_give_up` is told.
+Bad input (not JSON, wrong schema, unknown type) goes to `.dlq` at once. Nothing crashes
+the loop, and offsets are committed only for messages fully dealt with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from schemas.topics import DLQ_SUFFIX, RETRY_SUFFIX
+from services.bus.client import Bus
+from services.bus.envelope import (
+    ATTEMPT,
+    CONSUMER,
+    DUE,
+    BadMessageError,
+    Headers,
+    Incoming,
+    decode,
+    header_dict,
+    now_ms,
+    replace_header,
+)
+
+log = logging.getLogger("yibao.bus.worker")
+
+Handler = Callable[[Incoming], Awaitable[None]]
+GiveUp = Callable[[Incoming, str], Awaitable[None]]
+
+
+class PermanentError(Exception):
+    """The handler knows retrying cannot help: dead-letter at once."""
+
+
+class Worker:
+    """One consumer group over some topics, plus its retry consumer."""
+
+    def __init__(self, bus: Bus, group: str, handlers: dict[str, Handler],
+                 on_give_up: GiveUp | None = None) -> None:
+        self.bus, self.group, self.handlers, self.on_give_up = bus, group, handlers, on_give_up
+        self._consumers: list[AIOKafkaConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self.stats = {"handled": 0, "retried": 0, "dead_lettered": 0}
+        bus.on_new_epoch(self.restart)
+
+    async def start(self) -> None:
+        self._running = True
+        main = self.bus.consumer(*self.handlers, group_id=self.group)
+        retry = self.bus.consumer(*(t + RETRY_SUFFIX for t in self.handlers),
+                                  group_id=self.group + ".retry", slow=True)
+        await asyncio.gather(main.start(), retry.start())
+        self._consumers = [main, retry]
+        self._tasks = [
+            asyncio.create_task(self._loop(main, retry=False), name=f"{self.group}-main"),
+            asyncio.create_task(self._loop(retry, retry=True), name=f"{self.group}-retry"),
+        ]
+
+    async def wait_assigned(self, timeout: float = 30.0) -> None:
+        """Until both consumers have joined their group and hold partitions."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not all(c.assignment() for c in self._consumers):
+            if loop.time() > end:
+                raise TimeoutError(f"{self.group}: no partitions assigned within {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit what was done, leave the group."""
+        self._running = False
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
+        self._tasks, self._consumers = [], []
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def _loop(self, consumer: AIOKafkaConsumer, retry: bool) -> None:
+        while self._running:
+            try:
+                batches = await consumer.getmany(timeout_ms=200)
+            except Exception:
+                log.warning("%s: fetch failed; retrying", self.group, exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            done: dict[TopicPartition, int] = {}
+            for tp, records in batches.items():
+                for rec in records:
+                    if retry and not await self._wait_due(rec):
+                        break  # stopping: leave it uncommitted for the next owner
+                    await self._process(rec, retry)
+                    done[tp] = rec.offset + 1
+                else:
+                    continue
+                break
+            if done:
+                try:
+                    await self.bus.flush()
+                    await consumer.commit(done)
+                except Exception:
+                    log.warning("%s: commit failed; messages may be handled again", self.group,
+                                exc_info=True)
+
+    async def _wait_due(self, rec: ConsumerRecord[Any, Any]) -> bool:
+        hd = header_dict(rec.headers)
+        if hd.get(CONSUMER) != self.group:
+            return True  # another group's retry: _process skips it
+        wait_ms = int(hd.get(DUE, "0")) - now_ms()
+        while wait_ms > 0:
+            if not self._running:
+                return False
+            await asyncio.sleep(min(wait_ms, 100) / 1000)
+            wait_ms = int(hd.get(DUE, "0")) - now_ms()
+        return True
+
+    async def _process(self, rec: ConsumerRecord[Any, Any], retry: bool) -> None:
+        topic = rec.topic.removesuffix(RETRY_SUFFIX)
+        if retry and header_dict(rec.headers).get(CONSUMER) != self.group:
+            return
+        headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]
+        try:
+            msg = decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset)
+        except BadMessageError as exc:
+            await self._dead_letter(rec, topic, headers, exc, attempts=1)
+            return
+        deadline = msg.deadline_ms
+        if deadline is not None and now_ms() > deadline:
+            await self._give_up(rec, topic, msg, "deadline passed before this hop could act",
+                                TimeoutError("deadline passed"))
+            return
+        try:
+            await self.handlers[topic](msg)
+            self.stats["handled"] += 1
+        except PermanentError as exc:
+            await self._give_up(rec, topic, msg, str(exc), exc)
+        except Exception as exc:
+            await self._retry_or_give_up(rec, topic, msg, exc)
+
+    async def _retry_or_give_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming,
+                                exc: Exception) -> None:
+        s = self.bus.settings
+        if msg.attempt >= s.retry_attempts:
+            await self._give_up(rec, topic, msg, f"still failing after {msg.attempt} attempts: {exc}", exc)
+            return
+        delay = min(s.retry_backoff_ms * 2 ** (msg.attempt - 1), s.retry_backoff_max_ms)
+        due = now_ms() + delay
+        if msg.deadline_ms is not None and due > msg.deadline_ms:
+            await self._give_up(rec, topic, msg, f"deadline passes before the next attempt: {exc}", exc)
+            return
+        hs = replace_header(msg.raw_headers, ATTEMPT, str(msg.attempt + 1))
+        hs = replace_header(hs, DUE, str(due))
+        hs = replace_header(hs, CONSUMER, self.group)
+        hs = replace_header(hs, "yibao-last-error", f"{type(exc).__name__}: {exc}"[:500])
+        log.info("%s: %s attempt %d failed (%s); retry in %d ms [claim %s]", self.group, topic,
+                 msg.attempt, exc, delay, msg.correlation_id or msg.key)
+        await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key.decode() if rec.key else None,
+                                rec.value, hs)
+        self.stats["retried"] += 1
+
+    async def _give_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming, reason: str,
+                       exc: BaseException) -> None:
+        await self._dead_letter(rec, topic, msg.raw_headers, exc, attempts=msg.attempt, reason=reason)
+        if self.on_give_up:
+            try:
+                await self.on_give_up(msg, reason)
+            except Exception:
+                log.exception("%s: on_give_up failed for %s", self.group, msg.correlation_id)
+
+    async def _dead_letter(self, rec: ConsumerRecord[Any, Any], topic: str, headers: Headers,
+                           exc: BaseException, attempts: int, reason: str | None = None) -> None:
+        """Original key and value bytes, unchanged; the reason in headers, as Kafka Connect does."""
+        extra = {
+            "dlq-error-class": type(exc).__name__,
+            "dlq-error-message": (reason or str(exc))[:1000],
+            "dlq-original-topic": topic,
+            "dlq-original-partition": str(rec.partition),
+            "dlq-original-offset": str(rec.offset),
+            "dlq-attempts": str(attempts),
+            "dlq-consumer": self.group,
+        }
+        hs = list(headers)
+        for k, v in extra.items():
+            hs = replace_header(hs, k, v)
+        log.warning("%s: dead-lettered %s@%d/%d: %s", self.group, topic, rec.partition, rec.offset,
+                    extra["dlq-error-message"])
+        await self.bus.send_raw(topic + DLQ_SUFFIX, rec.key.decode() if rec.key else None,
+                                rec.value if rec.value is not None else b"", hs)
+        self.stats["dead_lettered"] += 1

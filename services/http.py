@@ -1,0 +1,72 @@
+"""HTTP plumbing shared by the four APIs: readable 4xx answers, /healthz, and serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("yibao.http")
+
+
+def describe_errors(errors: Any) -> str:
+    """Pydantic errors as one sentence per field: `input.data.psn_no: Field required`."""
+    parts = []
+    for e in list(errors)[:8]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or '(body)'}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI, national_paths: tuple[str, ...] = ()) -> None:
+    """Every error a caller can cause is a 4xx with a sentence; the hospital interface keeps its shape."""
+
+    def body(request: Request, status: int, message: str, extra: dict[str, Any] | None = None) -> JSONResponse:
+        if request.url.path.startswith(national_paths) if national_paths else False:
+            content: dict[str, Any] = {"infcode": -1, "err_msg": message, "output": None}
+        else:
+            content = {"error": message}
+        content.update(extra or {})
+        return JSONResponse(content, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return body(request, 422, "请求不合规 (invalid request): " + describe_errors(exc.errors()),
+                    {"detail": jsonable(exc.errors())})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return body(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ValueError)
+    async def _value(request: Request, exc: ValueError) -> JSONResponse:
+        return body(request, 400, str(exc))
+
+
+def jsonable(errors: Any) -> list[dict[str, Any]]:
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+
+
+def add_healthz(app: FastAPI, service: str, ready: Any) -> None:
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSONResponse:
+        """Liveness and readiness of this service."""
+        ok = bool(ready())
+        return JSONResponse({"service": service, "ok": ok}, status_code=200 if ok else 503)
+
+
+async def serve(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+    """Run uvicorn inside the current loop until `stop` is set."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await task

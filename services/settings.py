@@ -1,0 +1,15 @@
+"""Process-wide settings shared by every service: where state lives, how logs look."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YIBAO_", extra="ignore")
+
+    var_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"

@@ -1,0 +1,157 @@
+"""Settle API: the national hospital interface (POST /fsi/callService), claim status, fault ops."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.common import Admdvs, FixmedinsCode, Insutype
+from schemas.events import Claim, FeeLine, SettlementResult
+from services.bus.envelope import now_ms
+from services.bus.faults import Fault
+from services.http import add_healthz, install_error_handlers
+from services.settle.handlers import claim_status, result_of, submit_claim
+
+if TYPE_CHECKING:
+    from services.settle.app import SettleService
+
+SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算"}
+
+
+class FsiRequest(BaseModel):
+    """公共入参: the national request envelope (fields not listed here are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    infno: str = Field(min_length=4, max_length=5)
+    msgid: str = Field(min_length=1, max_length=30)
+    mdtrtarea_admvs: Admdvs
+    insuplc_admdvs: Admdvs
+    fixmedins_code: FixmedinsCode
+    input: dict[str, Any]
+
+
+class SettleData(BaseModel):
+    psn_no: str = Field(min_length=1, max_length=30)
+    insutype: Insutype
+    med_type: str = Field(pattern=r"^\d{2,6}$")
+    mdtrt_cert_type: Literal["01", "02", "03"] = "02"
+    acct_used_flag: Literal["0", "1"] = "0"
+    begntime: date
+
+    @field_validator("begntime", mode="before")
+    @classmethod
+    def _date_part(cls, v: Any) -> Any:
+        return v[:10] if isinstance(v, str) else v
+
+
+class SettleInput(BaseModel):
+    data: SettleData
+    feedetail: list[FeeLine] = Field(min_length=1, max_length=2000)
+
+
+def _refmsgid(admdvs: str) -> str:
+    return f"{admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
+
+
+def answer(req: FsiRequest, result: SettlementResult | None, pending_msg: str | None = None) -> dict[str, Any]:
+    """公共出参 around a settlement result (or a pending/timeout answer)."""
+    t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
+    base: dict[str, Any] = {"inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t, "respond_time": t}
+    if result is None:
+        return base | {"infcode": -1, "err_msg": pending_msg, "output": {"status": "pending", "msgid": req.msgid}}
+    o = result.outcome
+    trace = [s.model_dump(mode="json") for s in result.trace]
+    if o.infcode != 0:
+        return base | {"infcode": -1, "err_msg": o.err_msg,
+                       "output": {"err_code": o.err_code, "hop_trace": trace}}
+    return base | {"infcode": 0, "err_msg": None, "output": {
+        "setlinfo": o.setlinfo.model_dump(mode="json") if o.setlinfo else None,
+        "setldetail": [d.model_dump(mode="json") for d in o.setldetail],
+        "feedetail": [f.model_dump(mode="json") for f in result.split],
+        "hop_trace": trace,
+    }}
+
+
+def create_api(svc: SettleService) -> FastAPI:
+    app = FastAPI(title="yibao settle", description="跨省异地就医直接结算: hospital interface and hop chain")
+    install_error_handlers(app, national_paths=("/fsi",))
+    add_healthz(app, "settle", lambda: svc.runtime.bus.producer is not None)
+    known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
+
+    @app.post("/fsi/callService", tags=["hospital"])
+    async def call_service(req: FsiRequest) -> dict[str, Any]:
+        """The national hospital interface: one endpoint, the transaction chosen by infno."""
+        if req.infno not in SETTLEMENT_INFNOS:
+            raise HTTPException(400, f"infno {req.infno} is not served here yet; served: "
+                                     + ", ".join(f"{k} {v}" for k, v in SETTLEMENT_INFNOS.items()))
+        for field, code in (("mdtrtarea_admvs", req.mdtrtarea_admvs), ("insuplc_admdvs", req.insuplc_admdvs)):
+            if code not in known_regions:
+                raise HTTPException(400, f"{field} {code} is not a pooling region this platform knows "
+                                         f"(known: {', '.join(sorted(known_regions))})")
+        inp = SettleInput.model_validate(req.input)
+        deadline = now_ms() + svc.settings.deadline_ms
+        claim = Claim(
+            msgid=req.msgid, infno=req.infno, fixmedins_code=req.fixmedins_code,
+            mdtrtarea_admvs=req.mdtrtarea_admvs, insuplc_admdvs=req.insuplc_admdvs,
+            deadline_ms=deadline, fees=inp.feedetail, **inp.data.model_dump(),
+        )
+        assert svc.replies is not None
+        fut = svc.replies.expect(claim.msgid)
+        existing = await asyncio.to_thread(submit_claim, svc.ctx, claim, svc.replies.topic)
+        if existing is not None and existing.status != "pending":
+            svc.replies.forget(claim.msgid)
+            return answer(req, result_of(existing))  # the same msgid twice: the first answer
+        wait_s = (deadline - now_ms() + svc.settings.reply_grace_ms) / 1000
+        try:
+            result = await asyncio.wait_for(asyncio.shield(fut), timeout=max(wait_s, 0.1))
+            return answer(req, result)  # type: ignore[arg-type]
+        except TimeoutError:
+            svc.replies.forget(claim.msgid)
+            rec = await asyncio.to_thread(claim_status, svc.engine, claim.msgid)
+            if rec is not None and rec.status != "pending":
+                return answer(req, result_of(rec))
+            return answer(req, None, pending_msg=(
+                f"结算超时：{svc.settings.deadline_ms} ms 内未完成，结果未知；请用 msgid {req.msgid} "
+                "查询 GET /claims/{msgid}，或发起 2601 冲正"))
+
+    @app.get("/claims/{msgid}", tags=["hospital"])
+    async def get_claim(msgid: str) -> dict[str, Any]:
+        """Status of a request by msgid: pending, settled or failed, with the hop trace."""
+        rec = await asyncio.to_thread(claim_status, svc.engine, msgid)
+        if rec is None:
+            raise HTTPException(404, f"no request with msgid {msgid} was received here")
+        res = result_of(rec)
+        return {"msgid": msgid, "status": rec.status, "fixmedins_code": rec.fixmedins_code,
+                "result": res.model_dump(mode="json") if res else None}
+
+    @app.get("/ops/faults", tags=["ops"])
+    async def get_faults() -> list[Fault]:
+        """Faults injected in this process."""
+        return list(svc.ctx.faults.rules.values())
+
+    @app.put("/ops/faults", tags=["ops"])
+    async def put_fault(fault: Fault) -> list[Fault]:
+        """Make a hop down, slow or failing; all zero/false removes the fault."""
+        if fault.level not in ("city", "province", "national"):
+            raise HTTPException(422, f"level {fault.level!r}: use city, province or national")
+        svc.ctx.faults.set(fault)
+        return list(svc.ctx.faults.rules.values())
+
+    @app.delete("/ops/faults", tags=["ops"])
+    async def clear_faults() -> list[Fault]:
+        """Remove every injected fault."""
+        svc.ctx.faults.clear()
+        return []
+
+    @app.get("/ops/stats", tags=["ops"])
+    async def stats() -> dict[str, Any]:
+        """Counters of the hop workers and the outbox relay."""
+        return {"worker": svc.worker.stats, "outbox_published": svc.runtime.relay.published}
+
+    return app

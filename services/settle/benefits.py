@@ -1,0 +1,171 @@
+"""参保地政策: the benefit computation of the insured region, policies as effective-dated data.
+
+All money here is integer fen; ratios are Decimal. Every result checks that its parts add up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from schemas.common import FilingType
+from schemas.events import FeeSplit
+
+INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24", "28", "52"})
+
+
+def fen(yuan: Decimal | str | int) -> int:
+    return int((Decimal(yuan) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def mul(amount_fen: int, ratio: Decimal) -> int:
+    return int((Decimal(amount_fen) * ratio).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+class PolicyError(Exception):
+    """No policy is configured for what the claim needs."""
+
+
+@dataclass(frozen=True)
+class EncounterRule:
+    deductible_fen: dict[str, int]  # by hospital level
+    ratio: dict[str, dict[str, Decimal]]  # psn_type → level → ratio
+    annual_cap_fen: dict[str, int]  # psn_type → cap of the pooled fund
+
+
+@dataclass(frozen=True)
+class Policy:
+    admdvs: str
+    insutype: str
+    effective_from: date
+    remote_kind: str  # "ratio_reduction" (points off the ratio) or "extra_preselfpay"
+    remote_by_filing: dict[str, Decimal]
+    inpatient: EncounterRule
+    outpatient: EncounterRule
+    critical_fund: str  # hifob (职工大额) or hifmi (居民大病)
+    critical_threshold_fen: int
+    critical_ratio: Decimal
+    critical_cap_fen: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Policy:
+        def rule(r: dict[str, Any]) -> EncounterRule:
+            return EncounterRule(
+                deductible_fen={k: fen(v) for k, v in r["deductible"].items()},
+                ratio={pt: {lv: Decimal(x) for lv, x in m.items()} for pt, m in r["ratio"].items()},
+                annual_cap_fen={k: fen(v) for k, v in r["annual_cap"].items()},
+            )
+        c = d["critical"]
+        return cls(
+            admdvs=d["admdvs"], insutype=d["insutype"], effective_from=date.fromisoformat(d["effective_from"]),
+            remote_kind=d["remote"]["kind"],
+            remote_by_filing={k: Decimal(v) for k, v in d["remote"]["by_filing"].items()},
+            inpatient=rule(d["inpatient"]), outpatient=rule(d["outpatient"]), critical_fund=c["fund"],
+            critical_threshold_fen=fen(c["threshold"]), critical_ratio=Decimal(c["ratio"]),
+            critical_cap_fen=fen(c["cap"]),
+        )
+
+
+def pick_policy(policies: list[Policy], admdvs: str, insutype: str, day: date) -> Policy:
+    valid = [p for p in policies if p.admdvs == admdvs and p.insutype == insutype and p.effective_from <= day]
+    if not valid:
+        raise PolicyError(f"参保地 {admdvs} 没有险种 {insutype} 在 {day} 生效的待遇政策")
+    return max(valid, key=lambda p: p.effective_from)
+
+
+@dataclass
+class Accumulators:
+    """人员累计信息 for one person, year and insutype (5206)."""
+
+    dedc_used_ip: int = 0
+    dedc_used_op: int = 0
+    hifp_paid_ip: int = 0
+    hifp_paid_op: int = 0
+    compliant_selfpay: int = 0  # 合规自付 base of the critical-illness layer
+    critical_paid: int = 0
+
+
+@dataclass
+class Computation:
+    medfee_sumamt: int
+    fulamt_ownpay_amt: int
+    overlmt_selfpay: int
+    preselfpay_amt: int
+    inscp_scp_amt: int
+    act_pay_dedc: int
+    hifp_pay: int
+    pool_prop: Decimal
+    hifob_pay: int
+    hifmi_pay: int
+    fund_pay_sumamt: int
+    psn_part_amt: int
+    acct_pay: int
+    psn_cash_pay: int
+    balc: int
+    inpatient: bool
+    after: Accumulators = field(default_factory=Accumulators)
+
+    def check(self) -> None:
+        parts = self.fulamt_ownpay_amt + self.overlmt_selfpay + self.preselfpay_amt + self.inscp_scp_amt
+        assert parts == self.medfee_sumamt, f"line parts {parts} != total {self.medfee_sumamt}"
+        assert self.fund_pay_sumamt + self.psn_part_amt == self.medfee_sumamt, "fund + person != total"
+        assert self.acct_pay + self.psn_cash_pay == self.psn_part_amt, "account + cash != person part"
+        assert min(self.hifp_pay, self.acct_pay, self.psn_cash_pay, self.act_pay_dedc) >= 0
+
+
+def compute(policy: Policy, lines: list[FeeSplit], *, med_type: str, psn_type: str, hosp_lv: str,
+            filing: FilingType | None, acc: Accumulators, acct_balance: int,
+            use_account: bool) -> Computation:
+    """One settlement by the insured region's policy; `acc` is the year-to-date state before it."""
+    inpatient = med_type in INPATIENT_MED_TYPES
+    rule = policy.inpatient if inpatient else policy.outpatient
+    total = sum(fen(s.det_item_fee_sumamt) for s in lines)
+    fulamt = sum(fen(s.fulamt_ownpay_amt) for s in lines)
+    overlmt = sum(fen(s.overlmt_amt) for s in lines)
+    pre = sum(fen(s.preselfpay_amt) for s in lines)
+    inscp = sum(fen(s.inscp_scp_amt) for s in lines)
+
+    reduction = policy.remote_by_filing.get(filing.value, Decimal(0)) if filing else Decimal(0)
+    if policy.remote_kind == "extra_preselfpay" and reduction:
+        extra = mul(inscp, reduction)
+        pre, inscp = pre + extra, inscp - extra
+    ratio = rule.ratio.get(psn_type, rule.ratio["11"])[hosp_lv]
+    if policy.remote_kind == "ratio_reduction":
+        ratio = max(ratio - reduction, Decimal(0))
+
+    used = acc.dedc_used_ip if inpatient else acc.dedc_used_op
+    dedc = min(max(rule.deductible_fen[hosp_lv] - used, 0), inscp)
+    paid = acc.hifp_paid_ip if inpatient else acc.hifp_paid_op
+    cap_left = max(rule.annual_cap_fen.get(psn_type, rule.annual_cap_fen["11"]) - paid, 0)
+    hifp = min(mul(inscp - dedc, ratio), cap_left)
+
+    # critical-illness layer (职工大额 hifob / 居民大病 hifmi) on compliant self-pay over the threshold
+    compliant = inscp - hifp
+    base_before = max(acc.compliant_selfpay - policy.critical_threshold_fen, 0)
+    base_after = max(acc.compliant_selfpay + compliant - policy.critical_threshold_fen, 0)
+    critical = min(mul(base_after - base_before, policy.critical_ratio),
+                   max(policy.critical_cap_fen - acc.critical_paid, 0)) if inpatient else 0
+
+    fund = hifp + critical
+    person = total - fund
+    acct = min(person, acct_balance) if use_account else 0
+    after = replace(acc, compliant_selfpay=acc.compliant_selfpay + (compliant if inpatient else 0),
+                    critical_paid=acc.critical_paid + critical)
+    if inpatient:
+        after.dedc_used_ip += dedc
+        after.hifp_paid_ip += hifp
+    else:
+        after.dedc_used_op += dedc
+        after.hifp_paid_op += hifp
+    c = Computation(
+        medfee_sumamt=total, fulamt_ownpay_amt=fulamt, overlmt_selfpay=overlmt, preselfpay_amt=pre,
+        inscp_scp_amt=inscp, act_pay_dedc=dedc, hifp_pay=hifp, pool_prop=ratio,
+        hifob_pay=critical if policy.critical_fund == "hifob" else 0,
+        hifmi_pay=critical if policy.critical_fund == "hifmi" else 0,
+        fund_pay_sumamt=fund, psn_part_amt=person, acct_pay=acct, psn_cash_pay=person - acct,
+        balc=acct_balance - acct, inpatient=inpatient, after=after,
+    )
+    c.check()
+    return c

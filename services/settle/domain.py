@@ -1,0 +1,204 @@
+"""Pure settlement rules: the route through the hops, the catalogue split, and eligibility.
+
+就医地目录 (the treatment city splits each line), 参保地政策 (the insured city decides),
+就医地管理. No I/O here: functions take state and return values or raise a named error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+
+from schemas.common import FilingType
+from schemas.events import FeeLine, FeeSplit, HopAction, HopLevel, RouteStep
+
+FEN = Decimal("0.01")
+EMERGENCY_MED_TYPES = frozenset({"13", "24"})  # 急诊, 急诊转住院: deemed filed
+
+
+class RouteKind(StrEnum):
+    LOCAL = "local"  # 本地: same pooling region
+    INTRA_PROVINCE = "intra_province"  # 省内异地
+    CROSS_PROVINCE = "cross_province"  # 跨省异地
+
+
+def province_of(admdvs: str) -> str:
+    return admdvs[:2] + "0000"
+
+
+def route_kind(treat: str, insured: str) -> RouteKind:
+    if treat == insured:
+        return RouteKind.LOCAL
+    if treat[:2] == insured[:2]:
+        return RouteKind.INTRA_PROVINCE
+    return RouteKind.CROSS_PROVINCE
+
+
+def plan_route(treat: str, insured: str) -> list[RouteStep]:
+    """hospital → city(treat) → … → city(insured) computes → … → city(treat) answers."""
+    kind = route_kind(treat, insured)
+    out = [RouteStep(level=HopLevel.CITY, admdvs=treat, action=HopAction.SPLIT)]
+    if kind is not RouteKind.LOCAL:
+        out.append(RouteStep(level=HopLevel.PROVINCE, admdvs=province_of(treat), action=HopAction.RELAY))
+    if kind is RouteKind.CROSS_PROVINCE:
+        out.append(RouteStep(level=HopLevel.NATIONAL, admdvs=province_of(insured), action=HopAction.RELAY))
+        out.append(RouteStep(level=HopLevel.PROVINCE, admdvs=province_of(insured), action=HopAction.RELAY))
+    back = [RouteStep(level=s.level, admdvs=s.admdvs, action=HopAction.RELAY) for s in reversed(out[1:])]
+    compute = RouteStep(level=HopLevel.CITY, admdvs=insured, action=HopAction.COMPUTE)
+    finish = RouteStep(level=HopLevel.CITY, admdvs=treat, action=HopAction.FINISH)
+    return [*out, compute, *back, finish]
+
+
+def mirror(route: list[RouteStep], pos: int) -> int:
+    """The position on the way back that stands at the same hop as `pos` on the way out."""
+    return len(route) - 1 - pos
+
+
+# --- errors a desk clerk must understand -------------------------------------------------
+
+
+class SettlementRefusedError(Exception):
+    """A refusal with a machine code and a sentence for the hospital desk."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def refuse(code: str, message: str) -> SettlementRefusedError:
+    return SettlementRefusedError(code, message)
+
+
+# --- treatment city: hospital check and catalogue split -----------------------------------
+
+
+@dataclass(frozen=True)
+class Hospital:
+    fixmedins_code: str
+    fixmedins_name: str
+    admdvs: str
+    hosp_lv: str
+    cross_province_enabled: bool
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    code: str
+    name: str
+    chrgitm_lv: str  # 01 甲, 02 乙, 03 丙
+    selfpay_prop: Decimal
+    pric_uplmt_amt: Decimal | None
+    lmt_gend: str | None
+    med_chrgitm_type: str
+
+
+def check_hospital(h: Hospital | None, code: str, treat: str, kind: RouteKind) -> Hospital:
+    if h is None or h.admdvs != treat:
+        raise refuse("HOSPITAL_UNKNOWN", f"定点医药机构 {code} 不是就医地 {treat} 的定点机构")
+    if kind is RouteKind.CROSS_PROVINCE and not h.cross_province_enabled:
+        raise refuse("HOSPITAL_NOT_ENABLED",
+                     f"{h.fixmedins_name}({code}) 未开通跨省异地就医直接结算，请参保人先自费后回参保地报销")
+    return h
+
+
+def yuan(x: Decimal) -> Decimal:
+    return x.quantize(FEN, rounding=ROUND_HALF_UP)
+
+
+def split_line(line: FeeLine, item: CatalogueItem | None) -> FeeSplit:
+    """One fee line against the treatment-location catalogue: 甲 / 乙 先行自付 / 丙, 超限价."""
+    amt = yuan(line.det_item_fee_sumamt)
+    zero = Decimal("0.00")
+    if item is None or item.chrgitm_lv == "03":
+        return FeeSplit(
+            feedetl_sn=line.feedetl_sn, med_list_codg=line.med_list_codg, det_item_fee_sumamt=amt,
+            chrgitm_lv="03", selfpay_prop=Decimal("1"), pric_uplmt_amt=item.pric_uplmt_amt if item else None,
+            fulamt_ownpay_amt=amt, overlmt_amt=zero, preselfpay_amt=zero, inscp_scp_amt=zero,
+            lmt_gend=item.lmt_gend if item else None,  # type: ignore[arg-type]
+        )
+    overlmt = zero
+    if item.pric_uplmt_amt is not None and line.pric > item.pric_uplmt_amt:
+        overlmt = min(amt, yuan((line.pric - item.pric_uplmt_amt) * line.cnt))
+    rest = amt - overlmt
+    pre = yuan(rest * item.selfpay_prop) if item.chrgitm_lv == "02" else zero
+    return FeeSplit(
+        feedetl_sn=line.feedetl_sn, med_list_codg=line.med_list_codg, det_item_fee_sumamt=amt,
+        chrgitm_lv=item.chrgitm_lv,  # type: ignore[arg-type]
+        selfpay_prop=item.selfpay_prop, pric_uplmt_amt=item.pric_uplmt_amt,
+        fulamt_ownpay_amt=zero, overlmt_amt=overlmt, preselfpay_amt=pre, inscp_scp_amt=rest - pre,
+        lmt_gend=item.lmt_gend,  # type: ignore[arg-type]
+    )
+
+
+def apply_gender_restriction(lines: list[FeeSplit], gend: str) -> list[FeeSplit]:
+    """限性别 items billed to the other gender fall wholly to self-pay."""
+    out = []
+    for s in lines:
+        if s.lmt_gend and s.lmt_gend != gend and s.chrgitm_lv != "03":
+            s = s.model_copy(update={
+                "fulamt_ownpay_amt": s.det_item_fee_sumamt, "overlmt_amt": Decimal("0.00"),
+                "preselfpay_amt": Decimal("0.00"), "inscp_scp_amt": Decimal("0.00"),
+            })
+        out.append(s)
+    return out
+
+
+# --- insured city: eligibility -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonState:
+    psn_no: str
+    psn_name: str
+    gend: str
+    insuplc_admdvs: str
+    insutype: str
+    psn_type: str
+    psn_insu_stas: str
+    paid_through: date | None
+    voucher_active: bool
+
+
+@dataclass(frozen=True)
+class FilingState:
+    fil_id: str
+    fil_type: FilingType
+    target_admdvs: str
+    begndate: date
+    enddate: date | None
+    status: str
+
+
+def filing_covers(f: FilingState, treat: str, day: date) -> bool:
+    place = f.target_admdvs == treat or (f.target_admdvs.endswith("0000") and f.target_admdvs[:2] == treat[:2])
+    in_time = f.begndate <= day and (f.enddate is None or day <= f.enddate)
+    return f.status == "active" and place and in_time
+
+
+def check_eligibility(person: PersonState | None, filings: list[FilingState], *, psn_no: str,
+                      insuplc: str, insutype: str, treat: str, med_type: str, cert_type: str,
+                      day: date) -> FilingType | None:
+    """Decide whether the insured city pays; returns the filing type that applies, if any."""
+    if person is None or person.insuplc_admdvs != insuplc:
+        raise refuse("PERSON_UNKNOWN", f"参保地 {insuplc} 查无此人员 {psn_no}，请核对人员编号和参保地")
+    if person.insutype != insutype:
+        raise refuse("INSUTYPE_MISMATCH", f"人员 {psn_no} 未参加险种 {insutype}（参保险种为 {person.insutype}）")
+    if person.psn_insu_stas != "1":
+        raise refuse("NOT_INSURED", f"人员 {psn_no} 参保状态异常（{person.psn_insu_stas}），不能享受待遇")
+    if person.paid_through is None or person.paid_through < day:
+        raise refuse("CONTRIBUTION_LAPSED",
+                     f"人员 {psn_no} 医保缴费中断（已缴至 {person.paid_through or '无'}），请先在参保地补缴")
+    if cert_type == "01" and not person.voucher_active:
+        raise refuse("VOUCHER_INACTIVE", "医保电子凭证未激活，请在国家医保服务平台激活后再使用，或改用身份证/社保卡")
+    if route_kind(treat, insuplc) is not RouteKind.CROSS_PROVINCE:
+        return None
+    covering = [f for f in filings if filing_covers(f, treat, day)]
+    if covering:
+        return min(covering, key=lambda f: f.fil_type.long_term is False).fil_type
+    if med_type in EMERGENCY_MED_TYPES:
+        return FilingType.EMERGENCY  # 急诊抢救视同已备案
+    raise refuse("NOT_FILED",
+                 f"人员 {psn_no} 未办理到 {treat} 的有效异地就医备案，请先通过国家医保服务平台APP备案")

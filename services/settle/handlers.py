@@ -1,0 +1,372 @@
+"""Settle handlers: submit a claim, act at each hop, finish, and keep the insured city's views.
+
+The same functions serve the API and the stream workers. Each state change commits with its
+inbox record and outbox rows in one transaction; pure pass-through hops send directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import orjson
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from schemas.events import (
+    Claim,
+    EnrolmentUpdated,
+    FilingUpdated,
+    HopAction,
+    HopStamp,
+    Outcome,
+    SettlementHop,
+    SettlementResult,
+    Setldetail,
+    Setlinfo,
+)
+from services.bus import outbox
+from services.bus.client import Bus
+from services.bus.db import transaction
+from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, now_ms
+from services.bus.faults import Faults
+from services.bus.inbox import already_processed
+from services.bus.outbox import OutboxRelay
+from services.bus.worker import PermanentError
+from services.settle import benefits
+from services.settle.domain import (
+    PersonState,
+    SettlementRefusedError,
+    apply_gender_restriction,
+    check_eligibility,
+    check_hospital,
+    mirror,
+    plan_route,
+    route_kind,
+    split_line,
+)
+from services.settle.refdata import Reference
+from services.settle.store import (
+    AccountRow,
+    AccumulatorRow,
+    ClaimRecord,
+    FilingView,
+    LedgerEntry,
+    PersonView,
+    filings_of,
+    ledger_for,
+)
+
+log = logging.getLogger("yibao.settle")
+SERVICE = "settle"
+
+
+@dataclass
+class SettleContext:
+    """The ports every settle handler needs, built once by the composition root."""
+
+    engine: Engine
+    bus: Bus
+    relay: OutboxRelay
+    ref: Reference
+    faults: Faults
+
+
+def hop_topic(level: str) -> str:
+    return f"settle.{level}"
+
+
+def failure(code: str, message: str) -> Outcome:
+    return Outcome(infcode=-1, err_code=code, err_msg=message)
+
+
+# --- entry: the hospital's request ---------------------------------------------------------
+
+
+def submit_claim(ctx: SettleContext, claim: Claim, reply_to: str | None) -> ClaimRecord | None:
+    """Record the claim as pending and stage its first hop; an already-known msgid returns its record."""
+    route = plan_route(claim.mdtrtarea_admvs, claim.insuplc_admdvs)
+    hop = SettlementHop(claim=claim, route=route, pos=0)
+    with transaction(ctx.engine) as s:
+        existing = s.get(ClaimRecord, claim.msgid)
+        if existing is not None:
+            return existing
+        t = now_ms()
+        s.add(ClaimRecord(msgid=claim.msgid, infno=claim.infno, fixmedins_code=claim.fixmedins_code,
+                          insuplc_admdvs=claim.insuplc_admdvs, psn_no=claim.psn_no, status="pending",
+                          created_ms=t, updated_ms=t))
+        outbox.add(s, SERVICE, hop_topic(route[0].level), route[0].admdvs, hop,
+                   source=f"/yibao/hospital/{claim.fixmedins_code}", correlation_id=claim.msgid,
+                   deadline_ms=claim.deadline_ms, reply_to=reply_to)
+    ctx.relay.notify()
+    log.info("claim %s from %s accepted: %s route, %d legs", claim.msgid, claim.fixmedins_code,
+             route_kind(claim.mdtrtarea_admvs, claim.insuplc_admdvs).value, len(route))
+    return None
+
+
+def claim_status(engine: Engine, msgid: str) -> ClaimRecord | None:
+    with Session(engine) as s:
+        return s.get(ClaimRecord, msgid)
+
+
+# --- the hops ------------------------------------------------------------------------------
+
+
+async def handle_hop(ctx: SettleContext, msg: Incoming) -> None:
+    hop: SettlementHop = msg.event
+    if hop.pos >= len(hop.route):
+        raise PermanentError(f"hop position {hop.pos} is beyond a route of {len(hop.route)} steps")
+    step = hop.route[hop.pos]
+    if hop_topic(step.level) != msg.topic:
+        raise PermanentError(f"step {hop.pos} belongs on {hop_topic(step.level)}, not {msg.topic}")
+    await ctx.faults.check(step.level, step.admdvs)
+    received = now_ms()
+    if step.action is HopAction.SPLIT:
+        await _split(ctx, msg, hop, received)
+    elif step.action is HopAction.COMPUTE:
+        _compute(ctx, msg, hop, received)
+    elif step.action is HopAction.FINISH:
+        _stamp(hop, received, msg.attempt)
+        _finish(ctx, msg, hop)
+    else:
+        _stamp(hop, received, msg.attempt)
+        await _forward(ctx, msg, hop)
+
+
+def _stamp(hop: SettlementHop, received: int, attempt: int) -> None:
+    step = hop.route[hop.pos]
+    hop.trace.append(HopStamp(level=step.level, admdvs=step.admdvs, action=step.action,
+                              received_ms=received, sent_ms=now_ms(), attempt=attempt))
+
+
+def _next_headers(msg: Incoming, hop: SettlementHop) -> dict[str, object]:
+    # Once the insured city has decided, the answer must travel back whatever the deadline.
+    deadline = msg.deadline_ms if hop.outcome is None else None
+    trace = ">".join(f"{t.level}:{t.admdvs}" for t in hop.trace)
+    return dict(correlation_id=msg.headers.get(CORRELATION), deadline_ms=deadline,
+                reply_to=msg.headers.get(REPLY_TO), traceparent=msg.headers.get("traceparent"),
+                hoptrace=trace)
+
+
+async def _forward(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
+    hop.pos += 1
+    step = hop.route[hop.pos]
+    src = f"/yibao/settle/{hop.trace[-1].level}/{hop.trace[-1].admdvs}"
+    await ctx.bus.send(hop_topic(step.level), step.admdvs, hop, src, **_next_headers(msg, hop))  # type: ignore[arg-type]
+
+
+async def _turn_back(ctx: SettleContext, msg: Incoming, hop: SettlementHop, outcome: Outcome) -> None:
+    """A refusal on the way out: back along the mirror path, or answer at once if we are home."""
+    hop.outcome = outcome
+    hop.pos = mirror(hop.route, hop.pos)
+    if hop.route[hop.pos].action is HopAction.FINISH:
+        _finish(ctx, msg, hop)
+    else:
+        await _forward(ctx, msg, hop)
+
+
+async def _split(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> None:
+    c = hop.claim
+    kind = route_kind(c.mdtrtarea_admvs, c.insuplc_admdvs)
+    try:
+        h = check_hospital(ctx.ref.hospitals.get(c.fixmedins_code), c.fixmedins_code, c.mdtrtarea_admvs, kind)
+    except SettlementRefusedError as e:
+        _stamp(hop, received, msg.attempt)
+        await _turn_back(ctx, msg, hop, failure(e.code, e.message))
+        return
+    hop.hosp_lv = h.hosp_lv  # type: ignore[assignment]
+    hop.split = [split_line(line, ctx.ref.catalogue.get(line.med_list_codg)) for line in c.fees]
+    _stamp(hop, received, msg.attempt)
+    await _forward(ctx, msg, hop)
+
+
+def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> None:
+    """Insured city: eligibility, benefits, ledger and accumulators, exactly once per msgid."""
+    c = hop.claim
+    with transaction(ctx.engine) as s:
+        if ledger_for(s, c.msgid) is not None:
+            log.info("claim %s already settled at %s: redelivery ignored", c.msgid, c.insuplc_admdvs)
+            return
+        pv = s.get(PersonView, c.psn_no)
+        person = pv.state() if pv else None
+        try:
+            filing = check_eligibility(
+                person, filings_of(s, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
+                insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
+                cert_type=c.mdtrt_cert_type, day=c.begntime,
+            )
+            policy = benefits.pick_policy(ctx.ref.policies, c.insuplc_admdvs, c.insutype, c.begntime)
+        except (SettlementRefusedError, benefits.PolicyError) as e:
+            code = e.code if isinstance(e, SettlementRefusedError) else "NO_POLICY"
+            hop.outcome = failure(code, str(e))
+            hop.outcome.psn_gend = person.gend if person else None
+        else:
+            assert person is not None
+            hop.outcome = _settle(s, c, hop, person, policy, filing)
+        _stamp(hop, received, msg.attempt)
+        hop.pos += 1
+        nxt = hop.route[hop.pos]
+        outbox.add(s, SERVICE, hop_topic(nxt.level), nxt.admdvs, hop,
+                   source=f"/yibao/settle/city/{c.insuplc_admdvs}", **_next_headers(msg, hop))  # type: ignore[arg-type]
+    ctx.relay.notify()
+    log.info("claim %s decided at %s: infcode %s %s", c.msgid, c.insuplc_admdvs, hop.outcome.infcode,
+             hop.outcome.err_code or "")
+
+
+def _settle(s: Session, c: Claim, hop: SettlementHop, person: PersonState, policy: benefits.Policy,
+            filing: object) -> Outcome:
+    year = c.begntime.year
+    acc_row = s.get(AccumulatorRow, (c.psn_no, year, c.insutype)) or AccumulatorRow(
+        psn_no=c.psn_no, year=year, insutype=c.insutype)
+    account = s.get(AccountRow, c.psn_no) or AccountRow(psn_no=c.psn_no, balance_fen=0)
+    lines = apply_gender_restriction(hop.split or [], person.gend)
+    comp = benefits.compute(
+        policy, lines, med_type=c.med_type, psn_type=person.psn_type, hosp_lv=hop.hosp_lv or "1",
+        filing=filing, acc=acc_row.values(), acct_balance=account.balance_fen,  # type: ignore[arg-type]
+        use_account=c.acct_used_flag == "1" and c.insutype == "310",
+    )
+    setl_id = f"{c.insuplc_admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
+    outcome = Outcome(infcode=0, setlinfo=_setlinfo(c, person, comp, setl_id),
+                      setldetail=_setldetail(c, comp), psn_gend=person.gend)
+    acc_row.apply(comp.after)
+    account.balance_fen = comp.balc
+    s.add(acc_row)
+    s.add(account)
+    s.add(LedgerEntry(
+        setl_id=setl_id, msgid=c.msgid, psn_no=c.psn_no, insuplc_admdvs=c.insuplc_admdvs,
+        mdtrtarea_admvs=c.mdtrtarea_admvs, fixmedins_code=c.fixmedins_code, year=year,
+        medfee_fen=comp.medfee_sumamt, fund_fen=comp.fund_pay_sumamt, hifp_fen=comp.hifp_pay,
+        acct_fen=comp.acct_pay, cash_fen=comp.psn_cash_pay,
+        outcome=outcome.model_dump_json().encode(), created_ms=now_ms(),
+    ))
+    return outcome
+
+
+def _y(f: int) -> Decimal:
+    return (Decimal(f) / 100).quantize(Decimal("0.01"))
+
+
+def _setlinfo(c: Claim, p: PersonState, comp: benefits.Computation, setl_id: str) -> Setlinfo:
+    return Setlinfo(
+        setl_id=setl_id, mdtrt_id=f"MD{setl_id[6:]}", psn_no=c.psn_no, psn_name=p.psn_name, gend=p.gend,
+        insutype=c.insutype, psn_type=p.psn_type, med_type=c.med_type,
+        setl_time=f"{datetime.now():%Y-%m-%d %H:%M:%S}",
+        medfee_sumamt=_y(comp.medfee_sumamt), fulamt_ownpay_amt=_y(comp.fulamt_ownpay_amt),
+        overlmt_selfpay=_y(comp.overlmt_selfpay), preselfpay_amt=_y(comp.preselfpay_amt),
+        inscp_scp_amt=_y(comp.inscp_scp_amt), act_pay_dedc=_y(comp.act_pay_dedc),
+        hifp_pay=_y(comp.hifp_pay), pool_prop_selfpay=comp.pool_prop, hifob_pay=_y(comp.hifob_pay),
+        hifmi_pay=_y(comp.hifmi_pay), fund_pay_sumamt=_y(comp.fund_pay_sumamt),
+        psn_part_amt=_y(comp.psn_part_amt), acct_pay=_y(comp.acct_pay),
+        psn_cash_pay=_y(comp.psn_cash_pay), balc=_y(comp.balc), medins_setl_id=c.msgid,
+        clr_optins=c.insuplc_admdvs, clr_type="21" if comp.inpatient else "11",
+    )
+
+
+def _setldetail(c: Claim, comp: benefits.Computation) -> list[Setldetail]:
+    emp = c.insutype == "310"
+    rows = [
+        ("310100" if emp else "390100", "职工基本医疗保险统筹基金" if emp else "城乡居民基本医疗保险基金", comp.hifp_pay),
+        ("330100", "职工大额医疗费用补助基金", comp.hifob_pay),
+        ("390200", "城乡居民大病医疗保险资金", comp.hifmi_pay),
+        ("310200", "职工基本医疗保险个人账户", comp.acct_pay),
+    ]
+    return [Setldetail(fund_pay_type=t, fund_pay_type_name=n, inscp_scp_amt=_y(comp.inscp_scp_amt),
+                       fund_payamt=_y(a)) for t, n, a in rows if a]
+
+
+def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
+    """Treatment city: record the answer and publish it to the hospital, once."""
+    c = hop.claim
+    outcome = hop.outcome or failure("NO_DECISION", "结算链路未返回结果")
+    result = SettlementResult(
+        msgid=c.msgid, infno=c.infno, fixmedins_code=c.fixmedins_code,
+        mdtrtarea_admvs=c.mdtrtarea_admvs, insuplc_admdvs=c.insuplc_admdvs, psn_no=c.psn_no,
+        outcome=outcome, split=hop.split or [], trace=hop.trace,
+    )
+    src = f"/yibao/settle/city/{c.mdtrtarea_admvs}"
+    hdr = dict(correlation_id=c.msgid, traceparent=msg.headers.get("traceparent"))
+    with transaction(ctx.engine) as s:
+        rec = s.get(ClaimRecord, c.msgid)
+        if rec is not None and rec.status != "pending":
+            return  # answered before: a redelivery
+        if rec is None:
+            rec = ClaimRecord(msgid=c.msgid, infno=c.infno, fixmedins_code=c.fixmedins_code,
+                              insuplc_admdvs=c.insuplc_admdvs, psn_no=c.psn_no, status="pending",
+                              created_ms=now_ms(), updated_ms=now_ms())
+        rec.status = "settled" if outcome.infcode == 0 else "failed"
+        rec.result = result.model_dump_json().encode()
+        rec.updated_ms = now_ms()
+        s.add(rec)
+        outbox.add(s, SERVICE, "settle.hospital", c.fixmedins_code, result, source=src, **hdr)  # type: ignore[arg-type]
+        if outcome.infcode == 0:
+            outbox.add(s, SERVICE, "settle.completed", c.psn_no, result, source=src, **hdr)  # type: ignore[arg-type]
+        reply_to = msg.headers.get(REPLY_TO)
+        if reply_to:
+            outbox.add(s, SERVICE, reply_to, c.msgid, result, source=src, **hdr)  # type: ignore[arg-type]
+    ctx.relay.notify()
+    log.info("claim %s answered to %s: infcode %s %s (%d hops, %d ms)", c.msgid, c.fixmedins_code,
+             outcome.infcode, outcome.err_code or "", len(hop.trace), now_ms() - (hop.trace[0].received_ms if hop.trace else now_ms()))
+
+
+async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
+    """A hop gave up (budget or deadline): the hospital gets an answer now, not never."""
+    if not isinstance(msg.event, SettlementHop):
+        return
+    hop: SettlementHop = msg.event
+    if hop.outcome is None:
+        step = hop.route[min(hop.pos, len(hop.route) - 1)]
+        code = "DEADLINE" if "deadline" in reason else "HOP_DOWN"
+        text = (f"结算超时：{step.level} {step.admdvs} 未能在时限内处理，请稍后用原 msgid 查询结果"
+                if code == "DEADLINE" else
+                f"结算链路故障：{step.level} {step.admdvs} 多次重试仍不可用（{reason}），请稍后重试")
+        hop.outcome = failure(code, text)
+    _finish(ctx, msg, hop)
+
+
+# --- the insured city's views ----------------------------------------------------------------
+
+
+async def apply_enrolment(ctx: SettleContext, msg: Incoming) -> None:
+    e: EnrolmentUpdated = msg.event
+    with transaction(ctx.engine) as s:
+        if already_processed(s, "settle.person-view", msg.ce_id):
+            return
+        row = s.get(PersonView, e.psn_no)
+        if row is not None and row.version > e.version:
+            return
+        row = row or PersonView(psn_no=e.psn_no, psn_name=e.psn_name, gend=e.gend,
+                                insuplc_admdvs=e.insuplc_admdvs, insutype=e.insutype,
+                                psn_type=e.psn_type, psn_insu_stas=e.psn_insu_stas)
+        for k in ("psn_name", "gend", "insuplc_admdvs", "insutype", "psn_type", "psn_insu_stas",
+                  "paid_through", "voucher_active", "version"):
+            setattr(row, k, getattr(e, k))
+        s.add(row)
+        if s.get(AccountRow, e.psn_no) is None:
+            s.add(AccountRow(psn_no=e.psn_no, balance_fen=benefits.fen(e.acct_balc)))
+
+
+async def apply_filing(ctx: SettleContext, msg: Incoming) -> None:
+    e: FilingUpdated = msg.event
+    with transaction(ctx.engine) as s:
+        if already_processed(s, "settle.filing-view", msg.ce_id):
+            return
+        row = s.get(FilingView, e.fil_id)
+        if row is not None and row.version > e.version:
+            return
+        row = row or FilingView(fil_id=e.fil_id, psn_no=e.psn_no, fil_type=e.fil_type,
+                                target_admdvs=e.target_admdvs, begndate=e.begndate, status=e.status)
+        for k in ("fil_type", "target_admdvs", "begndate", "enddate", "status", "version"):
+            setattr(row, k, getattr(e, k))
+        s.add(row)
+
+
+def ledger_of(engine: Engine, psn_no: str) -> list[LedgerEntry]:
+    with Session(engine) as s:
+        return list(s.exec(select(LedgerEntry).where(LedgerEntry.psn_no == psn_no)).all())
+
+
+def result_of(rec: ClaimRecord) -> SettlementResult | None:
+    return SettlementResult.model_validate(orjson.loads(rec.result)) if rec.result else None

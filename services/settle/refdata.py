@@ -1,0 +1,38 @@
+"""Reference data of the settle service: hospitals, the treatment catalogue, policies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from services.settle.benefits import Policy
+from services.settle.domain import CatalogueItem, Hospital
+
+REFDATA = Path(__file__).parent / "refdata"
+
+
+@dataclass(frozen=True)
+class Reference:
+    hospitals: dict[str, Hospital]
+    catalogue: dict[str, CatalogueItem]
+    policies: list[Policy]
+
+    @classmethod
+    def load(cls, directory: Path = REFDATA) -> Reference:
+        def read(name: str) -> dict:  # type: ignore[type-arg]
+            return json.loads((directory / name).read_text(encoding="utf-8"))
+
+        hospitals = {h["fixmedins_code"]: Hospital(**h) for h in read("hospitals.json")["hospitals"]}
+        catalogue = {
+            i["code"]: CatalogueItem(
+                code=i["code"], name=i["name"], chrgitm_lv=i["chrgitm_lv"],
+                selfpay_prop=Decimal(i["selfpay_prop"]),
+                pric_uplmt_amt=Decimal(i["pric_uplmt_amt"]) if i["pric_uplmt_amt"] else None,
+                lmt_gend=i["lmt_gend"], med_chrgitm_type=i["med_chrgitm_type"],
+            )
+            for i in read("catalogue.json")["items"]
+        }
+        policies = [Policy.from_json(p) for p in read("policies.json")["policies"]]
+        return cls(hospitals, catalogue, policies)

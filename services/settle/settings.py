@@ -1,0 +1,19 @@
+"""Settings of the settle service (YIBAO_SETTLE_*)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettleSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YIBAO_SETTLE_", extra="ignore")
+
+    port: int = 8103
+    levels: str = "city,province,national"  # the hop levels this process serves
+    deadline_ms: int = 10_000  # how long a hospital request may take end to end (秒结)
+    reply_grace_ms: int = 1_000  # extra wait for an answer decided just before the deadline
+    faults: str = ""  # e.g. "city:360100=down;province:*=slow:50"
+
+    @property
+    def level_list(self) -> list[str]:
+        return [x.strip() for x in self.levels.split(",") if x.strip()]
