@@ -41,6 +41,20 @@ class Bus:
             max_batch_size=self.settings.max_batch_size,
         )
         await self.producer.start()
+        await self.pin_producer_topics()
+
+    async def pin_producer_topics(self) -> None:
+        """Keep every registry topic in the producer's metadata.
+
+        aiokafka asks for metadata only of the topics in its own interest set, and a topic it
+        learnt from the first full answer is never put in that set. The first send to a new
+        topic (a reply topic) then narrows the metadata to that one topic, and sends to the
+        others wait for a leader until the request times out (40 s, seen on the embedded broker
+        as NotLeaderForPartitionError). Naming all of them keeps every refresh complete.
+        """
+        assert self.producer is not None
+        names = [n for n, _ in all_topic_names()] + [EPOCH_TOPIC]
+        await self.producer.client.set_topics(names)
 
     async def stop(self) -> None:
         if self._epoch_task:
@@ -176,6 +190,8 @@ class Bus:
         log.warning("broker lost its data (new epoch %d): re-creating topics, restarting clients",
                     self.epochs_seen)
         await self.ensure_topics()
+        if self.producer is not None:
+            await self.pin_producer_topics()
         for listener in self._epoch_listeners:
             try:
                 await listener()

@@ -109,7 +109,10 @@ class OutboxRelay:
             for r in rows:
                 hs = [(k, v.encode()) for k, v in orjson.loads(r.headers)]
                 futures.append(await self.bus.send_raw(r.topic, r.key, r.value, hs))
-            await asyncio.gather(*futures)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [(r.topic, res) for r, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {len(rows)} sends failed, first {failed[0][0]}: {failed[0][1]!r}")
             ids = [r.id for r in rows]
             s.exec(update(OutboxRow).where(OutboxRow.id.in_(ids)).values(sent_ms=now_ms()))  # type: ignore[union-attr,call-overload]
         self.published += len(rows)

@@ -154,4 +154,17 @@ def create_api(svc: SettleService) -> FastAPI:
         """Counters of the hop workers and the outbox relay."""
         return {"worker": svc.worker.stats, "outbox_published": svc.runtime.relay.published}
 
+    add_person_status(app, svc)
     return app
+
+
+def add_person_status(app: FastAPI, svc: SettleService) -> None:
+    from services.settle.handlers import person_status
+
+    @app.get("/persons/{psn_no}/status", tags=["hospital"])
+    async def status(psn_no: str, year: int | None = None) -> dict[str, Any]:
+        """What the insured city knows of a person: enrolment, filings, year-to-date accumulators."""
+        found = await asyncio.to_thread(person_status, svc.engine, psn_no, year or date.today().year)
+        if found is None:
+            raise HTTPException(404, f"the insured city has no enrolment for {psn_no} (yet)")
+        return found

@@ -368,5 +368,18 @@ def ledger_of(engine: Engine, psn_no: str) -> list[LedgerEntry]:
         return list(s.exec(select(LedgerEntry).where(LedgerEntry.psn_no == psn_no)).all())
 
 
+def person_status(engine: Engine, psn_no: str, year: int) -> dict[str, object] | None:
+    with Session(engine) as s:
+        pv = s.get(PersonView, psn_no)
+        if pv is None:
+            return None
+        acc = [a.model_dump() for a in s.exec(
+            select(AccumulatorRow).where(AccumulatorRow.psn_no == psn_no, AccumulatorRow.year == year)).all()]
+        account = s.get(AccountRow, psn_no)
+        filings = s.exec(select(FilingView).where(FilingView.psn_no == psn_no)).all()
+        return {"person": pv.model_dump(mode="json"), "filings": [f.model_dump(mode="json") for f in filings],
+                "accumulators_fen": acc, "acct_balance_fen": account.balance_fen if account else 0}
+
+
 def result_of(rec: ClaimRecord) -> SettlementResult | None:
     return SettlementResult.model_validate(orjson.loads(rec.result)) if rec.result else None

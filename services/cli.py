@@ -1,0 +1,103 @@
+"""`yibao`: run the platform, one worker, the demo, the benchmark, or export the schemas."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from services.platform import DEFAULT_PORTS, Platform, setup_logging
+
+    setup_logging(os.environ.get("YIBAO_LOG_LEVEL", "INFO"))
+    print("yibao: starting the platform (Ctrl-C stops everything)")
+    p = Platform(broker_port=int(os.environ.get("YIBAO_EMBEDDED_PORT", "9092")),
+                 ports={k: int(os.environ.get(f"YIBAO_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()})
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        p.start()
+    except RuntimeError as exc:
+        sys.exit(f"yibao: {exc}")
+    from services.settle.refdata import Reference
+    ref = Reference.load()
+    print(f"  refdata   {len(ref.hospitals)} hospitals, {len(ref.catalogue)} catalogue items, "
+          f"{len(ref.policies)} policies (services/settle/refdata)")
+    for name in DEFAULT_PORTS:
+        print(f"  {name:<9} {p.url(name)}   (docs {p.url(name)}/docs)")
+    print("yibao: ready. Try `make demo` in another terminal.")
+    try:
+        while not stop:
+            signal.pause()
+    finally:
+        print("\nyibao: stopping services and broker…")
+        p.stop()
+        print("yibao: stopped.")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from services.platform import run_service
+    from services.settle.settings import SettleSettings
+
+    if args.service != "settle":
+        from services.platform import run_service as run
+        run(args.service)
+        return
+    run_service("settle", settings=SettleSettings(levels=args.level), with_api=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from services.demo import main
+
+    main(args.host)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from services.bench import main
+
+    main()
+
+
+def cmd_schemas(args: argparse.Namespace) -> None:
+    from schemas.export import export
+
+    for path in export():
+        print(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="yibao", description="Cross-province medical-insurance direct settlement over Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start the broker and every service; print the URLs; Ctrl-C stops all").set_defaults(func=cmd_run)
+    w = sub.add_parser("worker", help="run one service's stream workers alone (settle: one hop level)",
+                       description="Run a service without the others. For settle, --level picks the hop "
+                                   "level(s) this process serves; start the platform with "
+                                   "YIBAO_SETTLE_LEVELS set to the other levels so that each level "
+                                   "has exactly one owner.")
+    w.add_argument("service", choices=["enroll", "filing", "settle", "monitor"])
+    w.add_argument("--level", default="city,province,national", help="settle hop level(s), comma separated")
+    w.set_defaults(func=cmd_worker)
+    d = sub.add_parser("demo", help="narrated scenario against a running `yibao run`")
+    d.add_argument("--host", default="127.0.0.1")
+    d.set_defaults(func=cmd_demo)
+    sub.add_parser("bench", help="self-contained benchmark; BENCH_SECONDS sets the duration; JSON to var/bench.json").set_defaults(func=cmd_bench)
+    s = sub.add_parser("schemas", help="contracts")
+    s.add_argument("action", choices=["export"])
+    s.set_defaults(func=cmd_schemas)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()

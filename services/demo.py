@@ -1,0 +1,121 @@
+"""`yibao demo`: a narrated scenario against a running platform (`make run`)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+
+from services.enroll.domain import with_check_char
+from services.platform import DEFAULT_PORTS
+
+HOSPITAL = "H44010400001"  # 广州市第一人民医院, 三级, cross-province enabled
+
+
+def say(text: str) -> None:
+    print(f"\n▶ {text}")
+
+
+def msgid(fixmedins_code: str) -> str:
+    return f"{fixmedins_code}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**4):04d}"
+
+
+def wait_for(what: str, probe: Any, timeout: float = 15.0) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise SystemExit(f"gave up waiting for {what} after {timeout}s: is `make run` up?")
+        time.sleep(0.2)
+
+
+def fee_lines() -> list[dict[str, Any]]:
+    return [
+        {"feedetl_sn": "1", "med_list_codg": "001102000010000", "cnt": 1, "pric": "25.00", "det_item_fee_sumamt": "25.00"},
+        {"feedetl_sn": "2", "med_list_codg": "XC09CAL032A001010100512", "cnt": 30, "pric": "4.00", "det_item_fee_sumamt": "120.00"},
+        {"feedetl_sn": "3", "med_list_codg": "003311000020000", "cnt": 1, "pric": "180.00", "det_item_fee_sumamt": "180.00"},
+        {"feedetl_sn": "4", "med_list_codg": "XN02BEA086A001010100777", "cnt": 2, "pric": "18.50", "det_item_fee_sumamt": "37.00"},
+        {"feedetl_sn": "5", "med_list_codg": "002703000030000", "cnt": 1, "pric": "150.00", "det_item_fee_sumamt": "150.00"},
+    ]
+
+
+def main(host: str = "127.0.0.1") -> None:
+    url = {k: f"http://{host}:{p}" for k, p in DEFAULT_PORTS.items()}
+    c = httpx.Client(timeout=30)
+    for name, u in url.items():
+        try:
+            c.get(u + "/healthz").raise_for_status()
+        except httpx.HTTPError:
+            raise SystemExit(f"{name} does not answer at {u}: start the platform with `make run` first") from None
+
+    say("1. 参保登记 — a 南昌 (360100) employee is registered and enrolled in 职工医保 (310)")
+    certno = with_check_char(f"360102{1975 + secrets.randbelow(20)}0612{secrets.randbelow(500) * 2 + 1:03d}")
+    r = c.post(url["enroll"] + "/persons", json={"certno": certno, "psn_name": "李建国", "admdvs": "360100"})
+    r.raise_for_status()
+    psn = r.json()
+    print(f"  registered {psn['psn_name']} ({psn['certno']}), gender {psn['gend']}, born {psn['brdy']} → psn_no {psn['psn_no']}")
+    r = c.post(url["enroll"] + "/enrolments", json={
+        "psn_no": psn["psn_no"], "insuplc_admdvs": "360100", "insutype": "310", "psn_type": "11",
+        "paid_through": f"{date.today().year}-12-31", "voucher_active": True, "acct_balc": "3000.00"})
+    r.raise_for_status()
+    print("  enrolled: 360100 职工医保, 在职, contributions paid to year end, 个人账户 3000.00 → enroll.events")
+
+    say("2. 异地就医备案 — he files 异地转诊 (referral) to 广州 (440100)")
+    def try_file() -> Any:
+        r = c.post(url["filing"] + "/filings", json={
+            "psn_no": psn["psn_no"], "fil_type": "REFERRAL", "target_admdvs": "440100",
+            "begndate": date.today().isoformat()})
+        return r.json() if r.status_code == 201 else None
+    filing = wait_for("the filing service to see the enrolment", try_file)
+    print(f"  filing {filing['fil_id']}: REFERRAL → 440100, valid {filing['begndate']} … {filing['enddate']} → filing.events")
+    wait_for("the insured city to see the filing", lambda: (
+        (r := c.get(f"{url['settle']}/persons/{psn['psn_no']}/status")).status_code == 200 and r.json()["filings"]))
+
+    say(f"3. 门诊结算 (2207) at {HOSPITAL} 广州市第一人民医院 — the claim crosses every hop")
+    req = {"infno": "2207", "msgid": msgid(HOSPITAL), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
+           "fixmedins_code": HOSPITAL, "fixmedins_name": "广州市第一人民医院", "infver": "V1.0",
+           "opter_type": "1", "opter": "0001", "opter_name": "收费员",
+           "inf_time": f"{datetime.now():%Y-%m-%d %H:%M:%S}",
+           "input": {"data": {"psn_no": psn["psn_no"], "insutype": "310", "med_type": "11",
+                              "mdtrt_cert_type": "02", "acct_used_flag": "1",
+                              "begntime": f"{datetime.now():%Y-%m-%d %H:%M:%S}"},
+                     "feedetail": fee_lines()}}
+    t0 = time.perf_counter()
+    ans = c.post(url["settle"] + "/fsi/callService", json=req).json()
+    ms = (time.perf_counter() - t0) * 1000
+    if ans["infcode"] != 0:
+        raise SystemExit(f"  settlement refused: {ans['err_msg']}")
+    out = ans["output"]
+    s = out["setlinfo"]
+    print(f"  answered in {ms:.0f} ms, infcode 0, setl_id {s['setl_id']}")
+    print("\n  fee lines as split by the treatment city's catalogue (就医地目录):")
+    print(f"  {'sn':>3} {'item':<24} {'lv':>3} {'amount':>9} {'全自费':>8} {'超限价':>8} {'先自付':>8} {'范围内':>9}")
+    for f in out["feedetail"]:
+        print(f"  {f['feedetl_sn']:>3} {f['med_list_codg']:<24} {f['chrgitm_lv']:>3} {f['det_item_fee_sumamt']:>9} "
+              f"{f['fulamt_ownpay_amt']:>8} {f['overlmt_amt']:>8} {f['preselfpay_amt']:>8} {f['inscp_scp_amt']:>9}")
+    print("\n  one-bill split by the insured city's policy (参保地政策, 360100, REFERRAL: +10% 先行自付):")
+    for k, label in [("medfee_sumamt", "医疗费总额"), ("fulamt_ownpay_amt", "全自费"), ("overlmt_selfpay", "超限价自费"),
+                     ("preselfpay_amt", "先行自付"), ("inscp_scp_amt", "符合政策范围"), ("act_pay_dedc", "起付线"),
+                     ("pool_prop_selfpay", "统筹支付比例"), ("hifp_pay", "统筹基金支付"), ("fund_pay_sumamt", "基金支付总额"),
+                     ("psn_part_amt", "个人负担"), ("acct_pay", "个人账户支付"), ("psn_cash_pay", "现金支付"), ("balc", "账户余额")]:
+        print(f"    {label:<10} {k:<18} {s[k]:>10}")
+    print("\n  hop trace (ms since the first hop received the claim):")
+    t_first = out["hop_trace"][0]["received_ms"]
+    prev = None
+    for h in out["hop_trace"]:
+        transit = f"+{h['received_ms'] - prev:>3} ms in transit" if prev else ""
+        print(f"    {h['received_ms'] - t_first:>5} ms  {h['level']:<8} {h['admdvs']}  {h['action']:<7} {transit}")
+        prev = h["sent_ms"]
+
+    say("4. 智能监控 — 宫颈细胞学检查 is restricted to women; the claim was billed for a man")
+    alerts = wait_for("the gender-rule alert", lambda: c.get(
+        url["monitor"] + "/alerts", params={"msgid": req["msgid"]}).json())
+    for a in alerts:
+        print(f"  ALERT {a['rule_id']} {a['rule_name']} [{a['sev_deg']}] at {a['fixmedins_code']}: "
+              f"{a['vola_cont']} (¥{a['vola_amt']})")
+    print(f"\n  The same msgid again returns the first answer; status: GET {url['settle']}/claims/{req['msgid']}")

@@ -1,0 +1,1 @@
+"""enroll service."""

@@ -1,0 +1,43 @@
+"""Filing's tables: the filings it owns and its own view of enroll.events."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlmodel import Field, SQLModel
+
+from services.bus.inbox import InboxRecord
+from services.bus.outbox import OutboxRow
+from services.filing.domain import EnrolmentStatus
+
+
+class EnrolmentView(SQLModel, table=True):
+    __tablename__ = "filing_enrolment_view"
+
+    psn_no: str = Field(primary_key=True, max_length=30)
+    insuplc_admdvs: str = Field(max_length=6)
+    psn_insu_stas: str = Field(max_length=1)
+    paid_through: date | None = None
+    version: int = 0
+
+    def status(self) -> EnrolmentStatus:
+        return EnrolmentStatus(self.psn_no, self.insuplc_admdvs, self.psn_insu_stas, self.paid_through)
+
+
+class Filing(SQLModel, table=True):
+    __tablename__ = "filing_filing"
+
+    fil_id: str = Field(primary_key=True, max_length=40)
+    psn_no: str = Field(index=True, max_length=30)
+    insuplc_admdvs: str = Field(max_length=6)
+    fil_type: str = Field(max_length=30)
+    target_admdvs: str = Field(max_length=6)
+    begndate: date
+    enddate: date | None = None
+    status: str = Field(max_length=10)
+    commitment: bool = False
+    version: int = 1
+    created_ms: int
+
+
+TABLES = [EnrolmentView, Filing, InboxRecord, OutboxRow]

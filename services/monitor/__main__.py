@@ -1,0 +1,6 @@
+"""python -m services.monitor: run the monitor service (API and stream workers) until SIGINT/SIGTERM."""
+
+from services.platform import run_service
+
+if __name__ == "__main__":
+    run_service("monitor")

@@ -1,0 +1,154 @@
+"""Running the platform: one service in this process, or the broker plus every service as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.bus.broker import EmbeddedBroker
+from services.bus.client import Bus
+from services.bus.settings import BusSettings
+from services.http import serve
+from services.settings import CommonSettings
+from services.service import Service
+
+log = logging.getLogger("yibao.platform")
+SERVICES = ("enroll", "filing", "settle", "monitor")
+DEFAULT_PORTS = {"enroll": 8101, "filing": 8102, "settle": 8103, "monitor": 8104}
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s [%(name)s] %(message)s",
+                        stream=sys.stdout, force=True)
+    for noisy in ("aiokafka", "kafka", "httpx", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_service(name: str, bootstrap: str, **kw: Any) -> Service:
+    if name == "enroll":
+        from services.enroll.app import EnrollService
+        return EnrollService(bootstrap, **kw)
+    if name == "filing":
+        from services.filing.app import FilingService
+        return FilingService(bootstrap, **kw)
+    if name == "settle":
+        from services.settle.app import SettleService
+        return SettleService(bootstrap, **kw)
+    if name == "monitor":
+        from services.monitor.app import MonitorService
+        return MonitorService(bootstrap, **kw)
+    raise ValueError(f"unknown service {name!r}: one of {', '.join(SERVICES)}")
+
+
+def require_bootstrap() -> str:
+    bootstrap = BusSettings().kafka_bootstrap
+    if not bootstrap:
+        raise SystemExit("YIBAO_KAFKA_BOOTSTRAP is not set: start the platform with `yibao run`, "
+                         "or point this process at a running broker")
+    return bootstrap
+
+
+async def _serve_until_signalled(svc: Service, with_http: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await svc.start()
+    await svc.wait_ready(60)
+    if with_http and svc.app is not None:
+        log.info("%s ready on http://%s:%d", svc.name, CommonSettings().host, svc.port)
+        await serve(svc.app, CommonSettings().host, svc.port, stop)
+    else:
+        log.info("%s worker ready", svc.name)
+        await stop.wait()
+    log.info("%s stopping: finishing in-flight work", svc.name)
+    await svc.stop()
+
+
+def run_service(name: str, **kw: Any) -> None:
+    """Entry of `python -m services.<name>`: serve one service until SIGINT/SIGTERM."""
+    setup_logging(CommonSettings().log_level)
+    svc = build_service(name, require_bootstrap(), **kw)
+    asyncio.run(_serve_until_signalled(svc, with_http=svc.app is not None))
+
+
+async def create_topics(bootstrap: str) -> list[str]:
+    bus = Bus(BusSettings(), bootstrap, "yibao-setup")
+    return await bus.ensure_topics()
+
+
+@dataclass
+class Platform:
+    """The broker (embedded unless YIBAO_KAFKA_BOOTSTRAP is set) and one OS process per service."""
+
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    broker_port: int = 9092
+    var_dir: Path = Path("var")
+    env: dict[str, str] = field(default_factory=dict)
+    broker: EmbeddedBroker | None = None
+    bootstrap: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        self.bootstrap = os.environ.get("YIBAO_KAFKA_BOOTSTRAP", "")
+        if not self.bootstrap:
+            self.broker = EmbeddedBroker(self.broker_port, self.var_dir / "broker.log")
+            self.bootstrap = self.broker.start()
+            print(f"  broker    {self.bootstrap}  (embedded Tansu, memory only; log {self.var_dir / 'broker.log'})")
+        else:
+            print(f"  broker    {self.bootstrap}  (external cluster)")
+        made = asyncio.run(create_topics(self.bootstrap))
+        print(f"  topics    {len(made)} created from the registry in schemas/topics.py")
+        for name in SERVICES:
+            env = dict(os.environ, **self.env, YIBAO_KAFKA_BOOTSTRAP=self.bootstrap,
+                       YIBAO_VAR_DIR=str(self.var_dir), **{f"YIBAO_{name.upper()}_PORT": str(self.ports[name])})
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        pending = set(SERVICES)
+        while pending:
+            for name in list(pending):
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"service {name} exited with code {proc.returncode} during start-up")
+                try:
+                    if httpx.get(self.url(name) + "/healthz", timeout=1).status_code == 200:
+                        pending.discard(name)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"services not healthy within {timeout}s: {sorted(pending)}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in 20 s: killing it", name)
+                proc.kill()
+        self.procs.clear()
+        if self.broker:
+            self.broker.stop()
+            self.broker = None

@@ -1,0 +1,6 @@
+"""python -m services.settle: run the settle service (API and stream workers) until SIGINT/SIGTERM."""
+
+from services.platform import run_service
+
+if __name__ == "__main__":
+    run_service("settle")
