@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import BigInteger
 from sqlmodel import Field, Session, SQLModel, select
 
 from services.bus.envelope import now_ms
@@ -12,7 +13,7 @@ class InboxRecord(SQLModel, table=True):
 
     consumer: str = Field(primary_key=True, max_length=120)
     msg_id: str = Field(primary_key=True, max_length=120)
-    processed_ms: int
+    processed_ms: int = Field(sa_type=BigInteger)
 
 
 def already_processed(session: Session, consumer: str, msg_id: str) -> bool:

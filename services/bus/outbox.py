@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import BaseModel
-from sqlalchemy import Engine, LargeBinary, update
+from sqlalchemy import BigInteger, Engine, LargeBinary, update
 from sqlmodel import Column, Field, Session, SQLModel, select
 
 from services.bus.envelope import Headers, encode, make_headers, now_ms
@@ -28,8 +28,8 @@ class OutboxRow(SQLModel, table=True):
     key: str | None = Field(default=None, max_length=200)
     value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     headers: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    created_ms: int
-    sent_ms: int | None = Field(default=None, index=True)
+    created_ms: int = Field(sa_type=BigInteger)
+    sent_ms: int | None = Field(default=None, index=True, sa_type=BigInteger)
 
 
 def add(session: Session, service: str, topic: str, key: str | None, event: BaseModel,

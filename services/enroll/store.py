@@ -6,6 +6,7 @@ from datetime import date
 
 from decimal import Decimal
 
+from sqlalchemy import BigInteger
 from sqlmodel import Field, SQLModel
 
 from services.bus.inbox import InboxRecord
@@ -21,7 +22,7 @@ class Person(SQLModel, table=True):
     gend: str = Field(max_length=1)
     brdy: date
     admdvs: str = Field(max_length=6)
-    created_ms: int
+    created_ms: int = Field(sa_type=BigInteger)
 
 
 class Enrolment(SQLModel, table=True):
@@ -39,7 +40,7 @@ class Enrolment(SQLModel, table=True):
     cvlserv_flag: bool = False
     acct_balc: Decimal = Field(default=Decimal("0"), max_digits=16, decimal_places=2)
     version: int = 1
-    updated_ms: int
+    updated_ms: int = Field(sa_type=BigInteger)
 
 
 TABLES = [Person, Enrolment, InboxRecord, OutboxRow]

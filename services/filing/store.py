@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from sqlalchemy import BigInteger
 from sqlmodel import Field, SQLModel
 
 from services.bus.inbox import InboxRecord
@@ -37,7 +38,7 @@ class Filing(SQLModel, table=True):
     status: str = Field(max_length=10)
     commitment: bool = False
     version: int = 1
-    created_ms: int
+    created_ms: int = Field(sa_type=BigInteger)
 
 
 TABLES = [EnrolmentView, Filing, InboxRecord, OutboxRow]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from sqlalchemy import BigInteger
 from sqlmodel import Field, SQLModel
 
 from services.bus.inbox import InboxRecord
@@ -25,7 +26,7 @@ class Alert(SQLModel, table=True):
     sev_deg: str
     feedetl_sn: str = ""
     status: str = "open"
-    raised_ms: int
+    raised_ms: int = Field(sa_type=BigInteger)
 
 
 TABLES = [Alert, InboxRecord, OutboxRow]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import LargeBinary
+from sqlalchemy import BigInteger, LargeBinary
 from sqlmodel import Column, Field, Session, SQLModel, select
 
 from schemas.common import FilingType
@@ -26,8 +26,8 @@ class ClaimRecord(SQLModel, table=True):
     psn_no: str = Field(max_length=30)
     status: str = Field(max_length=10)  # pending | settled | failed
     result: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
-    created_ms: int
-    updated_ms: int
+    created_ms: int = Field(sa_type=BigInteger)
+    updated_ms: int = Field(sa_type=BigInteger)
 
 
 class PersonView(SQLModel, table=True):
@@ -95,7 +95,7 @@ class LedgerEntry(SQLModel, table=True):
     acct_fen: int
     cash_fen: int
     outcome: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    created_ms: int
+    created_ms: int = Field(sa_type=BigInteger)
 
 
 class AccumulatorRow(SQLModel, table=True):

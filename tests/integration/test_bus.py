@@ -1,0 +1,251 @@
+"""The Kafka runtime on a real broker: dead letters, retries, outbox, inbox, broker workarounds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import date
+from decimal import Decimal
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from schemas.events import EnrolmentUpdated, FilingUpdated
+from services.bus import outbox
+from services.bus.client import Bus
+from services.bus.db import create_tables, transaction
+from services.bus.envelope import Incoming, encode, make_headers
+from services.bus.inbox import InboxRecord, already_processed
+from services.bus.outbox import OutboxRelay, OutboxRow
+from services.bus.settings import BusSettings
+from services.bus.worker import Worker
+from tests.helpers import headers_of, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def filing_event(n: int = 1) -> FilingUpdated:
+    return FilingUpdated(fil_id=f"F{n}", psn_no=f"P{n}", insuplc_admdvs="360100", fil_type="REFERRAL",  # type: ignore[arg-type]
+                         target_admdvs="440100", begndate=date(2026, 1, 1), status="active")  # type: ignore[arg-type]
+
+
+async def started_bus(bus_settings: BusSettings, broker: str) -> Bus:
+    bus = Bus(bus_settings, broker, "test")
+    await bus.start()
+    return bus
+
+
+async def test_bad_messages_are_dead_lettered_and_the_worker_goes_on(broker: str, bus_settings: BusSettings) -> None:
+    bus = await started_bus(bus_settings, broker)
+    seen: list[Incoming] = []
+
+    async def handle(msg: Incoming) -> None:
+        seen.append(msg)
+
+    worker = Worker(bus, "t-bad", {"filing.events": handle})
+    await worker.start()
+    good_headers = make_headers(filing_event(), "/test")
+    bad = [
+        (b"not json {", good_headers),
+        (encode(filing_event()), [(k, v) for k, v in good_headers if k != "ce_type"]),
+        (encode(filing_event()), [(k, v if k != "ce_type" else b"yibao.nope.v9") for k, v in good_headers]),
+        (orjson.dumps({"fil_id": "F1"}), good_headers),
+    ]
+    for value, hs in bad:
+        await bus.send_raw("filing.events", "P1", value, hs)
+    await bus.send("filing.events", "P1", filing_event(2), "/test")
+    await bus.flush()
+    await wait_until(lambda: seen and worker.stats["dead_lettered"] == 4, what="4 dead letters and 1 good")
+    assert [m.event.fil_id for m in seen] == ["F2"]
+    dlq = await read_topic(broker, "filing.events.dlq", 4)
+    assert sorted(r.value for r in dlq) == sorted(v for v, _ in bad)  # original bytes, unchanged
+    reasons = " | ".join(headers_of(r)["dlq-error-message"] for r in dlq)
+    for fragment in ("not JSON", "missing header ce_type", "unknown ce_type", "does not match"):
+        assert fragment in reasons
+    h = headers_of(dlq[0])
+    assert h["dlq-original-topic"] == "filing.events" and h["dlq-consumer"] == "t-bad"
+    await worker.stop()
+    await bus.stop()
+
+
+async def test_a_failing_message_is_retried_without_blocking_others(broker: str, bus_settings: BusSettings) -> None:
+    bus = await started_bus(bus_settings, broker)
+    attempts: dict[str, int] = {}
+    done: list[str] = []
+
+    async def handle(msg: Incoming) -> None:
+        fid = msg.event.fil_id
+        attempts[fid] = attempts.get(fid, 0) + 1
+        if fid == "F1" and attempts[fid] < 3:
+            raise ConnectionError("region database unreachable")
+        done.append(fid)
+
+    worker = Worker(bus, "t-retry", {"filing.events": handle})
+    await worker.start()
+    for n in (1, 2, 3):
+        await bus.send("filing.events", f"P{n}", filing_event(n), "/test")
+    await wait_until(lambda: "F1" in done, what="F1 to succeed on its third attempt")
+    assert done.index("F1") > done.index("F2")  # others went on while F1 waited
+    assert attempts["F1"] == 3 and done.count("F1") == 1
+    assert worker.stats["retried"] == 2 and worker.stats["dead_lettered"] == 0
+    await worker.stop()
+    await bus.stop()
+
+
+async def test_after_the_budget_the_message_is_dead_lettered_and_reported(broker: str) -> None:
+    settings = BusSettings(retry_attempts=3, retry_backoff_ms=50, retry_backoff_max_ms=100)
+    bus = await started_bus(settings, broker)
+    given_up: list[tuple[str, str]] = []
+
+    async def always_fail(msg: Incoming) -> None:
+        raise TimeoutError("national hub did not answer")
+
+    async def on_give_up(msg: Incoming, reason: str) -> None:
+        given_up.append((msg.event.fil_id, reason))
+
+    worker = Worker(bus, "t-budget", {"filing.events": always_fail}, on_give_up)
+    await worker.start()
+    await bus.send("filing.events", "P7", filing_event(7), "/test")
+    await wait_until(lambda: given_up, what="give-up")
+    assert given_up[0][0] == "F7" and "after 3 attempts" in given_up[0][1]
+    dlq = await read_topic(broker, "filing.events.dlq", 1)
+    h = headers_of(dlq[0])
+    assert h["dlq-attempts"] == "3" and h["dlq-error-class"] == "TimeoutError"
+    await worker.stop()
+    await bus.stop()
+
+
+async def test_end_offsets_are_right_when_batches_hold_many_records(broker: str, bus_settings: BusSettings) -> None:
+    """broker-notes item 1: ListOffsets(LATEST) is wrong for multi-record batches."""
+    bus = await started_bus(bus_settings, broker)
+    await bus.create_topic("t.offsets", 1)
+    futures = [await bus.send_raw("t.offsets", "k", b"{}", []) for _ in range(25)]  # batched together
+    await asyncio.gather(*futures)
+    tp = TopicPartition("t.offsets", 0)
+    assert (await bus.end_offsets([tp]))[tp] == 25
+    await bus.stop()
+
+
+async def test_a_new_topic_does_not_stall_sends_to_known_ones(broker: str, bus_settings: BusSettings) -> None:
+    """The producer keeps every registry topic in its metadata (see Bus.pin_producer_topics)."""
+    bus = await started_bus(bus_settings, broker)
+    await bus.create_topic("settle.reply.test", 1)
+    futures = [await bus.send_raw(t, "k", b"{}", []) for t in ("settle.hospital", "settle.completed", "settle.reply.test")]
+    await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+    await bus.stop()
+
+
+async def test_outbox_publishes_what_commits_and_nothing_that_rolls_back(broker: str, bus_settings: BusSettings,
+                                                                         engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory("outbox")
+    create_tables(engine, [OutboxRow])
+    bus = await started_bus(bus_settings, broker)
+    relay = OutboxRelay(engine, "t-outbox", bus)
+    relay.start()
+    with pytest.raises(RuntimeError), transaction(engine) as s:
+        outbox.add(s, "t-outbox", "filing.events", "P1", filing_event(1))
+        raise RuntimeError("the state change failed")
+    with transaction(engine) as s:
+        outbox.add(s, "t-outbox", "filing.events", "P2", filing_event(2))
+    relay.notify()
+    await wait_until(lambda: relay.published == 1, what="relay publish")
+    records = await read_topic(broker, "filing.events", 1, timeout=3)
+    assert [orjson.loads(r.value)["fil_id"] for r in records] == ["F2"]
+    assert headers_of(records[0])["ce_type"] == "yibao.filing.FilingUpdated.v1"
+    await relay.stop()
+    await bus.stop()
+
+
+def test_inbox_records_once(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory("inbox")
+    create_tables(engine, [InboxRecord])
+    with transaction(engine) as s:
+        assert already_processed(s, "c", "m1") is False
+    with transaction(engine) as s:
+        assert already_processed(s, "c", "m1") is True
+        assert already_processed(s, "other", "m1") is False
+
+
+async def test_broker_restart_republishes_recent_events(embedded_broker, bus_settings: BusSettings,  # type: ignore[no-untyped-def]
+                                                       engine_factory) -> None:
+    """broker-notes item 8: after the embedded broker loses its data, the outbox fills it again."""
+    engine = engine_factory("epoch")
+    create_tables(engine, [OutboxRow])
+    bus = await started_bus(bus_settings, embedded_broker.bootstrap)
+    relay = OutboxRelay(engine, "t-epoch", bus)
+    relay.start()
+    bus.on_new_epoch(lambda: asyncio.sleep(0, relay.republish_recent(600)))
+    bus.watch_epoch()
+    with transaction(engine) as s:
+        outbox.add(s, "t-epoch", "filing.events", "P3", filing_event(3))
+    relay.notify()
+    await wait_until(lambda: relay.published == 1, what="first publish")
+    await embedded_broker.restart()
+    await wait_until(lambda: bus.epochs_seen == 1, what="the new epoch to be noticed")
+    await wait_until(lambda: relay.published == 2, what="republish")
+    records = await read_topic(embedded_broker.bootstrap, "filing.events", 1)
+    assert [orjson.loads(r.value)["fil_id"] for r in records] == ["F3"]
+    await relay.stop()
+    await bus.stop()
+
+
+async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(broker: str, bus_settings: BusSettings) -> None:
+    """confluent-kafka (librdkafka) + schemas/json: headers name the type, the file validates the value."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from confluent_kafka import Consumer
+
+    bus = await started_bus(bus_settings, broker)
+    ev = EnrolmentUpdated(psn_no="P9", psn_name="王五", gend="2", brdy=date(1990, 5, 1), insuplc_admdvs="360100",
+                          insutype="310", psn_insu_stas="1", acct_balc=Decimal("12.50"))  # type: ignore[arg-type]
+    await (await bus.send("enroll.events", "P9", ev, "/test"))
+    await bus.stop()
+
+    def consume() -> tuple[dict[str, str], bytes]:
+        c = Consumer({"bootstrap.servers": broker, "group.id": "plain-reader", "auto.offset.reset": "earliest"})
+        c.subscribe(["enroll.events"])
+        try:
+            for _ in range(200):
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    return {k: v.decode() for k, v in m.headers()}, m.value()
+            raise AssertionError("nothing read")
+        finally:
+            c.close()
+
+    headers, value = await asyncio.to_thread(consume)
+    assert headers["ce_specversion"] == "1.0" and headers["content-type"] == "application/json"
+    schema = json.loads(open(f"schemas/json/{headers['ce_type']}.json", encoding="utf-8").read())
+    jsonschema.validate(json.loads(value), schema)
+
+
+async def test_a_handler_error_while_consuming_never_kills_the_loop(broker: str, bus_settings: BusSettings) -> None:
+    bus = await started_bus(bus_settings, broker)
+    calls: list[str] = []
+
+    async def handle(msg: Incoming) -> None:
+        calls.append(msg.event.fil_id)
+        if msg.event.fil_id == "F1":
+            raise KeyError("a bug")
+
+    settings = BusSettings(retry_attempts=1)
+    bus.settings = settings
+    worker = Worker(bus, "t-bug", {"filing.events": handle})
+    await worker.start()
+    await bus.send("filing.events", "P1", filing_event(1), "/test")
+    await bus.send("filing.events", "P2", filing_event(2), "/test")
+    await wait_until(lambda: "F2" in calls and worker.stats["dead_lettered"] == 1, what="loop survives")
+    await worker.stop()
+    await bus.stop()
+
+
+def test_consumers_are_tuned_for_the_embedded_broker(bus_settings: BusSettings) -> None:
+    """broker-notes items 2 and 3: a short fetch wait (new data does not wake a waiting fetch),
+    a short session (every join waits session/2), request timeout above the session, no auto-commit."""
+    c = Bus(bus_settings, "127.0.0.1:1", "t").consumer("filing.events", group_id="x")
+    assert c._fetch_max_wait_ms == bus_settings.fetch_max_wait_ms <= 50
+    assert c._session_timeout_ms == bus_settings.session_timeout_ms <= 3000
+    assert c._heartbeat_interval_ms * 3 <= c._session_timeout_ms < c._request_timeout_ms
+    assert c._enable_auto_commit is False
+    slow = Bus(bus_settings, "127.0.0.1:1", "t").consumer("filing.events.retry", group_id="x.retry", slow=True)
+    assert slow._fetch_max_wait_ms > c._fetch_max_wait_ms  # idle retry readers cost less broker CPU

@@ -1,0 +1,125 @@
+"""The benefit computation: the reference worked example to the fen, and invariants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.common import FilingType
+from schemas.events import FeeSplit
+from services.settle import benefits
+from services.settle.benefits import Accumulators, compute, fen, pick_policy
+from services.settle.refdata import Reference
+
+REF = Reference.load()
+D = Decimal
+
+
+def line(sn: str, total: str, fulamt: str = "0", overlmt: str = "0", pre: str = "0", lv: str = "01") -> FeeSplit:
+    t = D(total)
+    inscp = t - D(fulamt) - D(overlmt) - D(pre)
+    return FeeSplit(feedetl_sn=sn, med_list_codg="X", det_item_fee_sumamt=t, chrgitm_lv=lv,  # type: ignore[arg-type]
+                    selfpay_prop=D("0"), fulamt_ownpay_amt=D(fulamt), overlmt_amt=D(overlmt),
+                    preselfpay_amt=D(pre), inscp_scp_amt=inscp)
+
+
+# reference §4.5: 50,000 in all: 丙 3,000; 超限价 500; 乙 10,000 with 10% 先自付; 甲 36,500
+WORKED_BILL = [
+    line("1", "3000", fulamt="3000", lv="03"),
+    line("2", "500", overlmt="500"),
+    line("3", "10000", pre="1000", lv="02"),
+    line("4", "36500"),
+]
+
+
+def worked(policy: benefits.Policy) -> benefits.Computation:
+    return compute(policy, WORKED_BILL, med_type="21", psn_type="11", hosp_lv="3",
+                   filing=FilingType.REFERRAL, acc=Accumulators(), acct_balance=fen("3000"), use_account=True)
+
+
+def test_worked_example_strategy_b_extra_preselfpay_360100() -> None:
+    c = worked(pick_policy(REF.policies, "360100", "310", __import__("datetime").date(2026, 3, 1)))
+    assert (c.fulamt_ownpay_amt, c.overlmt_selfpay) == (300000, 50000)
+    assert c.preselfpay_amt == fen("5550")
+    assert c.inscp_scp_amt == fen("40950")
+    assert c.act_pay_dedc == fen("800")
+    assert c.pool_prop == D("0.85")
+    assert c.hifp_pay == fen("34127.50")
+    assert c.fund_pay_sumamt == fen("34127.50")
+    assert c.psn_part_amt == fen("15872.50")
+    assert (c.acct_pay, c.psn_cash_pay, c.balc) == (fen("3000"), fen("12872.50"), 0)
+
+
+def test_worked_example_strategy_a_ratio_reduction() -> None:
+    jx = pick_policy(REF.policies, "360100", "310", __import__("datetime").date(2026, 3, 1))
+    tongchuan_style = replace(jx, remote_kind="ratio_reduction")
+    c = worked(tongchuan_style)
+    assert c.preselfpay_amt == fen("1000")
+    assert c.inscp_scp_amt == fen("45500")
+    assert c.pool_prop == D("0.75")
+    assert c.hifp_pay == fen("33525.00")
+    assert c.psn_part_amt == fen("16475.00")
+    assert (c.acct_pay, c.psn_cash_pay, c.balc) == (fen("3000"), fen("13475.00"), 0)
+
+
+def test_deductible_is_used_once_a_year() -> None:
+    p = pick_policy(REF.policies, "360100", "310", __import__("datetime").date(2026, 3, 1))
+    first = worked(p)
+    second = compute(p, WORKED_BILL, med_type="21", psn_type="11", hosp_lv="3", filing=FilingType.REFERRAL,
+                     acc=first.after, acct_balance=0, use_account=True)
+    assert first.act_pay_dedc == fen("800") and second.act_pay_dedc == 0
+
+
+def test_outpatient_annual_cap_holds_across_visits() -> None:
+    p = pick_policy(REF.policies, "360100", "310", __import__("datetime").date(2026, 3, 1))
+    acc, paid = Accumulators(), 0
+    for _ in range(20):
+        c = compute(p, [line("1", "1000")], med_type="11", psn_type="11", hosp_lv="1", filing=None,
+                    acc=acc, acct_balance=0, use_account=False)
+        acc, paid = c.after, paid + c.hifp_pay
+    assert paid == p.outpatient.annual_cap_fen["11"]
+
+
+def test_no_policy_is_a_named_error() -> None:
+    with pytest.raises(benefits.PolicyError, match="没有险种"):
+        pick_policy(REF.policies, "999999", "310", __import__("datetime").date(2026, 3, 1))
+
+
+amounts = st.integers(min_value=0, max_value=5_000_000)  # fen
+
+
+@st.composite
+def bills(draw: st.DrawFn) -> list[FeeSplit]:
+    out = []
+    for i in range(draw(st.integers(1, 8))):
+        parts = [draw(amounts) for _ in range(4)]
+        total = sum(parts)
+        out.append(line(str(i), str(D(total) / 100), fulamt=str(D(parts[0]) / 100),
+                        overlmt=str(D(parts[1]) / 100), pre=str(D(parts[2]) / 100)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(bill=bills(), med_type=st.sampled_from(["11", "21"]), lv=st.sampled_from(["1", "2", "3"]),
+       psn_type=st.sampled_from(["11", "21"]), region=st.sampled_from(["360100", "440100", "110000"]),
+       insutype=st.sampled_from(["310", "390"]), filing=st.sampled_from([None, *FilingType]),
+       balance=amounts, visits=st.integers(1, 4))
+def test_invariants_over_random_bills(bill, med_type, lv, psn_type, region, insutype, filing, balance, visits) -> None:  # type: ignore[no-untyped-def]
+    """No negative part, parts add up, the pooled cap is never exceeded over a year of claims."""
+    p = pick_policy(REF.policies, region, insutype, __import__("datetime").date(2026, 3, 1))
+    acc = Accumulators()
+    rule = p.inpatient if med_type == "21" else p.outpatient
+    for _ in range(visits):
+        c = compute(p, bill, med_type=med_type, psn_type=psn_type, hosp_lv=lv, filing=filing, acc=acc,
+                    acct_balance=balance, use_account=insutype == "310")
+        for v in (c.hifp_pay, c.hifob_pay, c.hifmi_pay, c.acct_pay, c.psn_cash_pay, c.act_pay_dedc,
+                  c.preselfpay_amt, c.inscp_scp_amt, c.balc):
+            assert v >= 0
+        assert c.fund_pay_sumamt + c.psn_part_amt == c.medfee_sumamt
+        acc, balance = c.after, c.balc
+        assert acc.hifp_paid_ip + acc.hifp_paid_op <= max(rule.annual_cap_fen.values())
+        assert acc.critical_paid <= p.critical_cap_fen

@@ -1,0 +1,140 @@
+"""Routing, the catalogue split and eligibility at the insured city."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from schemas.common import FilingType
+from schemas.events import FeeLine, HopAction
+from services.settle.domain import (
+    CatalogueItem,
+    FilingState,
+    PersonState,
+    RouteKind,
+    SettlementRefusedError,
+    apply_gender_restriction,
+    check_eligibility,
+    check_hospital,
+    mirror,
+    plan_route,
+    route_kind,
+    split_line,
+)
+from services.settle.refdata import Reference
+
+REF = Reference.load()
+D = Decimal
+DAY = date(2026, 11, 23)
+
+
+@pytest.mark.parametrize("treat,insured,kind,legs", [
+    ("360100", "360100", RouteKind.LOCAL, 3),
+    ("360400", "360100", RouteKind.INTRA_PROVINCE, 5),
+    ("440100", "360100", RouteKind.CROSS_PROVINCE, 9),
+])
+def test_route_shapes(treat: str, insured: str, kind: RouteKind, legs: int) -> None:
+    route = plan_route(treat, insured)
+    assert route_kind(treat, insured) is kind
+    assert len(route) == legs
+    assert route[0].action is HopAction.SPLIT and route[0].admdvs == treat
+    assert route[-1].action is HopAction.FINISH and route[-1].admdvs == treat
+    mid = route[len(route) // 2]
+    assert mid.action is HopAction.COMPUTE and mid.admdvs == insured
+    for i in range(len(route)):  # the way back mirrors the way out
+        assert (route[i].level, route[i].admdvs) == (route[mirror(route, i)].level, route[mirror(route, i)].admdvs)
+
+
+def test_cross_province_route_passes_both_provinces_and_the_hub() -> None:
+    hops = [(s.level.value, s.admdvs) for s in plan_route("440100", "360100")]
+    assert hops[:5] == [("city", "440100"), ("province", "440000"), ("national", "360000"),
+                        ("province", "360000"), ("city", "360100")]
+
+
+def item(lv: str, prop: str = "0", cap: str | None = None, gend: str | None = None) -> CatalogueItem:
+    return CatalogueItem("C", "n", lv, D(prop), D(cap) if cap else None, gend, "09")
+
+
+def fee(total: str, pric: str, cnt: str = "1") -> FeeLine:
+    return FeeLine(feedetl_sn="1", med_list_codg="C", cnt=D(cnt), pric=D(pric), det_item_fee_sumamt=D(total))
+
+
+def test_split_jia_yi_bing_and_overlimit() -> None:
+    a = split_line(fee("100", "100"), item("01"))
+    assert (a.inscp_scp_amt, a.preselfpay_amt, a.fulamt_ownpay_amt) == (D("100.00"), 0, 0)
+    b = split_line(fee("120", "4", "30"), item("02", "0.10", cap="3.80"))
+    assert (b.overlmt_amt, b.preselfpay_amt, b.inscp_scp_amt) == (D("6.00"), D("11.40"), D("102.60"))
+    c = split_line(fee("37", "18.5", "2"), item("03", "1"))
+    assert c.fulamt_ownpay_amt == D("37.00") and c.inscp_scp_amt == 0
+    unknown = split_line(fee("50", "50"), None)
+    assert unknown.chrgitm_lv == "03" and unknown.fulamt_ownpay_amt == D("50.00")
+    for s in (a, b, c, unknown):
+        assert s.fulamt_ownpay_amt + s.overlmt_amt + s.preselfpay_amt + s.inscp_scp_amt == s.det_item_fee_sumamt
+
+
+def test_gender_restricted_item_falls_to_self_pay_for_the_other_gender() -> None:
+    s = split_line(fee("150", "150"), item("01", gend="2"))
+    assert apply_gender_restriction([s], "2")[0].inscp_scp_amt == D("150.00")
+    male = apply_gender_restriction([s], "1")[0]
+    assert male.fulamt_ownpay_amt == D("150.00") and male.inscp_scp_amt == 0
+
+
+def test_hospital_checks() -> None:
+    enabled = REF.hospitals["H44010400001"]
+    assert check_hospital(enabled, enabled.fixmedins_code, "440100", RouteKind.CROSS_PROVINCE) is enabled
+    with pytest.raises(SettlementRefusedError) as e:
+        check_hospital(None, "H44010499999", "440100", RouteKind.CROSS_PROVINCE)
+    assert e.value.code == "HOSPITAL_UNKNOWN"
+    off = next(h for h in REF.hospitals.values() if not h.cross_province_enabled)
+    with pytest.raises(SettlementRefusedError) as e:
+        check_hospital(off, off.fixmedins_code, off.admdvs, RouteKind.CROSS_PROVINCE)
+    assert e.value.code == "HOSPITAL_NOT_ENABLED"
+    assert check_hospital(off, off.fixmedins_code, off.admdvs, RouteKind.LOCAL) is off
+
+
+PERSON = PersonState(psn_no="P1", psn_name="n", gend="1", insuplc_admdvs="360100", insutype="310",
+                     psn_type="11", psn_insu_stas="1", paid_through=date(2026, 12, 31), voucher_active=True)
+REFERRAL = FilingState("F1", FilingType.REFERRAL, "440100", date(2026, 6, 1), date(2026, 12, 1), "active")
+LONG = FilingState("F2", FilingType.LONG_TERM_RESIDENT, "440000", date(2025, 1, 1), None, "active")
+
+
+def decide(person: PersonState | None = PERSON, filings: list[FilingState] | None = None, treat: str = "440100",
+           med_type: str = "11", cert: str = "02", day: date = DAY, insutype: str = "310") -> FilingType | None:
+    return check_eligibility(person, filings if filings is not None else [REFERRAL], psn_no="P1",
+                             insuplc="360100", insutype=insutype, treat=treat, med_type=med_type,
+                             cert_type=cert, day=day)
+
+
+@pytest.mark.parametrize("kwargs,code", [
+    (dict(person=None), "PERSON_UNKNOWN"),
+    (dict(person=PersonState(**{**PERSON.__dict__, "insuplc_admdvs": "440100"})), "PERSON_UNKNOWN"),
+    (dict(insutype="390"), "INSUTYPE_MISMATCH"),
+    (dict(person=PersonState(**{**PERSON.__dict__, "psn_insu_stas": "2"})), "NOT_INSURED"),
+    (dict(person=PersonState(**{**PERSON.__dict__, "paid_through": date(2026, 10, 31)})), "CONTRIBUTION_LAPSED"),
+    (dict(person=PersonState(**{**PERSON.__dict__, "paid_through": None})), "CONTRIBUTION_LAPSED"),
+    (dict(person=PersonState(**{**PERSON.__dict__, "voucher_active": False}), cert="01"), "VOUCHER_INACTIVE"),
+    (dict(filings=[]), "NOT_FILED"),
+    (dict(filings=[REFERRAL], treat="310000"), "NOT_FILED"),
+    (dict(filings=[REFERRAL], day=date(2026, 12, 2)), "NOT_FILED"),
+    (dict(filings=[FilingState(**{**REFERRAL.__dict__, "status": "cancelled"})]), "NOT_FILED"),
+])
+def test_refusals(kwargs: dict, code: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(SettlementRefusedError) as e:
+        decide(**kwargs)
+    assert e.value.code == code
+    assert e.value.message  # a sentence for the desk
+
+
+@pytest.mark.parametrize("kwargs,filing", [
+    (dict(), FilingType.REFERRAL),
+    (dict(filings=[], med_type="13"), FilingType.EMERGENCY),  # 急诊抢救视同已备案
+    (dict(filings=[LONG], treat="440300"), FilingType.LONG_TERM_RESIDENT),  # filed to the whole province
+    (dict(filings=[REFERRAL, LONG]), FilingType.LONG_TERM_RESIDENT),  # the most favourable filing wins
+    (dict(filings=[], treat="360400"), None),  # intra-province: no filing needed
+    (dict(filings=[], treat="360100"), None),  # local
+    (dict(person=PersonState(**{**PERSON.__dict__, "voucher_active": False}), cert="02"), FilingType.REFERRAL),
+])
+def test_accepted(kwargs: dict, filing: FilingType | None) -> None:  # type: ignore[type-arg]
+    assert decide(**kwargs) == filing
