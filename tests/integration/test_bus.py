@@ -239,7 +239,7 @@ async def test_a_handler_error_while_consuming_never_kills_the_loop(broker: str,
     await bus.stop()
 
 
-def test_consumers_are_tuned_for_the_embedded_broker(bus_settings: BusSettings) -> None:
+async def test_consumers_are_tuned_for_the_embedded_broker(bus_settings: BusSettings) -> None:
     """broker-notes items 2 and 3: a short fetch wait (new data does not wake a waiting fetch),
     a short session (every join waits session/2), request timeout above the session, no auto-commit."""
     c = Bus(bus_settings, "127.0.0.1:1", "t").consumer("filing.events", group_id="x")
