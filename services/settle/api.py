@@ -8,7 +8,8 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, FeeLine, SettlementResult
@@ -94,7 +95,11 @@ def create_api(svc: SettleService) -> FastAPI:
             if code not in known_regions:
                 raise HTTPException(400, f"{field} {code} is not a pooling region this platform knows "
                                          f"(known: {', '.join(sorted(known_regions))})")
-        inp = SettleInput.model_validate(req.input)
+        try:
+            inp = SettleInput.model_validate(req.input)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", "input", *e["loc"])} for e in exc.errors()]) from None
         deadline = now_ms() + svc.settings.deadline_ms
         claim = Claim(
             msgid=req.msgid, infno=req.infno, fixmedins_code=req.fixmedins_code,

@@ -1,0 +1,130 @@
+"""The vertical slice end to end: enrol, file, settle across every hop, see the alert."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+import pytest
+from sqlmodel import Session, select
+
+from services.settle.store import LedgerEntry
+from tests.e2e.stack import DEFAULT_LINES, FEMALE_ONLY_LINE, Stack, claim_body
+from tests.helpers import headers_of, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+D = Decimal
+GZ_HOSPITAL = "H44010400001"  # 广州, 三级, cross-province enabled
+
+
+def ledger_rows(stack: Stack, msgid: str) -> list[LedgerEntry]:
+    with Session(stack.settle.engine) as s:
+        return list(s.exec(select(LedgerEntry).where(LedgerEntry.msgid == msgid)).all())
+
+
+async def test_cross_province_outpatient_settlement(stack: Stack, broker: str) -> None:
+    psn = await stack.person("360100", balance="100.00")
+    await stack.file(psn, "440100", "REFERRAL")
+    ans = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100", lines=[*DEFAULT_LINES, FEMALE_ONLY_LINE])
+    assert ans["infcode"] == 0, ans
+    s = ans["output"]["setlinfo"]
+    total = D(s["medfee_sumamt"])
+    assert total == D("812.00")
+    assert D(s["fund_pay_sumamt"]) + D(s["psn_part_amt"]) == total
+    assert D(s["acct_pay"]) + D(s["psn_cash_pay"]) == D(s["psn_part_amt"])
+    assert D(s["fulamt_ownpay_amt"]) + D(s["overlmt_selfpay"]) + D(s["preselfpay_amt"]) + D(s["inscp_scp_amt"]) == total
+    assert s["clr_optins"] == "360100" and s["medins_setl_id"] == ans["msgid"]
+    assert D(s["acct_pay"]) == D("100.00") and D(s["balc"]) == 0
+    trace = ans["output"]["hop_trace"]
+    assert [(h["level"], h["admdvs"]) for h in trace] == [
+        ("city", "440100"), ("province", "440000"), ("national", "360000"), ("province", "360000"),
+        ("city", "360100"), ("province", "360000"), ("national", "360000"), ("province", "440000"),
+        ("city", "440100")]
+    assert len(ledger_rows(stack, ans["msgid"])) == 1
+
+    # the result is on settle.hospital (keyed by hospital) and settle.completed (keyed by person)
+    for topic, key in (("settle.hospital", GZ_HOSPITAL), ("settle.completed", psn)):
+        recs = [r for r in await read_topic(broker, topic, 1) if headers_of(r).get("ce_correlationid") == ans["msgid"]]
+        assert recs and recs[0].key.decode() == key
+        assert orjson.loads(recs[0].value)["outcome"]["setlinfo"]["setl_id"] == s["setl_id"]
+
+    # the gender rule: a female-only item billed for a man
+    alerts = await wait_until(lambda: _alerts(stack, ans["msgid"]), what="the gender alert")
+    assert alerts[0]["rule_id"] == "R-GENDER" and D(alerts[0]["vola_amt"]) == D("150.00")
+
+    # the same msgid again: the first answer, and no second ledger entry
+    again = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100", msgid=ans["msgid"])
+    assert again["output"]["setlinfo"]["setl_id"] == s["setl_id"]
+    assert len(ledger_rows(stack, ans["msgid"])) == 1
+    status = (await stack.http["settle"].get(f"/claims/{ans['msgid']}")).json()
+    assert status["status"] == "settled" and len(status["result"]["trace"]) == 9
+
+
+async def _alerts(stack: Stack, msgid: str) -> list[dict]:  # type: ignore[type-arg]
+    return (await stack.http["monitor"].get("/alerts", params={"msgid": msgid})).json()  # type: ignore[no-any-return]
+
+
+async def test_local_and_intra_province_claims_take_their_own_routes(stack: Stack) -> None:
+    psn = await stack.person("360100")
+    local = await stack.settle_claim(psn, "H36010200001", "360100", "360100")
+    assert local["infcode"] == 0 and len(local["output"]["hop_trace"]) == 3
+    intra = await stack.settle_claim(psn, "H36040200001", "360400", "360100")
+    assert intra["infcode"] == 0 and [h["level"] for h in intra["output"]["hop_trace"]] == [
+        "city", "province", "city", "province", "city"]
+
+
+async def test_refusals_a_desk_clerk_understands(stack: Stack) -> None:
+    cases = []
+    lapsed = await stack.person("360100", paid_through="2025-06-30")
+    r = await stack.http["filing"].post("/filings", json={
+        "psn_no": lapsed, "fil_type": "REFERRAL", "target_admdvs": "440100", "begndate": "2026-01-01"})
+    assert r.status_code == 422 and "缴费中断" in r.json()["error"]  # filing refuses a lapsed person too
+    cases.append(("CONTRIBUTION_LAPSED", "缴费中断", await stack.settle_claim(lapsed, GZ_HOSPITAL, "440100", "360100")))
+    cases.append(("PERSON_UNKNOWN", "查无此人员", await stack.settle_claim("360100999999999999", GZ_HOSPITAL, "440100", "360100")))
+    no_voucher = await stack.person("360100", voucher=False)
+    await stack.file(no_voucher, "440100")
+    cases.append(("VOUCHER_INACTIVE", "电子凭证未激活",
+                  await stack.settle_claim(no_voucher, GZ_HOSPITAL, "440100", "360100", cert="01")))
+    unfiled = await stack.person("360100")
+    cases.append(("NOT_FILED", "备案", await stack.settle_claim(unfiled, GZ_HOSPITAL, "440100", "360100")))
+    cases.append(("HOSPITAL_NOT_ENABLED", "未开通跨省",
+                  await stack.settle_claim(unfiled, "H33020600003", "330200", "360100")))
+    for code, words, ans in cases:
+        assert ans["infcode"] == -1, (code, ans)
+        assert ans["output"]["err_code"] == code and words in ans["err_msg"], (code, ans)
+    emergency = await stack.settle_claim(unfiled, GZ_HOSPITAL, "440100", "360100", med_type="13")
+    assert emergency["infcode"] == 0  # 急诊抢救视同已备案
+    with Session(stack.settle.engine) as s:
+        refused = [ans["msgid"] for _, _, ans in cases]
+        assert not s.exec(select(LedgerEntry).where(LedgerEntry.msgid.in_(refused))).all()  # type: ignore[attr-defined]
+
+
+async def test_wrong_requests_get_a_4xx_that_says_what_to_fix(stack: Stack) -> None:
+    settle, enroll, filing, monitor = (stack.http[n] for n in ("settle", "enroll", "filing", "monitor"))
+    r = await settle.post("/fsi/callService", json={"infno": "2207"})
+    assert r.status_code == 422 and r.json()["infcode"] == -1 and "msgid" in r.json()["err_msg"]
+    body = claim_body("P1", GZ_HOSPITAL, "440100", "360100")
+    r = await settle.post("/fsi/callService", json=body | {"infno": "9999"})
+    assert r.status_code == 400 and "9999" in r.json()["err_msg"]
+    r = await settle.post("/fsi/callService", json=body | {"insuplc_admdvs": "999999"})
+    assert r.status_code == 400 and "999999" in r.json()["err_msg"]
+    body["input"]["feedetail"] = []
+    r = await settle.post("/fsi/callService", json=body)
+    assert r.status_code == 422 and "feedetail" in r.json()["err_msg"]
+    r = await settle.post("/fsi/callService", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = await settle.get("/claims/H44010400001209901010000000")
+    assert r.status_code == 404
+    r = await enroll.post("/persons", json={"certno": "110105194912310021", "psn_name": "x", "admdvs": "360100"})
+    assert r.status_code == 422 and "校验码" in r.json()["error"]
+    r = await enroll.post("/enrolments", json={"psn_no": "nobody", "insuplc_admdvs": "360100", "insutype": "310"})
+    assert r.status_code == 404
+    r = await enroll.post("/enrolments", json={"psn_no": "x", "insuplc_admdvs": "360100", "insutype": "311"})
+    assert r.status_code == 422 and "insutype" in r.json()["error"]
+    r = await filing.post("/filings", json={"psn_no": "nobody", "fil_type": "REFERRAL", "target_admdvs": "440100",
+                                            "begndate": "2026-01-01"})
+    assert r.status_code == 422 and "没有参保记录" in r.json()["error"]
+    r = await monitor.get("/alerts", params={"fixmedins_code": "bad"})
+    assert r.status_code == 422
+    r = await settle.put("/ops/faults", json={"level": "planet"})
+    assert r.status_code == 422
