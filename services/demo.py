@@ -38,14 +38,14 @@ def fee_lines() -> list[dict[str, Any]]:
     return [
         {"feedetl_sn": "1", "med_list_codg": "001102000010000", "cnt": 1, "pric": "25.00", "det_item_fee_sumamt": "25.00"},
         {"feedetl_sn": "2", "med_list_codg": "XC09CAL032A001010100512", "cnt": 30, "pric": "4.00", "det_item_fee_sumamt": "120.00"},
-        {"feedetl_sn": "3", "med_list_codg": "003311000020000", "cnt": 1, "pric": "180.00", "det_item_fee_sumamt": "180.00"},
+        {"feedetl_sn": "3", "med_list_codg": "003307000010000", "cnt": 1, "pric": "650.00", "det_item_fee_sumamt": "650.00"},
         {"feedetl_sn": "4", "med_list_codg": "XN02BEA086A001010100777", "cnt": 2, "pric": "18.50", "det_item_fee_sumamt": "37.00"},
         {"feedetl_sn": "5", "med_list_codg": "002703000030000", "cnt": 1, "pric": "150.00", "det_item_fee_sumamt": "150.00"},
     ]
 
 
-def main(host: str = "127.0.0.1") -> None:
-    url = {k: f"http://{host}:{p}" for k, p in DEFAULT_PORTS.items()}
+def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
+    url = {k: f"http://{host}:{p}" for k, p in (ports or DEFAULT_PORTS).items()}
     c = httpx.Client(timeout=30)
     for name, u in url.items():
         try:

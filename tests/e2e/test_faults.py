@@ -1,0 +1,73 @@
+"""A hop down: its claims retry and complete once, other regions keep flowing, deadlines hold."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlmodel import Session, select
+
+from services.bus.faults import Fault
+from services.bus.settings import BusSettings
+from services.settle.settings import SettleSettings
+from services.settle.store import LedgerEntry
+from tests.e2e.stack import Stack, start_stack
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def stack(broker: str, engine_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+    bus = BusSettings(retry_attempts=100, retry_backoff_ms=100, retry_backoff_max_ms=300)
+    s = await start_stack(broker, engine_factory, bus, SettleSettings(deadline_ms=4000))
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def ledger_count(stack: Stack, msgid: str) -> int:
+    with Session(stack.settle.engine) as s:
+        return len(s.exec(select(LedgerEntry).where(LedgerEntry.msgid == msgid)).all())
+
+
+async def test_insured_city_down_for_a_while(stack: Stack) -> None:
+    nanchang = await stack.person("360100")
+    await stack.file(nanchang, "440100")
+    hangzhou = await stack.person("330100")
+    await stack.file(hangzhou, "440100")
+    faults = stack.settle.ctx.faults
+    faults.set(Fault(level="city", region="360100", down=True))
+
+    blocked = asyncio.create_task(stack.settle_claim(nanchang, "H44010400001", "440100", "360100"))
+    await wait_until(lambda: stack.settle.worker.stats["retried"] >= 2, what="the 360100 claim to be retrying")
+    other = await stack.settle_claim(hangzhou, "H44010400001", "440100", "330100")
+    assert other["infcode"] == 0  # another insured city keeps flowing meanwhile
+    assert not blocked.done()
+
+    faults.set(Fault(level="city", region="360100"))  # back up
+    ans = await blocked
+    assert ans["infcode"] == 0, ans
+    compute = next(h for h in ans["output"]["hop_trace"] if h["action"] == "compute")
+    assert compute["attempt"] >= 3  # it got through on a retry
+    assert ledger_count(stack, ans["msgid"]) == 1  # and was booked once
+
+
+async def test_a_claim_past_its_deadline_gets_a_timeout_and_no_ledger_entry(stack: Stack) -> None:
+    nanchang = await stack.person("360100")
+    await stack.file(nanchang, "440100")
+    stack.settle.ctx.faults.set(Fault(level="city", region="360100", down=True))
+    ans = await stack.settle_claim(nanchang, "H44010400001", "440100", "360100")
+    assert ans["infcode"] == -1
+    assert "超时" in ans["err_msg"] or "DEADLINE" in str(ans["output"]), ans
+    stack.settle.ctx.faults.clear()
+    status = await wait_until(lambda: _final_status(stack, ans["msgid"]), what="the claim to be closed")
+    assert status == "failed"
+    assert ledger_count(stack, ans["msgid"]) == 0
+
+
+async def _final_status(stack: Stack, msgid: str) -> str | None:
+    r = (await stack.http["settle"].get(f"/claims/{msgid}")).json()
+    return None if r["status"] == "pending" else r["status"]  # type: ignore[no-any-return]
