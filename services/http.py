@@ -63,7 +63,7 @@ def add_healthz(app: FastAPI, service: str, ready: Any) -> None:
 
 async def serve(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
     """Run uvicorn inside the current loop until `stop` is set."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", http="httptools",
                             access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -24,6 +24,8 @@ from services.service import Service
 
 log = logging.getLogger("yibao.platform")
 SERVICES = ("enroll", "filing", "settle", "monitor")
+# `yibao run` spreads settle over processes: the API, the cities, the relaying levels
+SETTLE_WORKERS = {"settle-relay": "province,national"}
 DEFAULT_PORTS = {"enroll": 8101, "filing": 8102, "settle": 8103, "monitor": 8104}
 
 
@@ -113,21 +115,26 @@ class Platform:
             print(f"  broker    {self.bootstrap}  (external cluster)")
         made = asyncio.run(create_topics(self.bootstrap))
         print(f"  topics    {len(made)} created from the registry in schemas/topics.py")
+        base = dict(os.environ, **self.env, YIBAO_KAFKA_BOOTSTRAP=self.bootstrap, YIBAO_VAR_DIR=str(self.var_dir))
         for name in SERVICES:
-            env = dict(os.environ, **self.env, YIBAO_KAFKA_BOOTSTRAP=self.bootstrap,
-                       YIBAO_VAR_DIR=str(self.var_dir), **{f"YIBAO_{name.upper()}_PORT": str(self.ports[name])})
+            env = base | {f"YIBAO_{name.upper()}_PORT": str(self.ports[name])}
+            if name == "settle":  # API and city hops together (one SQLite writer); relays on their own
+                env["YIBAO_SETTLE_LEVELS"] = "city"
             self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
+        for proc_name, levels in SETTLE_WORKERS.items():
+            self.procs[proc_name] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "worker", "settle", "--level", levels], env=base)
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> None:
         end = time.monotonic() + timeout
         pending = set(SERVICES)
         while pending:
-            for name in list(pending):
-                proc = self.procs[name]
+            for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"service {name} exited with code {proc.returncode} during start-up")
+                    raise RuntimeError(f"{name} exited with code {proc.returncode} during start-up")
+            for name in list(pending):
                 try:
                     if httpx.get(self.url(name) + "/healthz", timeout=1).status_code == 200:
                         pending.discard(name)

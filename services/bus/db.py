@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, SQLModel, create_engine
 
 
@@ -41,7 +43,15 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine, tables: Sequence[type[SQLModel]]) -> None:
-    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in tables])  # type: ignore[attr-defined]
+    """Create what is missing; several processes of one service may race here at start-up."""
+    for attempt in range(5):
+        try:
+            SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in tables])  # type: ignore[attr-defined]
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))  # another process created it meanwhile: check again
 
 
 @contextmanager

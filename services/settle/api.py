@@ -108,7 +108,9 @@ def create_api(svc: SettleService) -> FastAPI:
         )
         assert svc.replies is not None
         fut = svc.replies.expect(claim.msgid)
-        existing = await asyncio.to_thread(submit_claim, svc.ctx, claim, svc.replies.topic)
+        # On the loop, not in a thread: the hop workers of this process write the same SQLite
+        # file, and a writer in another thread makes them wait on its lock with the loop blocked.
+        existing = submit_claim(svc.ctx, claim, svc.replies.topic)
         if existing is not None and existing.status != "pending":
             svc.replies.forget(claim.msgid)
             return answer(req, result_of(existing))  # the same msgid twice: the first answer
@@ -157,7 +159,8 @@ def create_api(svc: SettleService) -> FastAPI:
     @app.get("/ops/stats", tags=["ops"])
     async def stats() -> dict[str, Any]:
         """Counters of the hop workers and the outbox relay."""
-        return {"worker": svc.worker.stats, "outbox_published": svc.runtime.relay.published}
+        return {"worker": svc.worker.stats if svc.worker else None,
+                "outbox_published": svc.runtime.relay.published}
 
     add_person_status(app, svc)
     return app

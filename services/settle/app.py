@@ -37,7 +37,8 @@ class SettleService(Service):
             handlers["enroll.events"] = partial(apply_enrolment, self.ctx)
             handlers["filing.events"] = partial(apply_filing, self.ctx)
         group = "settle" if levels == ALL_LEVELS else "settle-" + "-".join(levels)
-        self.worker = self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx))
+        self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx))
+                       if handlers else None)  # no levels: an API-only process
         self.replies = ReplyListener(self.runtime.bus, SettlementResult.model_validate_json) if with_api else None
         if with_api:
             from services.settle.api import create_api

@@ -1,0 +1,278 @@
+"""`yibao bench`: end-to-end settlements per second and latency, per hop, against a bare relay.
+
+Self-contained: starts a fresh embedded broker and the four services on free ports, enrols and
+files a population, drives many concurrent hospitals through /fsi/callService for BENCH_SECONDS,
+then measures a bare aiokafka consume→produce chain of the same length on a fresh broker.
+Prints a table and writes var/bench.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import secrets
+import statistics
+import time
+from collections import defaultdict
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.bus.broker import EmbeddedBroker, free_port
+from services.bus.settings import BusSettings
+from services.enroll.domain import with_check_char
+from services.platform import SERVICES, Platform
+
+LEGS = 10  # a cross-province claim: 9 hop legs plus the reply
+INSURED = ["360100", "360400", "330100", "330200", "110000", "310000"]
+HOSPITALS = ["H44010400001", "H44010600002", "H44011100003"]  # 广州, levels 3/2/1, enabled
+LINES = [
+    ("001102000010000", "25.00"), ("003307000010000", "600.00"), ("XC09CAL032A001010100512", "3.50"),
+    ("XA10BAE057A001010100321", "0.45"), ("002101000010000", "70.00"), ("XN02BEA086A001010100777", "18.50"),
+]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(p / 100 * len(s)))], 1)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": pct(values, 50), "p95": pct(values, 95), "p99": pct(values, 99),
+            "mean": round(statistics.fmean(values), 1) if values else 0.0}
+
+
+def progress(text: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {text}", flush=True)
+
+
+# --- the platform under load ---------------------------------------------------------------
+
+
+async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
+    sem = asyncio.Semaphore(16)
+    year_end = f"{date.today().year}-12-31"
+
+    async def one(c: httpx.AsyncClient, i: int) -> tuple[str, str]:
+        region = INSURED[i % len(INSURED)]
+        certno = with_check_char(f"{region}{1950 + i % 50}0101{(i * 2 + 1) % 1000:03d}")
+        async with sem:
+            r = await c.post(p.url("enroll") + "/persons", json={"certno": certno, "psn_name": f"压测{i}", "admdvs": region})
+            psn = r.json()["psn_no"]
+            await c.post(p.url("enroll") + "/enrolments", json={
+                "psn_no": psn, "insuplc_admdvs": region, "insutype": "310", "paid_through": year_end,
+                "voucher_active": True, "acct_balc": "500.00"})
+            for _ in range(200):
+                r = await c.post(p.url("filing") + "/filings", json={
+                    "psn_no": psn, "fil_type": "OTHER_TEMP", "target_admdvs": "440000",
+                    "begndate": date.today().replace(day=1).isoformat()})
+                if r.status_code == 201:
+                    break
+                await asyncio.sleep(0.05)
+        return psn, region
+
+    async with httpx.AsyncClient(timeout=30) as c:
+        people = await asyncio.gather(*(one(c, i) for i in range(n)))
+        for psn, _ in people[-len(INSURED):]:  # the views follow the events: wait for the last ones
+            for _ in range(400):
+                r = await c.get(f"{p.url('settle')}/persons/{psn}/status")
+                if r.status_code == 200 and r.json()["filings"]:
+                    break
+                await asyncio.sleep(0.05)
+    return list(people)
+
+
+def claim(psn: str, region: str) -> dict[str, Any]:
+    hosp = random.choice(HOSPITALS)
+    lines = []
+    for sn, (code, price) in enumerate(random.sample(LINES, random.randint(2, 5)), 1):
+        cnt = random.randint(1, 3)
+        lines.append({"feedetl_sn": str(sn), "med_list_codg": code, "cnt": cnt, "pric": price,
+                      "det_item_fee_sumamt": str(round(float(price) * cnt, 2))})
+    return {"infno": "2207", "msgid": f"{hosp}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**4):04d}",
+            "mdtrtarea_admvs": "440100", "insuplc_admdvs": region, "fixmedins_code": hosp,
+            "input": {"data": {"psn_no": psn, "insutype": "310", "med_type": "11", "acct_used_flag": "1",
+                               "begntime": date.today().isoformat()}, "feedetail": lines}}
+
+
+async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, concurrency: int,
+                warmup: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    legs: dict[str, list[float]] = defaultdict(list)
+    work: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, int] = defaultdict(int)
+    start = time.monotonic()
+    measure_from, end = start + warmup, start + warmup + seconds
+    url = p.url("settle") + "/fsi/callService"
+
+    async def hospital(c: httpx.AsyncClient) -> None:
+        while (now := time.monotonic()) < end:
+            psn, region = random.choice(people)
+            t0 = time.perf_counter()
+            try:
+                r = await c.post(url, json=claim(psn, region))
+                ans = r.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            if now < measure_from:
+                continue
+            if ans.get("infcode") != 0:
+                errors[(ans.get("output") or {}).get("err_code") or f"http {r.status_code}"] += 1
+                continue
+            latencies.append(ms)
+            trace = ans["output"]["hop_trace"]
+            for i, h in enumerate(trace):
+                name = f"{i}:{h['level']}:{h['action']}"
+                work[name].append(h["sent_ms"] - h["received_ms"])
+                if i:
+                    legs[name].append(h["received_ms"] - trace[i - 1]["sent_ms"])
+            legs["entry+reply"].append(ms - (trace[-1]["sent_ms"] - trace[0]["received_ms"]))
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+        await asyncio.gather(*(hospital(c) for _ in range(concurrency)))
+    return {
+        "throughput_per_s": round(len(latencies) / seconds, 1), "settled": len(latencies),
+        "latency_ms": summary(latencies), "errors": dict(errors),
+        "per_hop_transit_ms": {k: summary(v) for k, v in legs.items()},
+        "per_hop_work_ms": {k: summary(v) for k, v in work.items()},
+    }
+
+
+# --- the bare relay baseline ---------------------------------------------------------------
+
+
+async def relay_baseline(seconds: float, concurrency: int, warmup: float) -> dict[str, Any]:
+    """A bare aiokafka consume→produce chain of LEGS legs, driven the same closed-loop way."""
+    s = BusSettings()
+    broker = EmbeddedBroker(free_port())
+    bootstrap = broker.start()
+    topics = [f"baseline.leg{i}" for i in range(LEGS)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=s.linger_ms,
+                                max_batch_size=s.max_batch_size)
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id="baseline",
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=s.fetch_max_wait_ms, session_timeout_ms=s.session_timeout_ms,
+                                heartbeat_interval_ms=s.heartbeat_interval_ms, max_poll_records=s.max_poll_records)
+    await producer.start()
+    await consumer.start()
+    waiting: dict[str, asyncio.Future[None]] = {}
+    payload = {"claim": {"fees": [{"code": c, "pric": p} for c, p in LINES] * 3}, "trace": []}
+
+    async def relay() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, recs in batch.items():
+                leg = topics.index(tp.topic)
+                for r in recs:
+                    msg = orjson.loads(r.value)
+                    msg["trace"].append(leg)
+                    if leg + 1 < LEGS:
+                        await producer.send(topics[leg + 1], orjson.dumps(msg), key=r.key)
+                    else:
+                        fut = waiting.pop(msg["id"], None)
+                        if fut and not fut.done():
+                            fut.set_result(None)
+            if batch:
+                await producer.flush()
+                await consumer.commit()
+
+    task = asyncio.create_task(relay())
+    while not consumer.assignment():
+        await asyncio.sleep(0.05)
+    latencies: list[float] = []
+    start = time.monotonic()
+    measure_from, end = start + warmup, start + warmup + seconds
+
+    async def client(n: int) -> None:
+        i = 0
+        while (now := time.monotonic()) < end:
+            i += 1
+            mid = f"{n}-{i}"
+            fut = asyncio.get_running_loop().create_future()
+            waiting[mid] = fut
+            t0 = time.perf_counter()
+            await producer.send(topics[0], orjson.dumps(payload | {"id": mid}), key=str(n).encode())
+            await fut
+            if now >= measure_from:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    await asyncio.gather(*(client(n) for n in range(concurrency)))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await consumer.stop()
+    await producer.stop()
+    broker.stop()
+    return {"throughput_per_s": round(len(latencies) / seconds, 1), "latency_ms": summary(latencies),
+            "legs": LEGS, "errors": {}}
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def print_report(r: dict[str, Any]) -> None:
+    base = r["relay_baseline"]
+    print("\n                         settlements/s    p50 ms    p95 ms    p99 ms   errors")
+    print(f"platform (2207, 9 hops)  {r['throughput_per_s']:>13} {r['latency_ms']['p50']:>9} "
+          f"{r['latency_ms']['p95']:>9} {r['latency_ms']['p99']:>9}   {sum(r['errors'].values())}")
+    print(f"bare relay ({LEGS} legs)     {base['throughput_per_s']:>13} {base['latency_ms']['p50']:>9} "
+          f"{base['latency_ms']['p95']:>9} {base['latency_ms']['p99']:>9}   -")
+    print(f"overhead ratio (throughput baseline/platform): {r['overhead_ratio']}")
+    print("\nper hop (ms): transit = broker + queueing before the hop; work = inside the hop")
+    print(f"  {'hop':<22} {'transit p50':>11} {'p99':>7} {'work p50':>9} {'p99':>7}")
+    for k in sorted(r["per_hop_work_ms"], key=lambda x: int(x.split(':')[0])):
+        t = r["per_hop_transit_ms"].get(k, {"p50": "-", "p99": "-"})
+        w = r["per_hop_work_ms"][k]
+        print(f"  {k:<22} {t['p50']:>11} {t['p99']:>7} {w['p50']:>9} {w['p99']:>7}")
+    e = r["per_hop_transit_ms"].get("entry+reply")
+    if e:
+        print(f"  {'entry+reply (API)':<22} {e['p50']:>11} {e['p99']:>7}")
+    if r["errors"]:
+        print(f"errors: {r['errors']}")
+
+
+def main() -> None:
+    seconds = float(os.environ.get("BENCH_SECONDS", "20"))
+    concurrency = int(os.environ.get("BENCH_CONCURRENCY", "48"))
+    population = int(os.environ.get("BENCH_PERSONS", "120"))
+    warmup = float(os.environ.get("BENCH_WARMUP", "3"))
+    var = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
+    run_dir = var / f"bench-{datetime.now():%Y%m%d%H%M%S}"
+    progress(f"starting a fresh broker and {len(SERVICES)} services on free ports (state in {run_dir})")
+    p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=free_port(), var_dir=run_dir,
+                 env={"YIBAO_LOG_LEVEL": "WARNING"})
+    t_start = time.monotonic()
+    p.start(timeout=120)
+    try:
+        progress(f"enrolling and filing {population} persons in {len(INSURED)} insured regions")
+        people = asyncio.run(enrol_population(p, population))
+        progress(f"driving {concurrency} concurrent hospitals for {seconds:.0f} s (+{warmup:.0f} s warm-up)")
+        result = asyncio.run(drive(p, people, seconds, concurrency, warmup))
+        broker_uptime = round(time.monotonic() - t_start, 1)
+    finally:
+        p.stop()
+    progress(f"measuring the bare relay baseline ({LEGS} legs) on a fresh broker")
+    result["relay_baseline"] = asyncio.run(relay_baseline(seconds, concurrency, warmup))
+    result["overhead_ratio"] = round(result["relay_baseline"]["throughput_per_s"] / max(result["throughput_per_s"], 0.1), 2)
+    result["config"] = {"seconds": seconds, "warmup_s": warmup, "concurrency": concurrency, "persons": population,
+                        "broker_uptime_at_end_s": broker_uptime, "cpus": os.cpu_count(),
+                        "when": datetime.now().isoformat(timespec="seconds")}
+    var.mkdir(parents=True, exist_ok=True)
+    (var / "bench.json").write_text(json.dumps(result, ensure_ascii=False, indent=2))
+    print_report(result)
+    print(f"\nwritten: {var / 'bench.json'}")
