@@ -9,7 +9,7 @@ from pathlib import Path
 
 @cache
 def _load() -> dict[str, list[dict[str, str]]]:
-    return json.loads((Path(__file__).parent / "refdata" / "regions.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads((Path(__file__).parent / "refdata" / "regions.json").read_text(encoding="utf-8"))
 
 
 def provinces() -> dict[str, str]:

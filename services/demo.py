@@ -114,7 +114,7 @@ def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
 
     say("4. 智能监控 — 宫颈细胞学检查 is restricted to women; the claim was billed for a man")
     alerts = wait_for("the gender-rule alert", lambda: c.get(
-        url["monitor"] + "/alerts", params={"msgid": req["msgid"]}).json())
+        url["monitor"] + "/alerts", params={"msgid": str(req["msgid"])}).json())
     for a in alerts:
         print(f"  ALERT {a['rule_id']} {a['rule_name']} [{a['sev_deg']}] at {a['fixmedins_code']}: "
               f"{a['vola_cont']} (¥{a['vola_amt']})")

@@ -19,8 +19,8 @@ from services.bus.broker import EmbeddedBroker
 from services.bus.client import Bus
 from services.bus.settings import BusSettings
 from services.http import serve
-from services.settings import CommonSettings
 from services.service import Service
+from services.settings import CommonSettings
 
 log = logging.getLogger("yibao.platform")
 SERVICES = ("enroll", "filing", "settle", "monitor")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -113,10 +114,8 @@ class Bus:
             existing = set(await admin.list_topics())
             missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                     await admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass
             return [t.name for t in missing]
         finally:
             await admin.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING
@@ -54,8 +55,11 @@ OUTBOX = OutboxRow.__table__  # type: ignore[attr-defined]
 class OutboxRelay:
     """Publishes unsent rows in order and marks them sent; wakes at once when notified."""
 
-    def __init__(self, engine: Engine, service: str, bus: Bus, batch: int = 500) -> None:
+    def __init__(self, engine: Engine, service: str, bus: Bus, batch: int = 500,
+                 keep_sent_s: int = 600) -> None:
         self.engine, self.service, self.bus, self.batch = engine, service, bus, batch
+        self.keep_sent_s = keep_sent_s  # sent rows are kept this long, for a re-publish
+        self._pruned = now_ms()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -89,14 +93,15 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):  # no news: poll anyway
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 while await self.drain_once() == self.batch:
                     pass
+                if now_ms() - self._pruned > 60_000:
+                    self.prune(self.keep_sent_s)
+                    self._pruned = now_ms()
             except asyncio.CancelledError:
                 raise
             except Exception:  # broker away or database busy: the rows stay, try again soon
@@ -146,21 +151,17 @@ class OutboxRelay:
         """After the broker lost its data: publish again what was sent in the last window."""
         since = now_ms() - window_s * 1000
         with Session(self.engine) as s, s.begin():
-            res = s.exec(
-                update(OutboxRow)  # type: ignore[call-overload]
-                .where(OutboxRow.service == self.service, OutboxRow.sent_ms >= since)  # type: ignore[operator]
+            n = s.connection().execute(
+                update(OUTBOX).where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms >= since)
                 .values(sent_ms=None, lease_until=None)
-            )
-            n = res.rowcount or 0
+            ).rowcount or 0
         log.warning("broker epoch changed: re-publishing %d recent %s events", n, self.service)
         self.notify()
         return n
 
     def prune(self, older_than_s: int) -> None:
+        """Forget rows sent long ago (past the republish window)."""
         cutoff = now_ms() - older_than_s * 1000
         with Session(self.engine) as s, s.begin():
-            s.exec(
-                OutboxRow.__table__.delete().where(  # type: ignore[attr-defined]
-                    OutboxRow.service == self.service, OutboxRow.sent_ms < cutoff  # type: ignore[operator]
-                )
-            )
+            s.connection().execute(OUTBOX.delete().where(OUTBOX.c.service == self.service,
+                                                         OUTBOX.c.sent_ms < cutoff))

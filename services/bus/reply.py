@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import REPLY_PREFIX
 from services.bus.client import Bus, instance_id
@@ -22,15 +22,16 @@ class ReplyListener:
         self.topic = REPLY_PREFIX + instance_id()
         self._waiting: dict[str, asyncio.Future[object]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._consumer = None
+        self._consumer: AIOKafkaConsumer | None = None
         bus.on_new_epoch(self._restart)
 
     async def start(self) -> None:
         await self.bus.create_topic(self.topic, 1)
-        self._consumer = self.bus.consumer(group_id=None)
-        await self._consumer.start()
-        self._consumer.assign([TopicPartition(self.topic, 0)])
-        await self._consumer.seek_to_beginning(TopicPartition(self.topic, 0))
+        consumer = self.bus.consumer(group_id=None)
+        await consumer.start()
+        consumer.assign([TopicPartition(self.topic, 0)])
+        await consumer.seek_to_beginning(TopicPartition(self.topic, 0))
+        self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="reply-listener")
 
     async def stop(self, delete: bool = True) -> None:

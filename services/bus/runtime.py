@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from sqlalchemy import Engine
 
@@ -18,11 +19,12 @@ class ServiceRuntime:
     def __init__(self, service: str, settings: BusSettings, bootstrap: str, engine: Engine) -> None:
         self.service = service
         self.bus = Bus(settings, bootstrap, client_id=f"yibao-{service}")
-        self.relay = OutboxRelay(engine, service, self.bus)
+        self.relay = OutboxRelay(engine, service, self.bus, keep_sent_s=settings.outbox_republish_window_s)
         self.workers: list[Worker] = []
         self.bus.on_new_epoch(self._republish)
 
-    def add_worker(self, group: str, handlers: dict[str, Handler], on_give_up: GiveUp | None = None) -> Worker:
+    def add_worker(self, group: str, handlers: Mapping[str, Handler],
+                   on_give_up: GiveUp | None = None) -> Worker:
         w = Worker(self.bus, group, handlers, on_give_up)
         self.workers.append(w)
         return w

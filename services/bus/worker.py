@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -45,7 +45,7 @@ class PermanentError(Exception):
 class Worker:
     """One consumer group over some topics, plus its retry consumer."""
 
-    def __init__(self, bus: Bus, group: str, handlers: dict[str, Handler],
+    def __init__(self, bus: Bus, group: str, handlers: Mapping[str, Handler],
                  on_give_up: GiveUp | None = None) -> None:
         self.bus, self.group, self.handlers, self.on_give_up = bus, group, handlers, on_give_up
         self._consumers: list[AIOKafkaConsumer] = []

@@ -72,7 +72,7 @@ def enrol_person(ctx: EnrollContext, cmd: EnrolPerson) -> Enrolment:
         e.version, e.updated_ms = version, now_ms()
         s.add(e)
         event = EnrolmentUpdated(
-            psn_no=person.psn_no, psn_name=person.psn_name, gend=person.gend,  # type: ignore[arg-type]
+            psn_no=person.psn_no, psn_name=person.psn_name, gend=person.gend,
             brdy=person.brdy, insuplc_admdvs=cmd.insuplc_admdvs, insutype=cmd.insutype,
             psn_type=cmd.psn_type, psn_insu_stas=cmd.psn_insu_stas, paid_through=cmd.paid_through,
             voucher_active=cmd.voucher_active, cvlserv_flag=cmd.cvlserv_flag, acct_balc=cmd.acct_balc,

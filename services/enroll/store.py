@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date
-
 from decimal import Decimal
 
 from sqlalchemy import BigInteger
@@ -43,4 +42,4 @@ class Enrolment(SQLModel, table=True):
     updated_ms: int = Field(sa_type=BigInteger)
 
 
-TABLES = [Person, Enrolment, InboxRecord, OutboxRow]
+TABLES: list[type[SQLModel]] = [Person, Enrolment, InboxRecord, OutboxRow]

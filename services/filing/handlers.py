@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from schemas.common import FilingType
-from schemas.events import EnrolmentUpdated, FilingStatus, FilingUpdated, FileTreatment
+from schemas.events import EnrolmentUpdated, FileTreatment, FilingStatus, FilingUpdated
 from schemas.regions import pooling_regions
 from services.bus import outbox
 from services.bus.db import transaction

@@ -41,4 +41,4 @@ class Filing(SQLModel, table=True):
     created_ms: int = Field(sa_type=BigInteger)
 
 
-TABLES = [EnrolmentView, Filing, InboxRecord, OutboxRow]
+TABLES: list[type[SQLModel]] = [EnrolmentView, Filing, InboxRecord, OutboxRow]

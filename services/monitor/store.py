@@ -29,4 +29,4 @@ class Alert(SQLModel, table=True):
     raised_ms: int = Field(sa_type=BigInteger)
 
 
-TABLES = [Alert, InboxRecord, OutboxRow]
+TABLES: list[type[SQLModel]] = [Alert, InboxRecord, OutboxRow]

@@ -9,7 +9,13 @@ from schemas.events import SettlementResult
 from services.bus.faults import Faults
 from services.bus.reply import ReplyListener
 from services.service import Service
-from services.settle.handlers import SettleContext, apply_enrolment, apply_filing, give_up, handle_hop
+from services.settle.handlers import (
+    SettleContext,
+    apply_enrolment,
+    apply_filing,
+    give_up,
+    handle_hop,
+)
 from services.settle.refdata import Reference
 from services.settle.settings import SettleSettings
 from services.settle.store import TABLES

@@ -117,7 +117,7 @@ def split_line(line: FeeLine, item: CatalogueItem | None) -> FeeSplit:
             feedetl_sn=line.feedetl_sn, med_list_codg=line.med_list_codg, det_item_fee_sumamt=amt,
             chrgitm_lv="03", selfpay_prop=Decimal("1"), pric_uplmt_amt=item.pric_uplmt_amt if item else None,
             fulamt_ownpay_amt=amt, overlmt_amt=zero, preselfpay_amt=zero, inscp_scp_amt=zero,
-            lmt_gend=item.lmt_gend if item else None,  # type: ignore[arg-type]
+            lmt_gend=item.lmt_gend if item else None,
         )
     overlmt = zero
     if item.pric_uplmt_amt is not None and line.pric > item.pric_uplmt_amt:
@@ -126,10 +126,10 @@ def split_line(line: FeeLine, item: CatalogueItem | None) -> FeeSplit:
     pre = yuan(rest * item.selfpay_prop) if item.chrgitm_lv == "02" else zero
     return FeeSplit(
         feedetl_sn=line.feedetl_sn, med_list_codg=line.med_list_codg, det_item_fee_sumamt=amt,
-        chrgitm_lv=item.chrgitm_lv,  # type: ignore[arg-type]
+        chrgitm_lv=item.chrgitm_lv,
         selfpay_prop=item.selfpay_prop, pric_uplmt_amt=item.pric_uplmt_amt,
         fulamt_ownpay_amt=zero, overlmt_amt=overlmt, preselfpay_amt=pre, inscp_scp_amt=rest - pre,
-        lmt_gend=item.lmt_gend,  # type: ignore[arg-type]
+        lmt_gend=item.lmt_gend,
     )
 
 

@@ -24,10 +24,10 @@ from schemas.events import (
     HopAction,
     HopStamp,
     Outcome,
-    SettlementHop,
-    SettlementResult,
     Setldetail,
     Setlinfo,
+    SettlementHop,
+    SettlementResult,
 )
 from services.bus import outbox
 from services.bus.client import Bus
@@ -158,7 +158,7 @@ async def _forward(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> Non
     hop.pos += 1
     step = hop.route[hop.pos]
     src = f"/yibao/settle/{hop.trace[-1].level}/{hop.trace[-1].admdvs}"
-    await ctx.bus.send(hop_topic(step.level), step.admdvs, hop, src, **_next_headers(msg, hop))  # type: ignore[arg-type]
+    await ctx.bus.send(hop_topic(step.level), step.admdvs, hop, src, **_next_headers(msg, hop))
 
 
 async def _turn_back(ctx: SettleContext, msg: Incoming, hop: SettlementHop, outcome: Outcome) -> None:

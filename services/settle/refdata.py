@@ -21,7 +21,7 @@ class Reference:
 
     @classmethod
     def load(cls, directory: Path = REFDATA) -> Reference:
-        def read(name: str) -> dict:  # type: ignore[type-arg]
+        def read(name: str) -> dict:
             return json.loads((directory / name).read_text(encoding="utf-8"))
 
         hospitals = {h["fixmedins_code"]: Hospital(**h) for h in read("hospitals.json")["hospitals"]}

@@ -134,7 +134,7 @@ class AccountRow(SQLModel, table=True):
     balance_fen: int = 0
 
 
-TABLES = [ClaimRecord, PersonView, FilingView, LedgerEntry, AccumulatorRow, AccountRow,
+TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, AccumulatorRow, AccountRow,
           InboxRecord, OutboxRow]
 
 

@@ -10,8 +10,10 @@ from decimal import Decimal
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from sqlmodel import select
 
 from schemas.events import EnrolmentUpdated, FilingUpdated
+from schemas.export import JSON_DIR
 from services.bus import outbox
 from services.bus.client import Bus
 from services.bus.db import create_tables, transaction
@@ -215,7 +217,7 @@ async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(bro
 
     headers, value = await asyncio.to_thread(consume)
     assert headers["ce_specversion"] == "1.0" and headers["content-type"] == "application/json"
-    schema = json.loads(open(f"schemas/json/{headers['ce_type']}.json", encoding="utf-8").read())
+    schema = json.loads((JSON_DIR / f"{headers['ce_type']}.json").read_text(encoding="utf-8"))
     jsonschema.validate(json.loads(value), schema)
 
 
@@ -249,3 +251,27 @@ async def test_consumers_are_tuned_for_the_embedded_broker(bus_settings: BusSett
     assert c._enable_auto_commit is False
     slow = Bus(bus_settings, "127.0.0.1:1", "t").consumer("filing.events.retry", group_id="x.retry", slow=True)
     assert slow._fetch_max_wait_ms > c._fetch_max_wait_ms  # idle retry readers cost less broker CPU
+
+
+async def test_two_relays_on_one_database_publish_each_row_once(broker: str, bus_settings: BusSettings,
+                                                                engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory("lease")
+    create_tables(engine, [OutboxRow])
+    bus = await started_bus(bus_settings, broker)
+    with transaction(engine) as s:
+        for n in range(60):
+            outbox.add(s, "t-lease", "filing.events", f"P{n}", filing_event(n))
+    a, b = OutboxRelay(engine, "t-lease", bus, batch=7), OutboxRelay(engine, "t-lease", bus, batch=7)
+
+    async def drain(r: OutboxRelay) -> None:
+        while await r.drain_once():
+            pass
+
+    await asyncio.gather(drain(a), drain(b))
+    assert a.published + b.published == 60
+    records = await read_topic(broker, "filing.events", 60)
+    assert sorted(orjson.loads(r.value)["fil_id"] for r in records) == sorted(f"F{n}" for n in range(60))
+    a.prune(0)
+    with transaction(engine) as s:
+        assert not s.exec(select(OutboxRow).where(OutboxRow.service == "t-lease")).all()
+    await bus.stop()
