@@ -59,6 +59,7 @@ class OutboxRelay:
                  keep_sent_s: int = 600) -> None:
         self.engine, self.service, self.bus, self.batch = engine, service, bus, batch
         self.keep_sent_s = keep_sent_s  # sent rows are kept this long, for a re-publish
+        self.gather_s = 0.003
         self._pruned = now_ms()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,6 +96,8 @@ class OutboxRelay:
         while True:
             with contextlib.suppress(TimeoutError):  # no news: poll anyway
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+            # Under load many commits notify within a few ms: gather them into one drain.
+            await asyncio.sleep(self.gather_s)
             self._wake.clear()
             try:
                 while await self.drain_once() == self.batch:

@@ -13,10 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 
 import orjson
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from schemas.common import FilingType
 from schemas.events import (
     Claim,
     EnrolmentUpdated,
@@ -51,6 +52,7 @@ from services.settle.domain import (
 )
 from services.settle.refdata import Reference
 from services.settle.store import (
+    LEDGER,
     AccountRow,
     AccumulatorRow,
     ClaimRecord,
@@ -58,7 +60,12 @@ from services.settle.store import (
     LedgerEntry,
     PersonView,
     filings_of,
-    ledger_for,
+    ledger_has,
+    load_accumulators,
+    load_balance,
+    load_person,
+    save_accumulators,
+    save_balance,
 )
 
 log = logging.getLogger("yibao.settle")
@@ -190,14 +197,14 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
     """Insured city: eligibility, benefits, ledger and accumulators, exactly once per msgid."""
     c = hop.claim
     with transaction(ctx.engine) as s:
-        if ledger_for(s, c.msgid) is not None:
+        conn = s.connection()
+        if ledger_has(conn, c.msgid):
             log.info("claim %s already settled at %s: redelivery ignored", c.msgid, c.insuplc_admdvs)
             return
-        pv = s.get(PersonView, c.psn_no)
-        person = pv.state() if pv else None
+        person = load_person(conn, c.psn_no)
         try:
             filing = check_eligibility(
-                person, filings_of(s, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
+                person, filings_of(conn, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
                 insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
                 cert_type=c.mdtrt_cert_type, day=c.begntime,
             )
@@ -208,7 +215,7 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
             hop.outcome.psn_gend = person.gend if person else None
         else:
             assert person is not None
-            hop.outcome = _settle(s, c, hop, person, policy, filing)
+            hop.outcome = _settle(conn, c, hop, person, policy, filing)
         _stamp(hop, received, msg.attempt)
         hop.pos += 1
         nxt = hop.route[hop.pos]
@@ -219,26 +226,24 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
              hop.outcome.err_code or "")
 
 
-def _settle(s: Session, c: Claim, hop: SettlementHop, person: PersonState, policy: benefits.Policy,
-            filing: object) -> Outcome:
+def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState, policy: benefits.Policy,
+            filing: FilingType | None) -> Outcome:
+    """The ledger write: settlement row, accumulators and account balance, in the caller's transaction."""
     year = c.begntime.year
-    acc_row = s.get(AccumulatorRow, (c.psn_no, year, c.insutype)) or AccumulatorRow(
-        psn_no=c.psn_no, year=year, insutype=c.insutype)
-    account = s.get(AccountRow, c.psn_no) or AccountRow(psn_no=c.psn_no, balance_fen=0)
-    lines = apply_gender_restriction(hop.split or [], person.gend)
+    acc = load_accumulators(conn, c.psn_no, year, c.insutype)
+    balance = load_balance(conn, c.psn_no)
     comp = benefits.compute(
-        policy, lines, med_type=c.med_type, psn_type=person.psn_type, hosp_lv=hop.hosp_lv or "1",
-        filing=filing, acc=acc_row.values(), acct_balance=account.balance_fen,  # type: ignore[arg-type]
-        use_account=c.acct_used_flag == "1" and c.insutype == "310",
+        policy, apply_gender_restriction(hop.split or [], person.gend), med_type=c.med_type,
+        psn_type=person.psn_type, hosp_lv=hop.hosp_lv or "1", filing=filing, acc=acc or benefits.Accumulators(),
+        acct_balance=balance, use_account=c.acct_used_flag == "1" and c.insutype == "310",
     )
     setl_id = f"{c.insuplc_admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
     outcome = Outcome(infcode=0, setlinfo=_setlinfo(c, person, comp, setl_id),
                       setldetail=_setldetail(c, comp), psn_gend=person.gend)
-    acc_row.apply(comp.after)
-    account.balance_fen = comp.balc
-    s.add(acc_row)
-    s.add(account)
-    s.add(LedgerEntry(
+    save_accumulators(conn, c.psn_no, year, c.insutype, comp.after, existed=acc is not None)
+    if comp.acct_pay:
+        save_balance(conn, c.psn_no, comp.balc)
+    conn.execute(insert(LEDGER).values(
         setl_id=setl_id, msgid=c.msgid, psn_no=c.psn_no, insuplc_admdvs=c.insuplc_admdvs,
         mdtrtarea_admvs=c.mdtrtarea_admvs, fixmedins_code=c.fixmedins_code, year=year,
         medfee_fen=comp.medfee_sumamt, fund_fen=comp.fund_pay_sumamt, hifp_fen=comp.hifp_pay,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import BigInteger, LargeBinary
-from sqlmodel import Column, Field, Session, SQLModel, select
+from sqlalchemy import BigInteger, Connection, LargeBinary, insert, select, update
+from sqlmodel import Column, Field, SQLModel
 
 from schemas.common import FilingType
 from services.bus.inbox import InboxRecord
@@ -47,13 +47,6 @@ class PersonView(SQLModel, table=True):
     acct_balc_fen: int = 0
     version: int = 0
 
-    def state(self) -> PersonState:
-        return PersonState(
-            psn_no=self.psn_no, psn_name=self.psn_name, gend=self.gend,
-            insuplc_admdvs=self.insuplc_admdvs, insutype=self.insutype, psn_type=self.psn_type,
-            psn_insu_stas=self.psn_insu_stas, paid_through=self.paid_through,
-            voucher_active=self.voucher_active,
-        )
 
 
 class FilingView(SQLModel, table=True):
@@ -70,11 +63,6 @@ class FilingView(SQLModel, table=True):
     status: str
     version: int = 0
 
-    def state(self) -> FilingState:
-        return FilingState(
-            fil_id=self.fil_id, fil_type=FilingType(self.fil_type), target_admdvs=self.target_admdvs,
-            begndate=self.begndate, enddate=self.enddate, status=self.status,
-        )
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -113,17 +101,6 @@ class AccumulatorRow(SQLModel, table=True):
     compliant_selfpay: int = 0
     critical_paid: int = 0
 
-    def values(self) -> Accumulators:
-        return Accumulators(
-            dedc_used_ip=self.dedc_used_ip, dedc_used_op=self.dedc_used_op,
-            hifp_paid_ip=self.hifp_paid_ip, hifp_paid_op=self.hifp_paid_op,
-            compliant_selfpay=self.compliant_selfpay, critical_paid=self.critical_paid,
-        )
-
-    def apply(self, acc: Accumulators) -> None:
-        for name, value in vars(acc).items():
-            setattr(self, name, value)
-
 
 class AccountRow(SQLModel, table=True):
     """个人账户 balance in fen, at the insured city."""
@@ -138,9 +115,59 @@ TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry
           InboxRecord, OutboxRow]
 
 
-def filings_of(s: Session, psn_no: str) -> list[FilingState]:
-    return [f.state() for f in s.exec(select(FilingView).where(FilingView.psn_no == psn_no)).all()]
+# --- Core queries for the insured city's hot path (one settlement = a handful of statements) ---
+
+PERSONS = PersonView.__table__  # type: ignore[attr-defined]
+FILINGS = FilingView.__table__  # type: ignore[attr-defined]
+LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
+ACCUMULATORS = AccumulatorRow.__table__  # type: ignore[attr-defined]
+ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
+ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "compliant_selfpay", "critical_paid")
 
 
-def ledger_for(s: Session, msgid: str) -> LedgerEntry | None:
-    return s.exec(select(LedgerEntry).where(LedgerEntry.msgid == msgid)).first()
+def load_person(c: Connection, psn_no: str) -> PersonState | None:
+    r = c.execute(select(PERSONS).where(PERSONS.c.psn_no == psn_no)).mappings().first()
+    if r is None:
+        return None
+    return PersonState(psn_no=r["psn_no"], psn_name=r["psn_name"], gend=r["gend"],
+                       insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
+                       psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
+                       voucher_active=r["voucher_active"])
+
+
+def filings_of(c: Connection, psn_no: str) -> list[FilingState]:
+    rows = c.execute(select(FILINGS).where(FILINGS.c.psn_no == psn_no)).mappings().all()
+    return [FilingState(fil_id=r["fil_id"], fil_type=FilingType(r["fil_type"]), target_admdvs=r["target_admdvs"],
+                        begndate=r["begndate"], enddate=r["enddate"], status=r["status"]) for r in rows]
+
+
+def ledger_has(c: Connection, msgid: str) -> bool:
+    return c.execute(select(LEDGER.c.setl_id).where(LEDGER.c.msgid == msgid)).first() is not None
+
+
+def load_accumulators(c: Connection, psn_no: str, year: int, insutype: str) -> Accumulators | None:
+    r = c.execute(select(*(ACCUMULATORS.c[f] for f in ACC_FIELDS)).where(
+        ACCUMULATORS.c.psn_no == psn_no, ACCUMULATORS.c.year == year,
+        ACCUMULATORS.c.insutype == insutype)).mappings().first()
+    return Accumulators(**r) if r is not None else None
+
+
+def save_accumulators(c: Connection, psn_no: str, year: int, insutype: str, acc: Accumulators,
+                      existed: bool) -> None:
+    values = {f: getattr(acc, f) for f in ACC_FIELDS}
+    if existed:
+        c.execute(update(ACCUMULATORS).where(
+            ACCUMULATORS.c.psn_no == psn_no, ACCUMULATORS.c.year == year,
+            ACCUMULATORS.c.insutype == insutype).values(**values))
+    else:
+        c.execute(insert(ACCUMULATORS).values(psn_no=psn_no, year=year, insutype=insutype, **values))
+
+
+def load_balance(c: Connection, psn_no: str) -> int:
+    r = c.execute(select(ACCOUNTS.c.balance_fen).where(ACCOUNTS.c.psn_no == psn_no)).first()
+    return int(r[0]) if r is not None else 0
+
+
+def save_balance(c: Connection, psn_no: str, balance_fen: int) -> None:
+    if not c.execute(update(ACCOUNTS).where(ACCOUNTS.c.psn_no == psn_no).values(balance_fen=balance_fen)).rowcount:
+        c.execute(insert(ACCOUNTS).values(psn_no=psn_no, balance_fen=balance_fen))
