@@ -49,6 +49,17 @@ def install_error_handlers(app: FastAPI, national_paths: tuple[str, ...] = ()) -
         return body(request, 400, str(exc))
 
 
+def map_errors(app: FastAPI, statuses: dict[type[Exception], int]) -> None:
+    """Domain errors to HTTP answers in one place: their message is the sentence the caller reads."""
+
+    async def handler(_req: Request, exc: Exception) -> JSONResponse:
+        status = next(code for cls, code in statuses.items() if isinstance(exc, cls))
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    for cls in statuses:
+        app.add_exception_handler(cls, handler)
+
+
 def jsonable(errors: Any) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
 

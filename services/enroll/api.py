@@ -17,7 +17,7 @@ from services.enroll.handlers import (
     get_person,
     register_person,
 )
-from services.http import add_healthz, install_error_handlers
+from services.http import add_healthz, install_error_handlers, map_errors
 
 if TYPE_CHECKING:
     from services.enroll.app import EnrollService
@@ -28,14 +28,7 @@ def create_api(svc: EnrollService) -> FastAPI:
     install_error_handlers(app)
     add_healthz(app, "enroll", lambda: svc.runtime.bus.producer is not None)
 
-    @app.exception_handler(InvalidCertnoError)
-    @app.exception_handler(UnknownRegionError)
-    async def _bad(_req: Any, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=422)
-
-    @app.exception_handler(UnknownPersonError)
-    async def _unknown(_req: Any, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    map_errors(app, {InvalidCertnoError: 422, UnknownRegionError: 422, UnknownPersonError: 404})
 
     @app.post("/persons", tags=["persons"])
     async def register(cmd: RegisterPerson) -> JSONResponse:

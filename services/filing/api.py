@@ -6,7 +6,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
 from schemas.events import FileTreatment
 from services.filing.domain import FilingRefusedError
@@ -17,7 +16,7 @@ from services.filing.handlers import (
     filings_of,
     get_filing,
 )
-from services.http import add_healthz, install_error_handlers
+from services.http import add_healthz, install_error_handlers, map_errors
 
 if TYPE_CHECKING:
     from services.filing.app import FilingService
@@ -28,13 +27,7 @@ def create_api(svc: FilingService) -> FastAPI:
     install_error_handlers(app)
     add_healthz(app, "filing", lambda: svc.runtime.bus.producer is not None)
 
-    @app.exception_handler(FilingRefusedError)
-    async def _refused(_req: Any, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=422)
-
-    @app.exception_handler(UnknownFilingError)
-    async def _unknown(_req: Any, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    map_errors(app, {FilingRefusedError: 422, UnknownFilingError: 404})
 
     @app.post("/filings", tags=["filings"], status_code=201)
     async def file(cmd: FileTreatment) -> dict[str, Any]:

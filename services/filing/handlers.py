@@ -16,8 +16,8 @@ from schemas.regions import pooling_regions
 from services.bus import outbox
 from services.bus.db import transaction
 from services.bus.envelope import Incoming, now_ms
-from services.bus.inbox import already_processed
 from services.bus.outbox import OutboxRelay
+from services.bus.views import apply_state
 from services.filing.domain import FilingRefusedError, validate_filing
 from services.filing.store import EnrolmentView, Filing
 
@@ -90,21 +90,8 @@ def get_filing(engine: Engine, fil_id: str) -> Filing:
     return f
 
 
-def enrolment_known(engine: Engine, psn_no: str) -> bool:
-    with Session(engine) as s:
-        return s.get(EnrolmentView, psn_no) is not None
-
-
 async def apply_enrolment(ctx: FilingContext, msg: Incoming) -> None:
     e: EnrolmentUpdated = msg.event
     with transaction(ctx.engine) as s:
-        if already_processed(s, "filing.enrolment-view", msg.ce_id):
-            return
-        row = s.get(EnrolmentView, e.psn_no)
-        if row is not None and row.version > e.version:
-            return
-        row = row or EnrolmentView(psn_no=e.psn_no, insuplc_admdvs=e.insuplc_admdvs,
-                                   psn_insu_stas=e.psn_insu_stas)
-        row.insuplc_admdvs, row.psn_insu_stas = e.insuplc_admdvs, e.psn_insu_stas
-        row.paid_through, row.version = e.paid_through, e.version
-        s.add(row)
+        apply_state(s, "filing.enrolment-view", msg.ce_id, EnrolmentView, {"psn_no": e.psn_no}, e,
+                    ("insuplc_admdvs", "psn_insu_stas", "paid_through", "version"))

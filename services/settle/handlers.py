@@ -35,8 +35,8 @@ from services.bus.client import Bus
 from services.bus.db import transaction
 from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, now_ms
 from services.bus.faults import Faults
-from services.bus.inbox import already_processed
 from services.bus.outbox import OutboxRelay
+from services.bus.views import apply_state
 from services.bus.worker import PermanentError
 from services.settle import benefits
 from services.settle.domain import (
@@ -334,38 +334,23 @@ async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
 # --- the insured city's views ----------------------------------------------------------------
 
 
+PERSON_FIELDS = ("psn_name", "gend", "insuplc_admdvs", "insutype", "psn_type", "psn_insu_stas",
+                 "paid_through", "voucher_active", "version")
+FILING_FIELDS = ("psn_no", "fil_type", "target_admdvs", "begndate", "enddate", "status", "version")
+
+
 async def apply_enrolment(ctx: SettleContext, msg: Incoming) -> None:
     e: EnrolmentUpdated = msg.event
     with transaction(ctx.engine) as s:
-        if already_processed(s, "settle.person-view", msg.ce_id):
-            return
-        row = s.get(PersonView, e.psn_no)
-        if row is not None and row.version > e.version:
-            return
-        row = row or PersonView(psn_no=e.psn_no, psn_name=e.psn_name, gend=e.gend,
-                                insuplc_admdvs=e.insuplc_admdvs, insutype=e.insutype,
-                                psn_type=e.psn_type, psn_insu_stas=e.psn_insu_stas)
-        for k in ("psn_name", "gend", "insuplc_admdvs", "insutype", "psn_type", "psn_insu_stas",
-                  "paid_through", "voucher_active", "version"):
-            setattr(row, k, getattr(e, k))
-        s.add(row)
-        if s.get(AccountRow, e.psn_no) is None:
+        row = apply_state(s, "settle.person-view", msg.ce_id, PersonView, {"psn_no": e.psn_no}, e, PERSON_FIELDS)
+        if row is not None and s.get(AccountRow, e.psn_no) is None:  # the opening balance, once
             s.add(AccountRow(psn_no=e.psn_no, balance_fen=benefits.fen(e.acct_balc)))
 
 
 async def apply_filing(ctx: SettleContext, msg: Incoming) -> None:
     e: FilingUpdated = msg.event
     with transaction(ctx.engine) as s:
-        if already_processed(s, "settle.filing-view", msg.ce_id):
-            return
-        row = s.get(FilingView, e.fil_id)
-        if row is not None and row.version > e.version:
-            return
-        row = row or FilingView(fil_id=e.fil_id, psn_no=e.psn_no, fil_type=e.fil_type,
-                                target_admdvs=e.target_admdvs, begndate=e.begndate, status=e.status)
-        for k in ("fil_type", "target_admdvs", "begndate", "enddate", "status", "version"):
-            setattr(row, k, getattr(e, k))
-        s.add(row)
+        apply_state(s, "settle.filing-view", msg.ce_id, FilingView, {"fil_id": e.fil_id}, e, FILING_FIELDS)
 
 
 def ledger_of(engine: Engine, psn_no: str) -> list[LedgerEntry]:
