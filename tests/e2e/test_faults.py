@@ -71,3 +71,42 @@ async def test_a_claim_past_its_deadline_gets_a_timeout_and_no_ledger_entry(stac
 async def _final_status(stack: Stack, msgid: str) -> str | None:
     r = (await stack.http["settle"].get(f"/claims/{msgid}")).json()
     return None if r["status"] == "pending" else r["status"]  # type: ignore[no-any-return]
+
+
+async def test_a_hop_still_down_after_its_retries_answers_the_hospital(broker: str, engine_factory) -> None:  # type: ignore[no-untyped-def]
+    bus = BusSettings(retry_attempts=3, retry_backoff_ms=50, retry_backoff_max_ms=100)
+    stack = await start_stack(broker, engine_factory, bus, SettleSettings(deadline_ms=20_000))
+    try:
+        psn = await stack.person("360100")
+        await stack.file(psn, "440100")
+        stack.settle.ctx.faults.set(Fault(level="national", region="*", down=True))
+        ans = await stack.settle_claim(psn, "H44010400001", "440100", "360100")
+        assert ans["infcode"] == -1 and ans["output"]["err_code"] == "HOP_DOWN", ans
+        assert "national" in ans["err_msg"] and "重试" in ans["err_msg"]
+        assert ledger_count(stack, ans["msgid"]) == 0
+    finally:
+        await stack.stop()
+
+
+async def test_stopping_the_hop_worker_mid_flight_loses_nothing(broker: str, engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """Graceful stop: what was in hand finishes or stays uncommitted; a restart carries on, once."""
+    stack = await start_stack(broker, engine_factory, BusSettings(), SettleSettings(deadline_ms=30_000))
+    try:
+        await _stop_and_restart_mid_flight(stack)
+    finally:
+        await stack.stop()
+
+
+async def _stop_and_restart_mid_flight(stack: Stack) -> None:
+    people = [await stack.person("360100") for _ in range(3)]
+    for psn in people:
+        await stack.file(psn, "440100")
+    claims = [asyncio.create_task(stack.settle_claim(people[i % 3], "H44010400001", "440100", "360100"))
+              for i in range(24)]
+    worker = stack.settle.worker
+    await wait_until(lambda: worker.stats["handled"] >= 20, what="claims in flight")
+    await worker.stop()
+    await worker.start()
+    answers = await asyncio.gather(*claims)
+    assert [a["infcode"] for a in answers] == [0] * 24, [a.get("err_msg") for a in answers]
+    assert all(ledger_count(stack, a["msgid"]) == 1 for a in answers)

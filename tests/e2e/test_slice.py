@@ -133,3 +133,15 @@ async def test_wrong_requests_get_a_4xx_that_says_what_to_fix(stack: Stack) -> N
     assert r.status_code == 422
     r = await settle.put("/ops/faults", json={"level": "planet"})
     assert r.status_code == 422
+
+
+async def test_the_raw_id_number_never_travels_on_the_bus(stack: Stack, broker: str) -> None:
+    psn = await stack.person("360100")
+    certno = (await stack.http["enroll"].get(f"/persons/{psn}")).json()["certno"]
+    assert "*" in certno  # the API masks it too
+    with Session(stack.services["enroll"].engine) as s:
+        from services.enroll.store import Person
+        raw = s.get(Person, psn).certno  # type: ignore[union-attr]
+    events = await read_topic(broker, "enroll.events", 1)
+    assert events and all(raw.encode() not in r.value for r in events)
+    assert all(raw.encode() not in v for r in events for _, v in r.headers)
