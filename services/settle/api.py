@@ -60,7 +60,8 @@ def _refmsgid(admdvs: str) -> str:
     return f"{admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
 
 
-def answer(req: FsiRequest, result: SettlementResult | None, pending_msg: str | None = None) -> dict[str, Any]:
+def answer(req: FsiRequest, result: SettlementResult | None, pending_msg: str | None = None,
+           timing: dict[str, int] | None = None) -> dict[str, Any]:
     """公共出参 around a settlement result (or a pending/timeout answer)."""
     t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
     base: dict[str, Any] = {"inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t, "respond_time": t}
@@ -76,6 +77,7 @@ def answer(req: FsiRequest, result: SettlementResult | None, pending_msg: str | 
         "setldetail": [d.model_dump(mode="json") for d in o.setldetail],
         "feedetail": [f.model_dump(mode="json") for f in result.split],
         "hop_trace": trace,
+        "api_timing": timing,  # epoch ms: request received, answer back at the API
     }}
 
 
@@ -88,6 +90,7 @@ def create_api(svc: SettleService) -> FastAPI:
     @app.post("/fsi/callService", tags=["hospital"])
     async def call_service(req: FsiRequest) -> dict[str, Any]:
         """The national hospital interface: one endpoint, the transaction chosen by infno."""
+        received = now_ms()
         if req.infno not in SETTLEMENT_INFNOS:
             raise HTTPException(400, f"infno {req.infno} is not served here yet; served: "
                                      + ", ".join(f"{k} {v}" for k, v in SETTLEMENT_INFNOS.items()))
@@ -117,7 +120,7 @@ def create_api(svc: SettleService) -> FastAPI:
         wait_s = (deadline - now_ms() + svc.settings.reply_grace_ms) / 1000
         try:
             result = await asyncio.wait_for(asyncio.shield(fut), timeout=max(wait_s, 0.1))
-            return answer(req, result)  # type: ignore[arg-type]
+            return answer(req, result, timing={"received_ms": received, "replied_ms": now_ms()})  # type: ignore[arg-type]
         except TimeoutError:
             svc.replies.forget(claim.msgid)
             rec = await asyncio.to_thread(claim_status, svc.engine, claim.msgid)
