@@ -38,8 +38,9 @@ async def test_insured_city_down_for_a_while(stack: Stack) -> None:
     await stack.file(nanchang, "440100")
     hangzhou = await stack.person("330100")
     await stack.file(hangzhou, "440100")
-    faults = stack.settle.ctx.faults
-    faults.set(Fault(level="city", region="360100", down=True))
+    ops = stack.http["settle"]
+    r = await ops.put("/ops/faults", json={"level": "city", "region": "360100", "down": True})
+    assert r.status_code == 200 and r.json()[0]["down"] is True
 
     blocked = asyncio.create_task(stack.settle_claim(nanchang, "H44010400001", "440100", "360100"))
     await wait_until(lambda: stack.settle.worker.stats["retried"] >= 2, what="the 360100 claim to be retrying")
@@ -47,7 +48,8 @@ async def test_insured_city_down_for_a_while(stack: Stack) -> None:
     assert other["infcode"] == 0  # another insured city keeps flowing meanwhile
     assert not blocked.done()
 
-    faults.set(Fault(level="city", region="360100"))  # back up
+    await ops.put("/ops/faults", json={"level": "city", "region": "360100"})  # back up
+    assert (await ops.get("/ops/faults")).json() == []
     ans = await blocked
     assert ans["infcode"] == 0, ans
     compute = next(h for h in ans["output"]["hop_trace"] if h["action"] == "compute")

@@ -250,7 +250,18 @@ async def test_consumers_are_tuned_for_the_embedded_broker(bus_settings: BusSett
     assert c._heartbeat_interval_ms * 3 <= c._session_timeout_ms < c._request_timeout_ms
     assert c._enable_auto_commit is False
     slow = Bus(bus_settings, "127.0.0.1:1", "t").consumer("filing.events.retry", group_id="x.retry", slow=True)
+    await c.stop()
+    await slow.stop()
     assert slow._fetch_max_wait_ms > c._fetch_max_wait_ms  # idle retry readers cost less broker CPU
+
+
+async def test_the_producer_is_at_least_once_not_idempotent(broker: str, bus_settings: BusSettings) -> None:
+    """broker-notes item 4: InitProducerId fails on the embedded broker; acks=all, no idempotence."""
+    bus = await started_bus(bus_settings, broker)
+    assert bus.producer is not None
+    assert bus.producer._txn_manager is None  # no idempotent/transactional state
+    await (await bus.send("filing.events", "P1", filing_event(1), "/test"))  # and it works
+    await bus.stop()
 
 
 async def test_two_relays_on_one_database_publish_each_row_once(broker: str, bus_settings: BusSettings,
