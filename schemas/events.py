@@ -248,6 +248,15 @@ class AlertRaised(Wire):
     feedetl_sn: list[str] = []
 
 
+# --- operations ---------------------------------------------------------------------------
+
+
+class FaultsChanged(Wire):
+    """Fault injection changed: every settle process applies the same list (ops.faults)."""
+
+    faults: list[dict[str, object]] = Field(description="the whole list in force, as PUT /ops/faults shows it")
+
+
 # --- commands accepted from provincial platforms and counters --------------------------
 
 
@@ -290,6 +299,7 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     "yibao.settle.SettlementHop.v1": SettlementHop,
     "yibao.settle.SettlementResult.v1": SettlementResult,
     "yibao.monitor.AlertRaised.v1": AlertRaised,
+    "yibao.ops.FaultsChanged.v1": FaultsChanged,
     "yibao.enroll.RegisterPerson.v1": RegisterPerson,
     "yibao.enroll.EnrolPerson.v1": EnrolPerson,
     "yibao.filing.FileTreatment.v1": FileTreatment,

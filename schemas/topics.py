@@ -42,6 +42,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("settle.hospital", "fixmedins_code", _RESULT, consumed=False),
         TopicSpec("settle.completed", "psn_no", _RESULT),
         TopicSpec("monitor.alerts", "fixmedins_code", ("yibao.monitor.AlertRaised.v1",), consumed=False),
+        TopicSpec("ops.faults", "service", ("yibao.ops.FaultsChanged.v1",), partitions=1, consumed=False),
     )
 }
 

@@ -56,6 +56,13 @@ class Faults:
     def clear(self) -> None:
         self.rules.clear()
 
+    def listed(self) -> list[Fault]:
+        return list(self.rules.values())
+
+    def replace(self, faults: list[Fault]) -> None:
+        """Adopt the list another process published (ops.faults)."""
+        self.rules = {(f.level, f.region): f for f in faults}
+
     async def check(self, level: str, region: str) -> None:
         for key in ((level, region), (level, "*")):
             f = self.rules.get(key)

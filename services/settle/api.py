@@ -142,21 +142,23 @@ def create_api(svc: SettleService) -> FastAPI:
 
     @app.get("/ops/faults", tags=["ops"])
     async def get_faults() -> list[Fault]:
-        """Faults injected in this process."""
-        return list(svc.ctx.faults.rules.values())
+        """Faults in force (in every settle process)."""
+        return svc.ctx.faults.listed()
 
     @app.put("/ops/faults", tags=["ops"])
     async def put_fault(fault: Fault) -> list[Fault]:
-        """Make a hop down, slow or failing; all zero/false removes the fault."""
+        """Make a hop down, slow or failing, in every settle process; all zero/false removes it."""
         if fault.level not in ("city", "province", "national"):
             raise HTTPException(422, f"level {fault.level!r}: use city, province or national")
         svc.ctx.faults.set(fault)
-        return list(svc.ctx.faults.rules.values())
+        await svc.publish_faults()
+        return svc.ctx.faults.listed()
 
     @app.delete("/ops/faults", tags=["ops"])
     async def clear_faults() -> list[Fault]:
-        """Remove every injected fault."""
+        """Remove every injected fault, in every settle process."""
         svc.ctx.faults.clear()
+        await svc.publish_faults()
         return []
 
     @app.get("/ops/stats", tags=["ops"])

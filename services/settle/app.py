@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from schemas.events import SettlementResult
-from services.bus.faults import Faults
+from schemas.events import FaultsChanged, SettlementResult
+from services.bus.broadcast import Broadcast
+from services.bus.faults import Fault, Faults
 from services.bus.reply import ReplyListener
 from services.service import Service
 from services.settle.handlers import (
@@ -46,6 +47,9 @@ class SettleService(Service):
         self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx))
                        if handlers else None)  # no levels: an API-only process
         self.replies = ReplyListener(self.runtime.bus, SettlementResult.model_validate_json) if with_api else None
+        # fault changes reach every settle process, whichever one's ops API was called
+        self.fault_feed = Broadcast(self.runtime.bus, "ops.faults", lambda m: self.ctx.faults.replace(
+            [Fault.model_validate(f) for f in m.event.faults]))
         if with_api:
             from services.settle.api import create_api
 
@@ -53,10 +57,17 @@ class SettleService(Service):
 
     async def start(self) -> None:
         await super().start()
+        await self.fault_feed.start()
         if self.replies:
             await self.replies.start()
 
     async def stop(self) -> None:
         if self.replies:
             await self.replies.stop()
+        await self.fault_feed.stop()
         await super().stop()
+
+    async def publish_faults(self) -> None:
+        """Tell every settle process (this one included) the faults now in force."""
+        event = FaultsChanged(faults=[f.model_dump() for f in self.ctx.faults.listed()])
+        await (await self.runtime.bus.send("ops.faults", self.name, event, "/yibao/settle/ops"))

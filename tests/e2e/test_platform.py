@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from services import demo
 from services.bus.broker import free_port
 from services.platform import SERVICES, Platform
+from tests.e2e.stack import claim_body
+from tests.helpers import POLL_S
 
 pytestmark = pytest.mark.integration
 
@@ -40,3 +43,24 @@ def test_cli_help_lists_the_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("run", "worker", "demo", "bench", "schemas"):
         assert cmd in out
+
+
+def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) -> None:
+    """`yibao run` serves national/province hops in another process: faults must reach it too."""
+    c = httpx.Client(timeout=60)
+    psn = c.post(platform.url("enroll") + "/persons", json={
+        "certno": "11010519491231002X", "psn_name": "赵六", "admdvs": "360100"}).json()["psn_no"]
+    c.post(platform.url("enroll") + "/enrolments", json={
+        "psn_no": psn, "insuplc_admdvs": "360100", "insutype": "310", "paid_through": "2099-12-31"})
+    for _ in range(400):  # until the filing service has seen the enrolment
+        if c.post(platform.url("filing") + "/filings", json={"psn_no": psn, "fil_type": "REFERRAL",
+                  "target_admdvs": "440100", "begndate": "2026-01-01"}).status_code == 201:
+            break
+        time.sleep(POLL_S)
+    r = c.put(platform.url("settle") + "/ops/faults", json={"level": "national", "region": "*", "down": True})
+    assert r.status_code == 200
+    body = claim_body(psn, "H44010400001", "440100", "360100")
+    ans = c.post(platform.url("settle") + "/fsi/callService", json=body).json()
+    assert ans["infcode"] == -1 and ans["output"]["err_code"] in ("HOP_DOWN", "DEADLINE"), ans
+    assert "national" in ans["err_msg"]
+    assert c.delete(platform.url("settle") + "/ops/faults").json() == []
