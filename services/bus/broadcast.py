@@ -1,4 +1,5 @@
-"""A topic every process of a service reads whole, without a consumer group (ops.faults)."""
+"""Reading a whole single-partition topic without a consumer group: no join wait, every process
+sees every record (ops.faults; the per-instance reply topics)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,21 @@ log = logging.getLogger("yibao.bus.broadcast")
 
 
 class Broadcast:
-    """Reads a single-partition topic from the beginning by manual assignment; applies each event."""
+    """Reads a single-partition topic from the beginning by manual assignment.
 
-    def __init__(self, bus: Bus, topic: str, apply: Callable[[Incoming], None]) -> None:
-        self.bus, self.topic, self.apply = bus, topic, apply
+    `on_record` gets each raw record; `apply` (for registry topics) each validated event.
+    """
+
+    def __init__(self, bus: Bus, topic: str, apply: Callable[[Incoming], None] | None = None,
+                 on_record: Callable[[Any], None] | None = None, slow: bool = True) -> None:
+        self.bus, self.topic, self.apply, self.on_record, self.slow = bus, topic, apply, on_record, slow
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.applied = 0
         bus.on_new_epoch(self._restart)
 
     async def start(self) -> None:
-        consumer = self.bus.consumer(group_id=None, slow=True)
+        consumer = self.bus.consumer(group_id=None, slow=self.slow)
         await consumer.start()
         tp = TopicPartition(self.topic, 0)
         consumer.assign([tp])
@@ -61,8 +66,12 @@ class Broadcast:
                     self._apply(rec)
 
     def _apply(self, rec: Any) -> None:
-        try:
-            self.apply(decode(self.topic, rec.key, rec.value, rec.headers, rec.partition, rec.offset))
-            self.applied += 1
-        except BadMessageError as exc:  # nobody to retry for: say so and go on
-            log.warning("%s@%d ignored: %s", self.topic, rec.offset, exc)
+        if self.on_record is not None:
+            self.on_record(rec)
+        if self.apply is not None:
+            try:
+                self.apply(decode(self.topic, rec.key, rec.value, rec.headers, rec.partition, rec.offset))
+            except BadMessageError as exc:  # nobody to retry for: say so and go on
+                log.warning("%s@%d ignored: %s", self.topic, rec.offset, exc)
+                return
+        self.applied += 1

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from typing import Any
 
 from schemas.topics import REPLY_PREFIX
+from services.bus.broadcast import Broadcast
 from services.bus.client import Bus, instance_id
 from services.bus.envelope import CORRELATION, header_dict
 
@@ -21,34 +21,23 @@ class ReplyListener:
         self.bus, self.parse = bus, parse
         self.topic = REPLY_PREFIX + instance_id()
         self._waiting: dict[str, asyncio.Future[object]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        bus.on_new_epoch(self._restart)
+        bus.on_new_epoch(self._recreate_topic)  # registered first: the topic exists before the reader restarts
+        self._reader = Broadcast(bus, self.topic, on_record=self._resolve, slow=False)
 
     async def start(self) -> None:
         await self.bus.create_topic(self.topic, 1)
-        consumer = self.bus.consumer(group_id=None)
-        await consumer.start()
-        consumer.assign([TopicPartition(self.topic, 0)])
-        await consumer.seek_to_beginning(TopicPartition(self.topic, 0))
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._run(), name="reply-listener")
+        await self._reader.start()
 
     async def stop(self, delete: bool = True) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer:
-            await self._consumer.stop()
+        await self._reader.stop()
         if delete:
             try:
                 await self.bus.delete_topic(self.topic)
             except Exception:
                 log.debug("could not delete %s", self.topic)
 
-    async def _restart(self) -> None:
-        await self.stop(delete=False)
-        await self.start()
+    async def _recreate_topic(self) -> None:
+        await self.bus.create_topic(self.topic, 1)
 
     def expect(self, correlation_id: str) -> asyncio.Future[object]:
         fut = self._waiting.get(correlation_id)
@@ -60,23 +49,11 @@ class ReplyListener:
     def forget(self, correlation_id: str) -> None:
         self._waiting.pop(correlation_id, None)
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
+    def _resolve(self, rec: Any) -> None:
+        cid = header_dict(rec.headers).get(CORRELATION)
+        fut = self._waiting.pop(cid, None) if cid else None
+        if fut is not None and not fut.done():
             try:
-                batches = await self._consumer.getmany(timeout_ms=200)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("reply fetch failed", exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            for records in batches.values():
-                for rec in records:
-                    cid = header_dict(rec.headers).get(CORRELATION)
-                    fut = self._waiting.pop(cid, None) if cid else None
-                    if fut is not None and not fut.done():
-                        try:
-                            fut.set_result(self.parse(rec.value))
-                        except Exception as exc:  # a reply we cannot read is that request's error
-                            fut.set_exception(exc)
+                fut.set_result(self.parse(rec.value))
+            except Exception as exc:  # a reply we cannot read is that request's error
+                fut.set_exception(exc)
