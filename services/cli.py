@@ -49,8 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from services.settle.settings import SettleSettings
 
     if args.service != "settle":
-        from services.platform import run_service as run
-        run(args.service)
+        run_service(args.service)
         return
     run_service("settle", settings=SettleSettings(levels=args.level), with_api=False)
 
@@ -74,18 +73,29 @@ def cmd_schemas(args: argparse.Namespace) -> None:
         print(path)
 
 
+def levels(text: str) -> str:
+    """argparse type: comma-separated hop levels."""
+    wanted = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in wanted if x not in ("city", "province", "national")]
+    if not wanted or bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more of city, province, national, comma separated")
+    return ",".join(wanted)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="yibao", description="Cross-province medical-insurance direct settlement over Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start the broker and every service; print the URLs; Ctrl-C stops all").set_defaults(func=cmd_run)
     w = sub.add_parser("worker", help="run one service's stream workers alone (settle: one hop level)",
-                       description="Run a service without the others. For settle, --level picks the hop "
-                                   "level(s) this process serves; start the platform with "
-                                   "YIBAO_SETTLE_LEVELS set to the other levels so that each level "
-                                   "has exactly one owner.")
+                       description="Run a service's workers without its API. For settle, --level picks "
+                                   "the hop level(s) this process serves. To stop and restart a level "
+                                   "on its own, start the platform without it "
+                                   "(YIBAO_SETTLE_EXTERNAL=city yibao run) and run "
+                                   "`yibao worker settle --level city` beside it.")
     w.add_argument("service", choices=["enroll", "filing", "settle", "monitor"])
-    w.add_argument("--level", default="city,province,national", help="settle hop level(s), comma separated")
+    w.add_argument("--level", type=levels, default="city,province,national",
+                   help="settle hop level(s), comma separated (default: all)")
     w.set_defaults(func=cmd_worker)
     d = sub.add_parser("demo", help="narrated scenario against a running `yibao run`")
     d.add_argument("--host", default="127.0.0.1")

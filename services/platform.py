@@ -24,8 +24,11 @@ from services.settings import CommonSettings
 
 log = logging.getLogger("yibao.platform")
 SERVICES = ("enroll", "filing", "settle", "monitor")
-# `yibao run` spreads settle over processes: the API, the cities, the relaying levels
-SETTLE_WORKERS = {"settle-relay": "province,national"}
+# `yibao run` spreads settle over two processes: the API with the city hops (one SQLite writer),
+# and a worker for the relaying levels. YIBAO_SETTLE_EXTERNAL names levels left to a worker the
+# operator runs (`yibao worker settle --level city`), to stop and restart it on its own.
+SETTLE_API_LEVELS = ("city",)
+SETTLE_RELAY_LEVELS = ("province", "national")
 DEFAULT_PORTS = {"enroll": 8101, "filing": 8102, "settle": 8103, "monitor": 8104}
 
 
@@ -116,14 +119,18 @@ class Platform:
         made = asyncio.run(create_topics(self.bootstrap))
         print(f"  topics    {len(made)} created from the registry in schemas/topics.py")
         base = dict(os.environ, **self.env, YIBAO_KAFKA_BOOTSTRAP=self.bootstrap, YIBAO_VAR_DIR=str(self.var_dir))
+        external = {x.strip() for x in base.get("YIBAO_SETTLE_EXTERNAL", "").split(",") if x.strip()}
         for name in SERVICES:
             env = base | {f"YIBAO_{name.upper()}_PORT": str(self.ports[name])}
-            if name == "settle":  # API and city hops together (one SQLite writer); relays on their own
-                env["YIBAO_SETTLE_LEVELS"] = "city"
+            if name == "settle":
+                env["YIBAO_SETTLE_LEVELS"] = ",".join(lv for lv in SETTLE_API_LEVELS if lv not in external)
             self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
-        for proc_name, levels in SETTLE_WORKERS.items():
-            self.procs[proc_name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "worker", "settle", "--level", levels], env=base)
+        relay = ",".join(lv for lv in SETTLE_RELAY_LEVELS if lv not in external)
+        if relay:
+            self.procs["settle-relay"] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "worker", "settle", "--level", relay], env=base)
+        if external:
+            print(f"  settle    levels {', '.join(sorted(external))} left to `yibao worker settle --level ...`")
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> None:

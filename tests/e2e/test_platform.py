@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
 import httpx
 import pytest
 
 from services import demo
 from services.bus.broker import free_port
+from services.enroll.domain import with_check_char
 from services.platform import SERVICES, Platform
 from tests.e2e.stack import claim_body
 from tests.helpers import POLL_S
@@ -54,7 +59,7 @@ def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) ->
         "psn_no": psn, "insuplc_admdvs": "360100", "insutype": "310", "paid_through": "2099-12-31"})
     for _ in range(400):  # until the filing service has seen the enrolment
         if c.post(platform.url("filing") + "/filings", json={"psn_no": psn, "fil_type": "REFERRAL",
-                  "target_admdvs": "440100", "begndate": "2026-01-01"}).status_code == 201:
+                  "target_admdvs": "440100", "begndate": date.today().isoformat()}).status_code == 201:
             break
         time.sleep(POLL_S)
     r = c.put(platform.url("settle") + "/ops/faults", json={"level": "national", "region": "*", "down": True})
@@ -69,3 +74,49 @@ def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) ->
         time.sleep(POLL_S)
     assert "national" in ans["err_msg"]
     assert c.delete(platform.url("settle") + "/ops/faults").json() == []
+
+
+def enrol_and_file(c: httpx.Client, platform: Platform, certno: str) -> str:
+    psn = c.post(platform.url("enroll") + "/persons", json={
+        "certno": certno, "psn_name": "钱七", "admdvs": "360100"}).json()["psn_no"]
+    c.post(platform.url("enroll") + "/enrolments", json={
+        "psn_no": psn, "insuplc_admdvs": "360100", "insutype": "310", "paid_through": "2099-12-31"})
+    for _ in range(400):  # until the filing service has seen the enrolment
+        if c.post(platform.url("filing") + "/filings", json={"psn_no": psn, "fil_type": "REFERRAL",
+                  "target_admdvs": "440100", "begndate": date.today().isoformat()}).status_code == 201:
+            break
+        time.sleep(POLL_S)
+    for _ in range(400):  # until the insured city has seen the filing
+        r = c.get(f"{platform.url('settle')}/persons/{psn}/status")
+        if r.status_code == 200 and r.json()["filings"]:
+            return psn  # type: ignore[no-any-return]
+        time.sleep(POLL_S)
+    raise AssertionError("the insured city never saw the filing")
+
+
+def test_one_hop_level_runs_alone_and_restarts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """YIBAO_SETTLE_EXTERNAL=city: the city hops live in `yibao worker settle --level city`."""
+    p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=free_port(), var_dir=tmp_path / "var",
+                 env={"YIBAO_LOG_LEVEL": "WARNING", "YIBAO_SETTLE_EXTERNAL": "city",
+                      "YIBAO_SETTLE_DEADLINE_MS": "40000"})
+    p.start(timeout=120)
+    env = dict(os.environ, YIBAO_KAFKA_BOOTSTRAP=p.bootstrap, YIBAO_VAR_DIR=str(p.var_dir), YIBAO_LOG_LEVEL="WARNING")
+    cmd = [sys.executable, "-m", "services.cli", "worker", "settle", "--level", "city"]
+    worker = subprocess.Popen(cmd, env=env)
+    try:
+        c = httpx.Client(timeout=60)
+        psn = enrol_and_file(c, p, with_check_char("36010219850101123"))
+        first = c.post(p.url("settle") + "/fsi/callService",
+                       json=claim_body(psn, "H44010400001", "440100", "360100")).json()
+        assert first["infcode"] == 0, (first["err_msg"], first["output"])
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0  # a clean stop
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(c.post, p.url("settle") + "/fsi/callService",
+                                  json=claim_body(psn, "H44010400001", "440100", "360100"))
+            worker = subprocess.Popen(cmd, env=env)  # back up: the claim waited in settle.city
+            assert waiting.result().json()["infcode"] == 0
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+        p.stop()
