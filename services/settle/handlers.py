@@ -57,7 +57,6 @@ from services.settle.store import (
     AccumulatorRow,
     ClaimRecord,
     FilingView,
-    LedgerEntry,
     PersonView,
     filings_of,
     ledger_has,
@@ -351,11 +350,6 @@ async def apply_filing(ctx: SettleContext, msg: Incoming) -> None:
     e: FilingUpdated = msg.event
     with transaction(ctx.engine) as s:
         apply_state(s, "settle.filing-view", msg.ce_id, FilingView, {"fil_id": e.fil_id}, e, FILING_FIELDS)
-
-
-def ledger_of(engine: Engine, psn_no: str) -> list[LedgerEntry]:
-    with Session(engine) as s:
-        return list(s.exec(select(LedgerEntry).where(LedgerEntry.psn_no == psn_no)).all())
 
 
 def person_status(engine: Engine, psn_no: str, year: int) -> dict[str, object] | None:
