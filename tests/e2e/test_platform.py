@@ -53,15 +53,7 @@ def test_cli_help_lists_the_commands() -> None:
 def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) -> None:
     """`yibao run` serves national/province hops in another process: faults must reach it too."""
     c = httpx.Client(timeout=60)
-    psn = c.post(platform.url("enroll") + "/persons", json={
-        "certno": "11010519491231002X", "psn_name": "赵六", "admdvs": "360100"}).json()["psn_no"]
-    c.post(platform.url("enroll") + "/enrolments", json={
-        "psn_no": psn, "insuplc_admdvs": "360100", "insutype": "310", "paid_through": "2099-12-31"})
-    for _ in range(400):  # until the filing service has seen the enrolment
-        if c.post(platform.url("filing") + "/filings", json={"psn_no": psn, "fil_type": "REFERRAL",
-                  "target_admdvs": "440100", "begndate": date.today().isoformat()}).status_code == 201:
-            break
-        time.sleep(POLL_S)
+    psn = enrol_and_file(c, platform, "11010519491231002X")
     r = c.put(platform.url("settle") + "/ops/faults", json={"level": "national", "region": "*", "down": True})
     assert r.status_code == 200
     end = time.monotonic() + 30
