@@ -6,13 +6,19 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("yibao.http")
+
+
+def json_response(data: Any, status_code: int = 200) -> Response:
+    """JSON bytes straight from orjson: the hot path skips FastAPI's encoder walk over the dict."""
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
 def describe_errors(errors: Any) -> str:

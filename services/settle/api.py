@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, FeeLine, SettlementResult
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
-from services.http import add_healthz, install_error_handlers
+from services.http import add_healthz, install_error_handlers, json_response
 from services.settle.handlers import claim_status, result_of, submit_claim
 
 if TYPE_CHECKING:
@@ -87,8 +88,8 @@ def create_api(svc: SettleService) -> FastAPI:
     add_healthz(app, "settle", lambda: svc.runtime.bus.producer is not None)
     known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
 
-    @app.post("/fsi/callService", tags=["hospital"])
-    async def call_service(req: FsiRequest) -> dict[str, Any]:
+    @app.post("/fsi/callService", tags=["hospital"], response_model=None)
+    async def call_service(req: FsiRequest) -> Response:
         """The national hospital interface: one endpoint, the transaction chosen by infno."""
         received = now_ms()
         if req.infno not in SETTLEMENT_INFNOS:
@@ -116,19 +117,19 @@ def create_api(svc: SettleService) -> FastAPI:
         existing = submit_claim(svc.ctx, claim, svc.replies.topic)
         if existing is not None and existing.status != "pending":
             svc.replies.forget(claim.msgid)
-            return answer(req, result_of(existing))  # the same msgid twice: the first answer
+            return json_response(answer(req, result_of(existing)))  # the same msgid twice: the first answer
         wait_s = (deadline - now_ms() + svc.settings.reply_grace_ms) / 1000
         try:
             result = await asyncio.wait_for(asyncio.shield(fut), timeout=max(wait_s, 0.1))
-            return answer(req, result, timing={"received_ms": received, "replied_ms": now_ms()})  # type: ignore[arg-type]
+            return json_response(answer(req, result, timing={"received_ms": received, "replied_ms": now_ms()}))  # type: ignore[arg-type]
         except TimeoutError:
             svc.replies.forget(claim.msgid)
             rec = await asyncio.to_thread(claim_status, svc.engine, claim.msgid)
             if rec is not None and rec.status != "pending":
-                return answer(req, result_of(rec))
-            return answer(req, None, pending_msg=(
+                return json_response(answer(req, result_of(rec)))
+            return json_response(answer(req, None, pending_msg=(
                 f"结算超时：{svc.settings.deadline_ms} ms 内未完成，结果未知；请用 msgid {req.msgid} "
-                "查询 GET /claims/{msgid}，或发起 2601 冲正"))
+                "查询 GET /claims/{msgid}，或发起 2601 冲正")))
 
     @app.get("/claims/{msgid}", tags=["hospital"])
     async def get_claim(msgid: str) -> dict[str, Any]:
