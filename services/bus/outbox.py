@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Engine, Index, LargeBinary, insert, or_, update
-from sqlmodel import Column, Field, Session, SQLModel, select
+from sqlalchemy import BigInteger, Engine, Index, LargeBinary, insert, or_, select, update
+from sqlmodel import Column, Field, Session, SQLModel
 
 from services.bus.envelope import Headers, encode, make_headers, now_ms
 
@@ -121,23 +121,21 @@ class OutboxRelay:
         process expires and another relay takes the row over.
         """
         now = now_ms()
+        free = or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now)
         with Session(self.engine) as s, s.begin():
             c = s.connection()
-            candidates = [r[0] for r in c.execute(
-                select(OUTBOX.c.id)
-                .where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms.is_(None),  # ix_outbox_pending
-                       or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now))
-                .order_by(OUTBOX.c.id).limit(self.batch))]
+            candidates = c.execute(
+                select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.key, OUTBOX.c.value, OUTBOX.c.headers)
+                .where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms.is_(None), free)  # ix_outbox_pending
+                .order_by(OUTBOX.c.id).limit(self.batch)).all()
             if not candidates:
                 return 0
-            c.execute(update(OUTBOX)
-                      .where(OUTBOX.c.id.in_(candidates), OUTBOX.c.sent_ms.is_(None),
-                             or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now))
-                      .values(lease_owner=self.owner, lease_until=now + LEASE_MS))
-        with Session(self.engine) as s:
-            rows = s.exec(select(OutboxRow).where(
-                OutboxRow.id.in_(candidates), OutboxRow.lease_owner == self.owner,  # type: ignore[union-attr]
-                OutboxRow.lease_until == now + LEASE_MS).order_by(OutboxRow.id)).all()  # type: ignore[arg-type]
+            leased = {r[0] for r in c.execute(
+                update(OUTBOX)
+                .where(OUTBOX.c.id.in_([r.id for r in candidates]), OUTBOX.c.sent_ms.is_(None), free)
+                .values(lease_owner=self.owner, lease_until=now + LEASE_MS)
+                .returning(OUTBOX.c.id))}
+        rows = [r for r in candidates if r.id in leased]  # another relay may hold the rest
         if not rows:
             return 0
         futures = []
