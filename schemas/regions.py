@@ -19,6 +19,3 @@ def provinces() -> dict[str, str]:
 def pooling_regions() -> dict[str, str]:
     return {p["admdvs"]: p["name"] for p in _load()["pooling_regions"]}
 
-
-def region_name(admdvs: str) -> str:
-    return pooling_regions().get(admdvs) or provinces().get(admdvs) or admdvs
