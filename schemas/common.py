@@ -28,10 +28,34 @@ class Command(BaseModel):
 
 
 class Insutype(StrEnum):
-    """险种类型: 310 职工基本医疗保险, 390 城乡居民基本医疗保险."""
+    """险种类型 (national dictionary insutype)."""
 
-    EMPLOYEE = "310"
-    RESIDENT = "390"
+    EMPLOYEE = "310"  # 职工基本医疗保险
+    CIVIL_SERVANT = "320"  # 公务员医疗补助
+    LARGE_AMOUNT = "330"  # 大额医疗费用补助 (职工)
+    RETIRED_CADRE = "340"  # 离休人员医疗保障
+    RESIDENT = "390"  # 城乡居民基本医疗保险
+    RESIDENT_CRITICAL = "392"  # 城乡居民大病医疗保险
+    MATERNITY = "510"  # 生育保险
+
+    @property
+    def family(self) -> str:
+        """Scheme family for duplicate detection: one person, one basic scheme (职工 or 居民)."""
+        return "basic" if self in BASIC_INSUTYPES else self.value
+
+
+BASIC_INSUTYPES = frozenset({Insutype.EMPLOYEE, Insutype.RESIDENT})
+
+
+class HardshipType(StrEnum):
+    """困难群众身份 that medical assistance (医疗救助) distinguishes."""
+
+    TEKUN = "TEKUN"  # 特困人员
+    DIBAO = "DIBAO"  # 低保对象
+    DIBAO_EDGE = "DIBAO_EDGE"  # 低保边缘家庭成员
+    RELAPSE_RISK = "RELAPSE_RISK"  # 防止返贫监测对象 / 返贫致贫人口
+    ORPHAN = "ORPHAN"  # 孤儿、事实无人抚养儿童
+    SEVERE_DISABILITY = "SEVERE_DISABILITY"  # 重度残疾人
 
 
 class PsnType(StrEnum):

@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from schemas.common import (
     Admdvs,
     Command,
     FilingType,
     FixmedinsCode,
+    HardshipType,
     Insutype,
     PsnType,
     Wire,
@@ -23,11 +24,24 @@ from schemas.common import (
 # --- enrolment (参保登记) -------------------------------------------------------------
 
 
+class Hardship(BaseModel):
+    """One hardship identity (困难群众身份) with the dates it holds."""
+
+    hardship_type: HardshipType
+    begndate: date
+    enddate: date | None = None
+
+
+Period = Annotated[str, Field(pattern=r"^\d{4}(-\d{2})?$", description="contribution period: YYYY-MM or YYYY")]
+PsnInsuStas = Literal["0", "1", "2", "3", "4"]
+
+
 class EnrolmentUpdated(Wire):
-    """参保状态变更: the whole current enrolment of a person in one pooling region.
+    """参保状态变更: the whole current state of one enrolment (person, region, insutype).
 
     Carries state, not a diff, so any consumer can rebuild its view from the latest event.
-    The raw ID number never travels: only `psn_no`.
+    A person can hold several enrolments (a basic scheme plus supplementary ones; two regions
+    for a moment during a transfer or a duplicate). The raw ID number never travels: only `psn_no`.
     """
 
     psn_no: str = Field(max_length=30)
@@ -37,14 +51,70 @@ class EnrolmentUpdated(Wire):
     insuplc_admdvs: Admdvs
     insutype: Insutype
     psn_type: PsnType = PsnType.IN_SERVICE
-    psn_insu_stas: Literal["0", "1", "2", "3", "4"] = Field(
+    psn_insu_stas: PsnInsuStas = Field(
         description="0 未参保, 1 正常参保, 2 暂停参保, 3 无效, 4 终止参保"
     )
-    paid_through: date | None = Field(None, description="contributions paid up to this day")
+    begndate: date | None = Field(None, description="参保开始日期")
+    benefit_from: date | None = Field(
+        None, description="待遇享受开始日期: after the 居民 waiting period; a newborn's birth date")
+    paid_through: date | None = Field(None, description="contributions paid, without a gap, up to this day")
+    contrib_months: int = Field(0, description="累计缴费月数, carried over on transfer")
+    emp_no: str | None = Field(None, description="单位编号 of the paying employer (职工)")
     voucher_active: bool = Field(False, description="医保电子凭证 activated")
     cvlserv_flag: bool = False
     acct_balc: Yuan = Field(Decimal("0"), description="个人账户 opening balance (职工)")
+    hardship: list[Hardship] = []
+    death_date: date | None = None
+    change: str = Field("enrolled", description="enrolled | changed | transferred_out | transferred_in | "
+                                                "duplicate_ended | deceased")
     version: int = Field(1, description="increases with every change; older versions are ignored")
+
+
+class DuplicateEnrolment(BaseModel):
+    insuplc_admdvs: Admdvs
+    insutype: Insutype
+    begndate: date | None = None
+
+
+class DuplicateDetected(Wire):
+    """重复参保: one person actively enrolled in two provinces in the same scheme family."""
+
+    dup_id: str
+    psn_no: str
+    family: str = Field(description="basic (职工 310 / 居民 390 together) or the insutype")
+    enrolments: list[DuplicateEnrolment]
+    status: Literal["open", "resolved"]
+    resolution: str | None = Field(None, description="which enrolment was ended, and why")
+    detected_ms: int
+
+
+class ContributionReminder(Wire):
+    """断保提醒: a contribution for the current period is missing past its due day."""
+
+    kind: Literal["person", "employer"]
+    insuplc_admdvs: Admdvs
+    period: Period
+    due_date: date
+    psn_no: str | None = None
+    insutype: Insutype | None = None
+    emp_no: str | None = None
+    persons: int = Field(1, description="for an employer: how many employees' contributions are missing")
+    message: str
+
+
+class RecordRejected(Wire):
+    """A provincial record that was not accepted; a copy with its bytes unchanged is in `<topic>.dlq`."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    ce_id: str | None = None
+    ce_type: str | None = None
+    ce_source: str | None = None
+    record_id: str | None = Field(None, description="the province's own reference, when it could be read")
+    reason_code: str
+    reason: str
 
 
 # --- filing (异地就医备案) ------------------------------------------------------------
@@ -68,6 +138,9 @@ class FilingUpdated(Wire):
     enddate: date | None = Field(None, description="None for long-term filings (长期有效)")
     status: FilingStatus
     commitment: bool = Field(False, description="承诺制: filed on a personal commitment")
+    late: bool = Field(False, description="补办: filed after treatment began")
+    referral_fixmedins_code: str | None = None
+    change: Literal["approved", "changed", "cancelled", "expired"] = "approved"
     version: int = 1
 
 
@@ -268,33 +341,99 @@ class RegisterPerson(Command):
     admdvs: Admdvs = Field(description="region issuing the person number")
 
 
-class EnrolPerson(Command):
-    """参保登记: enrol a registered person in a pooling region."""
+class EnrolmentFields(Command):
+    """What an enrolment record says, whoever sends it (a provincial platform or a counter)."""
 
-    psn_no: str
     insuplc_admdvs: Admdvs
     insutype: Insutype
     psn_type: PsnType = PsnType.IN_SERVICE
     psn_insu_stas: Literal["1", "2", "4"] = "1"
+    begndate: date | None = Field(None, description="参保开始日期 (default: enrol_date)")
+    enrol_date: date | None = Field(None, description="办理日期: when the person enrolled (default: today)")
     paid_through: date | None = None
+    missing_periods: list[Period] = Field([], description="past periods found unpaid (欠缴)")
+    contrib_months: int = Field(0, ge=0, description="累计缴费月数 before this record")
+    emp_no: str | None = Field(None, max_length=30)
     voucher_active: bool = True
     cvlserv_flag: bool = False
     acct_balc: Yuan = Field(Decimal("0"), ge=0)
+    hardship: list[Hardship] = []
+    death_date: date | None = None
+
+
+class EnrolPerson(EnrolmentFields):
+    """参保登记 of a registered person, by psn_no."""
+
+    psn_no: str
+
+
+class EnrolmentRecord(EnrolmentFields):
+    """A provincial platform's enrolment record: the person by ID number, registered if new."""
+
+    record_id: str | None = Field(None, max_length=64, description="the province's own reference")
+    certno: str = Field(min_length=18, max_length=18)
+    psn_name: str = Field(min_length=1, max_length=50)
+
+
+class TransferEnrolment(Command):
+    """转移接续: end the enrolment in one pooling region and continue it in another."""
+
+    record_id: str | None = Field(None, max_length=64)
+    psn_no: str | None = None
+    certno: str | None = Field(None, min_length=18, max_length=18)
+    insutype: Insutype
+    from_admdvs: Admdvs
+    to_admdvs: Admdvs
+    transfer_date: date
+    psn_type: PsnType | None = None
+    emp_no: str | None = None
+
+    @model_validator(mode="after")
+    def _who(self) -> TransferEnrolment:
+        if not (self.psn_no or self.certno):
+            raise ValueError("give psn_no or certno")
+        if self.from_admdvs == self.to_admdvs:
+            raise ValueError("from_admdvs and to_admdvs are the same pooling region")
+        return self
 
 
 class FileTreatment(Command):
     """异地就医备案: file a cross-province treatment."""
 
+    record_id: str | None = Field(None, max_length=64, description="the province's own reference")
     psn_no: str
+    insuplc_admdvs: Admdvs | None = Field(None, description="needed only if the person is enrolled in two regions")
     fil_type: FilingType
     target_admdvs: Admdvs
     begndate: date
     enddate: date | None = None
-    commitment: bool = False
+    commitment: bool = Field(False, description="承诺制: a personal commitment replaces the proof documents")
+    materials: list[str] = Field([], description="proof documents handed in (居住证, 安置证明, 派驻证明 …)")
+    referral_fixmedins_code: FixmedinsCode | None = Field(
+        None, description="异地转诊: the insured region's hospital that issued the referral")
+
+
+class ChangeFiling(Command):
+    """备案变更: a new place, type or end date for an active filing."""
+
+    fil_id: str
+    target_admdvs: Admdvs | None = None
+    fil_type: FilingType | None = None
+    enddate: date | None = None
+
+
+class CancelFiling(Command):
+    """备案取消."""
+
+    fil_id: str
+    reason: str = ""
 
 
 EVENT_TYPES: dict[str, type[BaseModel]] = {
     "yibao.enroll.EnrolmentUpdated.v1": EnrolmentUpdated,
+    "yibao.enroll.DuplicateDetected.v1": DuplicateDetected,
+    "yibao.enroll.ContributionReminder.v1": ContributionReminder,
+    "yibao.ops.RecordRejected.v1": RecordRejected,
     "yibao.filing.FilingUpdated.v1": FilingUpdated,
     "yibao.settle.SettlementHop.v1": SettlementHop,
     "yibao.settle.SettlementResult.v1": SettlementResult,
@@ -302,7 +441,11 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     "yibao.ops.FaultsChanged.v1": FaultsChanged,
     "yibao.enroll.RegisterPerson.v1": RegisterPerson,
     "yibao.enroll.EnrolPerson.v1": EnrolPerson,
+    "yibao.enroll.EnrolmentRecord.v1": EnrolmentRecord,
+    "yibao.enroll.TransferEnrolment.v1": TransferEnrolment,
     "yibao.filing.FileTreatment.v1": FileTreatment,
+    "yibao.filing.ChangeFiling.v1": ChangeFiling,
+    "yibao.filing.CancelFiling.v1": CancelFiling,
 }
 _TYPE_OF = {model: name for name, model in EVENT_TYPES.items()}
 

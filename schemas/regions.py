@@ -1,10 +1,12 @@
-"""医保区划 code list shared by all services: the 31 provinces and the pooling regions served."""
+"""Reference data shared by all services: 医保区划 codes (31 provinces, the pooling regions served)
+and the designated hospitals (定点医疗机构)."""
 
 from __future__ import annotations
 
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 
 @cache
@@ -19,3 +21,10 @@ def provinces() -> dict[str, str]:
 def pooling_regions() -> dict[str, str]:
     return {p["admdvs"]: p["name"] for p in _load()["pooling_regions"]}
 
+
+
+@cache
+def designated_hospitals() -> dict[str, dict[str, Any]]:
+    """定点医疗机构 by fixmedins_code: name, admdvs, hosp_lv, cross-province enabled, API key."""
+    raw = json.loads((Path(__file__).parent / "refdata" / "hospitals.json").read_text(encoding="utf-8"))
+    return {h["fixmedins_code"]: h for h in raw["hospitals"]}

@@ -28,14 +28,23 @@ class TopicSpec:
 
 _HOP = ("yibao.settle.SettlementHop.v1",)
 _RESULT = ("yibao.settle.SettlementResult.v1",)
+_REJECTED = ("yibao.ops.RecordRejected.v1",)
 
 TOPICS: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
-        TopicSpec("enroll.inbound", "psn_no", ("yibao.enroll.RegisterPerson.v1", "yibao.enroll.EnrolPerson.v1")),
+        TopicSpec("enroll.inbound", "certno or psn_no", (
+            "yibao.enroll.EnrolmentRecord.v1", "yibao.enroll.TransferEnrolment.v1",
+            "yibao.enroll.RegisterPerson.v1", "yibao.enroll.EnrolPerson.v1")),
         TopicSpec("enroll.events", "psn_no", ("yibao.enroll.EnrolmentUpdated.v1",)),
-        TopicSpec("filing.inbound", "psn_no", ("yibao.filing.FileTreatment.v1",)),
+        TopicSpec("enroll.rejections", "province admdvs (from ce_source)", _REJECTED, consumed=False),
+        TopicSpec("enroll.duplicates", "psn_no", ("yibao.enroll.DuplicateDetected.v1",), consumed=False),
+        TopicSpec("enroll.reminders", "psn_no or emp_no", ("yibao.enroll.ContributionReminder.v1",),
+                  consumed=False),
+        TopicSpec("filing.inbound", "psn_no", (
+            "yibao.filing.FileTreatment.v1", "yibao.filing.ChangeFiling.v1", "yibao.filing.CancelFiling.v1")),
         TopicSpec("filing.events", "psn_no", ("yibao.filing.FilingUpdated.v1",)),
+        TopicSpec("filing.rejections", "province admdvs (from ce_source)", _REJECTED, consumed=False),
         TopicSpec("settle.city", "admdvs of the city that must act", _HOP),
         TopicSpec("settle.province", "admdvs of the province that must act", _HOP),
         TopicSpec("settle.national", "insured province admdvs", _HOP),

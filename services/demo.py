@@ -65,11 +65,11 @@ def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
     r.raise_for_status()
     print("  enrolled: 360100 职工医保, 在职, contributions paid to year end, 个人账户 3000.00 → enroll.events")
 
-    say("2. 异地就医备案 — he files 异地转诊 (referral) to 广州 (440100)")
+    say("2. 异地就医备案 — he files 异地转诊 (referral by 江西省人民医院 H36010200001) to 广州 (440100)")
     def try_file() -> Any:
         r = c.post(url["filing"] + "/filings", json={
             "psn_no": psn["psn_no"], "fil_type": "REFERRAL", "target_admdvs": "440100",
-            "begndate": date.today().isoformat()})
+            "begndate": date.today().isoformat(), "referral_fixmedins_code": "H36010200001"})
         return r.json() if r.status_code == 201 else None
     filing = wait_for("the filing service to see the enrolment", try_file)
     print(f"  filing {filing['fil_id']}: REFERRAL → 440100, valid {filing['begndate']} … {filing['enddate']} → filing.events")

@@ -60,7 +60,10 @@ def map_errors(app: FastAPI, statuses: dict[type[Exception], int]) -> None:
 
     async def handler(_req: Request, exc: Exception) -> JSONResponse:
         status = next(code for cls, code in statuses.items() if isinstance(exc, cls))
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        body: dict[str, Any] = {"error": str(exc)}
+        if isinstance(getattr(exc, "code", None), str):
+            body["code"] = exc.code  # type: ignore[attr-defined]
+        return JSONResponse(body, status_code=status)
 
     for cls in statuses:
         app.add_exception_handler(cls, handler)

@@ -30,6 +30,10 @@ CONSUMER = "yibao-consumer"
 class BadMessageError(Exception):
     """A message no retry can fix: not JSON, wrong schema, or an unknown type."""
 
+    def __init__(self, message: str, code: str = "BAD_MESSAGE") -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -127,22 +131,23 @@ def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
     ce_type = hd.get("ce_type")
     allowed = topic_spec(topic).types
     if not ce_type:
-        raise BadMessageError("missing header ce_type (CloudEvents binary mode)")
+        raise BadMessageError("missing header ce_type (CloudEvents binary mode)", "MISSING_TYPE")
     if ce_type not in allowed:
-        raise BadMessageError(f"unknown ce_type {ce_type!r} for topic {topic}; expected one of {allowed}")
+        raise BadMessageError(f"unknown ce_type {ce_type!r} for topic {topic}; expected one of {allowed}",
+                              "UNKNOWN_TYPE")
     if value is None:
-        raise BadMessageError("empty value (tombstone) where an event was expected")
+        raise BadMessageError("empty value (tombstone) where an event was expected", "EMPTY_VALUE")
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise BadMessageError(f"value is not JSON: {exc}") from None
+        raise BadMessageError(f"value is not JSON: {exc}", "NOT_JSON") from None
     try:
         event = EVENT_TYPES[ce_type].model_validate(data)
     except ValidationError as exc:
         errs = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
         )
-        raise BadMessageError(f"value does not match {ce_type}: {errs}") from None
+        raise BadMessageError(f"value does not match {ce_type}: {errs}", "SCHEMA_INVALID") from None
     return Incoming(
         topic=topic, key=key.decode() if key else None, event=event, headers=hd, raw_headers=raw,
         value=value, partition=partition, offset=offset, attempt=int(hd.get(ATTEMPT, "1") or 1),

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from services.bus.client import Bus
 from services.bus.outbox import OutboxRelay
 from services.bus.settings import BusSettings
-from services.bus.worker import GiveUp, Handler, Worker
+from services.bus.worker import GiveUp, Handler, OnDeadLetter, Worker
 
 log = logging.getLogger("yibao.bus.runtime")
 
@@ -24,8 +24,8 @@ class ServiceRuntime:
         self.bus.on_new_epoch(self._republish)
 
     def add_worker(self, group: str, handlers: Mapping[str, Handler],
-                   on_give_up: GiveUp | None = None) -> Worker:
-        w = Worker(self.bus, group, handlers, on_give_up)
+                   on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None) -> Worker:
+        w = Worker(self.bus, group, handlers, on_give_up, on_dead_letter)
         self.workers.append(w)
         return w
 

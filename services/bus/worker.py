@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -36,18 +37,54 @@ log = logging.getLogger("yibao.bus.worker")
 
 Handler = Callable[[Incoming], Awaitable[None]]
 GiveUp = Callable[[Incoming, str], Awaitable[None]]
+BatchFn = Callable[[list[Incoming]], Awaitable[list[BaseException | None]]]
+
+
+class BatchHandler:
+    """A handler that takes every valid message of one fetched batch at once (one DB transaction
+    for many records) and answers, per message, None (done) or the exception it raised."""
+
+    def __init__(self, fn: BatchFn) -> None:
+        self.fn = fn
+
+    async def __call__(self, msg: Incoming) -> None:
+        (err,) = await self.fn([msg])
+        if err is not None:
+            raise err
 
 
 class PermanentError(Exception):
-    """The handler knows retrying cannot help: dead-letter at once."""
+    """The handler knows retrying cannot help: dead-letter at once, with a reason code."""
+
+    def __init__(self, message: str, code: str = "REJECTED") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What was dead-lettered and why, for services that tell the sender (rejection events)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    headers: dict[str, str]
+    value: bytes
+    code: str
+    reason: str
+
+
+OnDeadLetter = Callable[[DeadLetter], Awaitable[None]]
 
 
 class Worker:
     """One consumer group over some topics, plus its retry consumer."""
 
     def __init__(self, bus: Bus, group: str, handlers: Mapping[str, Handler],
-                 on_give_up: GiveUp | None = None) -> None:
+                 on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None) -> None:
         self.bus, self.group, self.handlers, self.on_give_up = bus, group, handlers, on_give_up
+        self.on_dead_letter = on_dead_letter
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -102,6 +139,10 @@ class Worker:
                 continue
             done: dict[TopicPartition, int] = {}
             for tp, records in batches.items():
+                if not retry and isinstance(self.handlers.get(tp.topic), BatchHandler):
+                    await self._process_batch(tp.topic, records)
+                    done[tp] = records[-1].offset + 1
+                    continue
                 for rec in records:
                     if retry and not await self._wait_due(rec):
                         break  # stopping: leave it uncommitted for the next owner
@@ -153,6 +194,31 @@ class Worker:
         except Exception as exc:
             await self._retry_or_give_up(rec, topic, msg, exc)
 
+    async def _process_batch(self, topic: str, records: list[ConsumerRecord[Any, Any]]) -> None:
+        handler = self.handlers[topic]
+        assert isinstance(handler, BatchHandler)
+        valid: list[tuple[ConsumerRecord[Any, Any], Incoming]] = []
+        for rec in records:
+            headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]
+            try:
+                valid.append((rec, decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset)))
+            except BadMessageError as exc:
+                await self._dead_letter(rec, topic, headers, exc, attempts=1)
+        if not valid:
+            return
+        try:
+            errors = await handler.fn([m for _, m in valid])
+        except Exception as exc:  # the whole batch failed: each message retries on its own
+            errors = [exc] * len(valid)
+        for (rec, msg), err in zip(valid, errors, strict=True):
+            if err is None:
+                self.stats["handled"] += 1
+            elif isinstance(err, PermanentError):
+                await self._give_up(rec, topic, msg, str(err), err)
+            else:
+                await self._retry_or_give_up(rec, topic, msg, err if isinstance(err, Exception) else
+                                             RuntimeError(str(err)))
+
     async def _retry_or_give_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming,
                                 exc: Exception) -> None:
         s = self.bus.settings
@@ -200,6 +266,15 @@ class Worker:
             hs = replace_header(hs, k, v)
         log.warning("%s: dead-lettered %s@%d/%d: %s", self.group, topic, rec.partition, rec.offset,
                     extra["dlq-error-message"])
-        await self.bus.send_raw(topic + DLQ_SUFFIX, rec.key.decode() if rec.key else None,
-                                rec.value if rec.value is not None else b"", hs)
+        key = rec.key.decode("utf-8", "replace") if rec.key else None
+        value = rec.value if rec.value is not None else b""
+        await self.bus.send_raw(topic + DLQ_SUFFIX, key, value, hs)
         self.stats["dead_lettered"] += 1
+        if self.on_dead_letter:
+            code = getattr(exc, "code", None) or ("RETRIES_EXHAUSTED" if attempts > 1 else "FAILED")
+            try:
+                await self.on_dead_letter(DeadLetter(topic, rec.partition, rec.offset, key, header_dict(headers),
+                                                     value, str(code), extra["dlq-error-message"]))
+            except Exception:
+                log.exception("%s: on_dead_letter failed for %s@%d/%d", self.group, topic, rec.partition,
+                              rec.offset)

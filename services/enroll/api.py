@@ -1,57 +1,136 @@
-"""Enroll API: register persons (参保人员登记) and enrol them (参保登记)."""
+"""Enroll API: the person registry (人员登记), enrolments (参保登记), transfers, duplicates, reminders.
+
+The counter's REST calls and the provinces' enroll.inbound records end in the same handlers.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from datetime import date
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, HTTPException
+import orjson
+from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from schemas.events import EnrolPerson, RegisterPerson
-from services.enroll.domain import InvalidCertnoError, mask_certno
+from schemas.events import EnrolmentRecord, EnrolPerson, RegisterPerson, TransferEnrolment
+from services.enroll.domain import EnrollRefusedError, InvalidCertnoError, mask_certno
 from services.enroll.handlers import (
+    UnknownDuplicateError,
     UnknownPersonError,
-    UnknownRegionError,
+    apply_record,
+    check_duplicates,
+    duplicates,
     enrol_person,
     get_person,
+    hardship_of,
+    history,
     register_person,
+    resolve_duplicate,
+    scan_lapses,
+    status_at,
+    transfer,
 )
+from services.enroll.store import Duplicate, Enrolment, Person
 from services.http import add_healthz, install_error_handlers, map_errors
 
 if TYPE_CHECKING:
     from services.enroll.app import EnrollService
 
 
+class Resolve(BaseModel):
+    end_admdvs: str = Field(pattern=r"^\d{6}$", description="the pooling region whose enrolment ends")
+    reason: str = ""
+
+
+def enrolment_json(e: Enrolment) -> dict[str, Any]:
+    d = e.model_dump(mode="json", exclude={"updated_ms", "missing_periods", "family"})
+    d["missing_periods"] = orjson.loads(e.missing_periods)
+    return d
+
+
+def person_json(p: Person, enrolments: list[Enrolment] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"psn_no": p.psn_no, "psn_name": p.psn_name, "gend": p.gend, "brdy": p.brdy.isoformat(),
+                           "certno": mask_certno(p.certno), "admdvs": p.admdvs,
+                           "death_date": p.death_date.isoformat() if p.death_date else None,
+                           "hardship": [h.model_dump(mode="json") for h in hardship_of(p)]}
+    if enrolments is not None:
+        out["enrolments"] = [enrolment_json(e) for e in enrolments]
+    return out
+
+
+def dup_json(d: Duplicate) -> dict[str, Any]:
+    return d.model_dump(mode="json")
+
+
 def create_api(svc: EnrollService) -> FastAPI:
-    app = FastAPI(title="yibao enroll", description="参保登记: person registry and enrolments")
+    app = FastAPI(title="yibao enroll", description="参保登记: person registry, enrolments, transfers, duplicates")
     install_error_handlers(app)
     add_healthz(app, "enroll", lambda: svc.runtime.bus.producer is not None)
+    ctx = svc.ctx
 
-    map_errors(app, {InvalidCertnoError: 422, UnknownRegionError: 422, UnknownPersonError: 404})
+    map_errors(app, {InvalidCertnoError: 422, EnrollRefusedError: 422, UnknownPersonError: 404,
+                     UnknownDuplicateError: 404})
 
     @app.post("/persons", tags=["persons"])
     async def register(cmd: RegisterPerson) -> JSONResponse:
         """Register a person by ID number; the same number again returns the same psn_no."""
-        p, new = await asyncio.to_thread(register_person, svc.ctx, cmd)
-        return JSONResponse({"psn_no": p.psn_no, "psn_name": p.psn_name, "gend": p.gend,
-                             "brdy": p.brdy.isoformat(), "certno": mask_certno(p.certno), "new": new},
-                            status_code=201 if new else 200)
+        p, new = await asyncio.to_thread(register_person, ctx, cmd)
+        return JSONResponse(person_json(p) | {"new": new}, status_code=201 if new else 200)
 
     @app.get("/persons/{psn_no}", tags=["persons"])
     async def person(psn_no: str) -> dict[str, Any]:
-        """A person and their current enrolment (ID number masked)."""
-        p, e = await asyncio.to_thread(get_person, svc.engine, psn_no)
-        return {"psn_no": p.psn_no, "psn_name": p.psn_name, "gend": p.gend, "brdy": p.brdy.isoformat(),
-                "certno": mask_certno(p.certno),
-                "enrolment": e.model_dump(mode="json", exclude={"updated_ms"}) if e else None}
+        """A person (ID number masked) and every enrolment they hold."""
+        p, es = await asyncio.to_thread(get_person, svc.engine, psn_no)
+        return person_json(p, es)
+
+    @app.get("/persons/{psn_no}/status", tags=["persons"])
+    async def status(psn_no: str, on: date | None = None) -> dict[str, Any]:
+        """Each enrolment as it stood on a date (default today) and whether benefits applied."""
+        return await asyncio.to_thread(status_at, svc.engine, psn_no, on or ctx.today())
+
+    @app.get("/persons/{psn_no}/history", tags=["persons"])
+    async def person_history(psn_no: str) -> list[dict[str, Any]]:
+        """Every version of every enrolment of the person, oldest first."""
+        return await asyncio.to_thread(history, svc.engine, psn_no)
 
     @app.post("/enrolments", tags=["enrolments"], status_code=201)
     async def enrol(cmd: EnrolPerson) -> dict[str, Any]:
         """Enrol (or change the enrolment of) a registered person; publishes enroll.events."""
-        if cmd.insutype == "390" and cmd.acct_balc:
-            raise HTTPException(422, "acct_balc: 居民医保 (390) has no personal account; leave it 0")
-        e = await asyncio.to_thread(enrol_person, svc.ctx, cmd)
-        return e.model_dump(mode="json", exclude={"updated_ms"})
+        return enrolment_json(await asyncio.to_thread(enrol_person, ctx, cmd))
+
+    @app.post("/enrolments/records", tags=["enrolments"], status_code=201)
+    async def record(cmd: EnrolmentRecord,
+                     x_province: str | None = Header(None, description="sending province, e.g. 360000")) -> dict[str, Any]:
+        """A whole enrolment record by ID number (what provinces publish on enroll.inbound)."""
+        e = await asyncio.to_thread(apply_record, ctx, cmd, x_province)
+        return enrolment_json(e)
+
+    @app.post("/transfers", tags=["enrolments"], status_code=201)
+    async def transfer_enrolment(cmd: TransferEnrolment) -> dict[str, Any]:
+        """转移接续: end the enrolment in from_admdvs, continue in to_admdvs with the years carried."""
+        return enrolment_json(await asyncio.to_thread(transfer, ctx, cmd))
+
+    @app.get("/duplicates", tags=["duplicates"])
+    async def list_duplicates(status: Literal["open", "resolved"] | None = "open",
+                              limit: int = 100) -> list[dict[str, Any]]:
+        """重复参保 found as enrolments arrived (newest first)."""
+        return [dup_json(d) for d in await asyncio.to_thread(duplicates, svc.engine, status, min(limit, 1000))]
+
+    @app.post("/duplicates/{dup_id}/resolve", tags=["duplicates"])
+    async def resolve(dup_id: str, body: Resolve) -> dict[str, Any]:
+        """End the enrolment in `end_admdvs`; the other one stays. Publishes both outcomes."""
+        return dup_json(await asyncio.to_thread(resolve_duplicate, ctx, dup_id, body.end_admdvs, body.reason))
+
+    @app.get("/duplicates/check", tags=["duplicates"])
+    async def batch_check() -> dict[str, Any]:
+        """The batch check over the whole registry, compared with the incremental detection."""
+        return await asyncio.to_thread(check_duplicates, svc.engine)
+
+    @app.post("/ops/reminders/scan", tags=["ops"])
+    async def reminders(on: date | None = None) -> dict[str, int]:
+        """Run the 断保提醒 scan now (it also runs on a timer)."""
+        return await asyncio.to_thread(scan_lapses, ctx, on)
 
     return app

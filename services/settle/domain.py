@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from schemas.common import FilingType
 from schemas.events import FeeLine, FeeSplit, HopAction, HopLevel, RouteStep
+from schemas.filing_rules import FilingRules
 
 FEN = Decimal("0.01")
 EMERGENCY_MED_TYPES = frozenset({"13", "24"})  # 急诊, 急诊转住院: deemed filed
@@ -151,6 +152,8 @@ def apply_gender_restriction(lines: list[FeeSplit], gend: str) -> list[FeeSplit]
 
 @dataclass(frozen=True)
 class PersonState:
+    """One enrolment of a person as the insured city sees it (its view of enroll.events)."""
+
     psn_no: str
     psn_name: str
     gend: str
@@ -160,6 +163,9 @@ class PersonState:
     psn_insu_stas: str
     paid_through: date | None
     voucher_active: bool
+    begndate: date | None = None
+    benefit_from: date | None = None
+    death_date: date | None = None
 
 
 @dataclass(frozen=True)
@@ -172,33 +178,84 @@ class FilingState:
     status: str
 
 
+def filing_place_covers(f: FilingState, treat: str) -> bool:
+    return f.target_admdvs == treat or (f.target_admdvs.endswith("0000") and f.target_admdvs[:2] == treat[:2])
+
+
 def filing_covers(f: FilingState, treat: str, day: date) -> bool:
-    place = f.target_admdvs == treat or (f.target_admdvs.endswith("0000") and f.target_admdvs[:2] == treat[:2])
     in_time = f.begndate <= day and (f.enddate is None or day <= f.enddate)
-    return f.status == "active" and place and in_time
+    return f.status == "active" and filing_place_covers(f, treat) and in_time
 
 
-def check_eligibility(person: PersonState | None, filings: list[FilingState], *, psn_no: str,
+STATUS_REFUSALS = {
+    "0": ("NOT_ENROLLED", "未参保"),
+    "2": ("INSURANCE_SUSPENDED", "暂停参保"),
+    "3": ("ENROLMENT_INVALID", "参保无效"),
+    "4": ("INSURANCE_TERMINATED", "终止参保"),
+}
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    person: PersonState
+    filing: FilingType | None  # the filing type the benefit reduction follows (cross-province only)
+
+
+def check_eligibility(enrolments: list[PersonState], filings: list[FilingState], *, psn_no: str,
                       insuplc: str, insutype: str, treat: str, med_type: str, cert_type: str,
-                      day: date) -> FilingType | None:
-    """Decide whether the insured city pays; returns the filing type that applies, if any."""
-    if person is None or person.insuplc_admdvs != insuplc:
+                      day: date, rules: FilingRules) -> Eligibility:
+    """The insured city's decision (参保地): who pays, under which filing. Each refusal has its own code."""
+    mine = [e for e in enrolments if e.insuplc_admdvs == insuplc]
+    if not mine:
         raise refuse("PERSON_UNKNOWN", f"参保地 {insuplc} 查无此人员 {psn_no}，请核对人员编号和参保地")
-    if person.insutype != insutype:
-        raise refuse("INSUTYPE_MISMATCH", f"人员 {psn_no} 未参加险种 {insutype}（参保险种为 {person.insutype}）")
+    person = next((e for e in mine if e.insutype == insutype), None)
+    if person is None:
+        held = "、".join(sorted(e.insutype for e in mine))
+        raise refuse("INSUTYPE_MISMATCH", f"人员 {psn_no} 未参加险种 {insutype}（在 {insuplc} 参保险种为 {held}）")
+    if person.death_date and person.death_date < day:
+        raise refuse("DECEASED", f"人员 {psn_no} 已于 {person.death_date} 登记死亡，不能享受待遇；如登记有误请到参保地更正")
     if person.psn_insu_stas != "1":
-        raise refuse("NOT_INSURED", f"人员 {psn_no} 参保状态异常（{person.psn_insu_stas}），不能享受待遇")
+        code, text = STATUS_REFUSALS.get(person.psn_insu_stas, ("NOT_INSURED", "参保状态异常"))
+        raise refuse(code, f"人员 {psn_no} 在 {insuplc} {text}（psn_insu_stas={person.psn_insu_stas}），不能享受待遇")
+    start = person.benefit_from  # a newborn's is the birth date, before begndate
+    if start is None or day < start:
+        if start and person.begndate and start > person.begndate:
+            raise refuse("WAITING_PERIOD", f"人员 {psn_no} 处于待遇等待期（参保于 {person.begndate}），{start} 起方可享受医保待遇")
+        raise refuse("NOT_YET_INSURED", f"人员 {psn_no} 待遇享受开始日期为 {start or '未确定'}，就诊日期 {day} 尚不能享受待遇")
     if person.paid_through is None or person.paid_through < day:
         raise refuse("CONTRIBUTION_LAPSED",
                      f"人员 {psn_no} 医保缴费中断（已缴至 {person.paid_through or '无'}），请先在参保地补缴")
     if cert_type == "01" and not person.voucher_active:
         raise refuse("VOUCHER_INACTIVE", "医保电子凭证未激活，请在国家医保服务平台激活后再使用，或改用身份证/社保卡")
-    if route_kind(treat, insuplc) is not RouteKind.CROSS_PROVINCE:
-        return None
+    cross = route_kind(treat, insuplc) is RouteKind.CROSS_PROVINCE
+    if not rules.filing_required(insuplc, treat):
+        return Eligibility(person, rules.deemed_type(insuplc, treat) if cross else None)
     covering = [f for f in filings if filing_covers(f, treat, day)]
     if covering:
-        return min(covering, key=lambda f: f.fil_type.long_term is False).fil_type
+        best = min(covering, key=lambda f: f.fil_type.long_term is False).fil_type
+        return Eligibility(person, best if cross else None)
     if med_type in EMERGENCY_MED_TYPES:
-        return FilingType.EMERGENCY  # 急诊抢救视同已备案
-    raise refuse("NOT_FILED",
-                 f"人员 {psn_no} 未办理到 {treat} 的有效异地就医备案，请先通过国家医保服务平台APP备案")
+        return Eligibility(person, FilingType.EMERGENCY if cross else None)  # 急诊抢救视同已备案
+    raise _why_not_filed(filings, psn_no=psn_no, insuplc=insuplc, treat=treat, day=day)
+
+
+def _why_not_filed(filings: list[FilingState], *, psn_no: str, insuplc: str, treat: str,
+                   day: date) -> SettlementRefusedError:
+    here = [f for f in filings if filing_place_covers(f, treat)]
+    later = [f for f in here if f.status == "active" and f.begndate > day]
+    if later:
+        return refuse("FILING_AFTER_TREATMENT",
+                      f"人员 {psn_no} 到 {treat} 的备案自 {later[0].begndate} 起有效，晚于就诊日期 {day}：出院结算前补办备案"
+                      f"（开始日期不晚于入院日期）即可直接结算；已出院自费结算的，请回参保地 {insuplc} 手工报销")
+    if any(f.status == "expired" or (f.enddate is not None and f.enddate < day) for f in here):
+        return refuse("FILING_EXPIRED", f"人员 {psn_no} 到 {treat} 的备案已过有效期，请重新备案")
+    if any(f.status == "cancelled" for f in here):
+        return refuse("FILING_CANCELLED", f"人员 {psn_no} 到 {treat} 的备案已撤销，请重新备案")
+    elsewhere = [f for f in filings if f.status == "active" and f.begndate <= day
+                 and (f.enddate is None or day <= f.enddate)]
+    if elsewhere:
+        return refuse("FILING_OTHER_PLACE",
+                      f"人员 {psn_no} 的备案地为 {elsewhere[0].target_admdvs}，不含就医地 {treat}：请变更备案地后再结算")
+    return refuse("NOT_FILED",
+                  f"人员 {psn_no} 未办理到 {treat} 的有效异地就医备案，请先通过国家医保服务平台APP备案；"
+                  f"急诊抢救请医院按急诊 (med_type 13) 结算")

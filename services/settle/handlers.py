@@ -62,7 +62,7 @@ from services.settle.store import (
     ledger_has,
     load_accumulators,
     load_balance,
-    load_person,
+    load_enrolments,
     save_accumulators,
     save_balance,
 )
@@ -200,21 +200,20 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
         if ledger_has(conn, c.msgid):
             log.info("claim %s already settled at %s: redelivery ignored", c.msgid, c.insuplc_admdvs)
             return
-        person = load_person(conn, c.psn_no)
+        enrolments = load_enrolments(conn, c.psn_no)
         try:
-            filing = check_eligibility(
-                person, filings_of(conn, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
+            elig = check_eligibility(
+                enrolments, filings_of(conn, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
                 insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
-                cert_type=c.mdtrt_cert_type, day=c.begntime,
+                cert_type=c.mdtrt_cert_type, day=c.begntime, rules=ctx.ref.filing_rules,
             )
             policy = benefits.pick_policy(ctx.ref.policies, c.insuplc_admdvs, c.insutype, c.begntime)
         except (SettlementRefusedError, benefits.PolicyError) as e:
             code = e.code if isinstance(e, SettlementRefusedError) else "NO_POLICY"
             hop.outcome = failure(code, str(e))
-            hop.outcome.psn_gend = person.gend if person else None
+            hop.outcome.psn_gend = enrolments[0].gend if enrolments else None
         else:
-            assert person is not None
-            hop.outcome = _settle(conn, c, hop, person, policy, filing)
+            hop.outcome = _settle(conn, c, hop, elig.person, policy, elig.filing)
         _stamp(hop, received, msg.attempt)
         hop.pos += 1
         nxt = hop.route[hop.pos]
@@ -333,15 +332,17 @@ async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
 # --- the insured city's views ----------------------------------------------------------------
 
 
-PERSON_FIELDS = ("psn_name", "gend", "insuplc_admdvs", "insutype", "psn_type", "psn_insu_stas",
-                 "paid_through", "voucher_active", "version")
+PERSON_FIELDS = ("psn_name", "gend", "psn_type", "psn_insu_stas", "begndate", "benefit_from", "paid_through",
+                 "death_date", "voucher_active", "version")
 FILING_FIELDS = ("psn_no", "fil_type", "target_admdvs", "begndate", "enddate", "status", "version")
 
 
 async def apply_enrolment(ctx: SettleContext, msg: Incoming) -> None:
     e: EnrolmentUpdated = msg.event
     with transaction(ctx.engine) as s:
-        row = apply_state(s, "settle.person-view", msg.ce_id, PersonView, {"psn_no": e.psn_no}, e, PERSON_FIELDS)
+        row = apply_state(s, "settle.person-view", msg.ce_id, PersonView,
+                          {"psn_no": e.psn_no, "insuplc_admdvs": e.insuplc_admdvs, "insutype": e.insutype}, e,
+                          PERSON_FIELDS)
         if row is not None and s.get(AccountRow, e.psn_no) is None:  # the opening balance, once
             s.add(AccountRow(psn_no=e.psn_no, balance_fen=benefits.fen(e.acct_balc)))
 
@@ -354,14 +355,14 @@ async def apply_filing(ctx: SettleContext, msg: Incoming) -> None:
 
 def person_status(engine: Engine, psn_no: str, year: int) -> dict[str, object] | None:
     with Session(engine) as s:
-        pv = s.get(PersonView, psn_no)
-        if pv is None:
+        views = s.exec(select(PersonView).where(PersonView.psn_no == psn_no)).all()
+        if not views:
             return None
         acc = [a.model_dump() for a in s.exec(
             select(AccumulatorRow).where(AccumulatorRow.psn_no == psn_no, AccumulatorRow.year == year)).all()]
         account = s.get(AccountRow, psn_no)
         filings = s.exec(select(FilingView).where(FilingView.psn_no == psn_no)).all()
-        return {"person": pv.model_dump(mode="json"), "filings": [f.model_dump(mode="json") for f in filings],
+        return {"enrolments": [v.model_dump(mode="json") for v in views], "filings": [f.model_dump(mode="json") for f in filings],
                 "accumulators_fen": acc, "acct_balance_fen": account.balance_fen if account else 0}
 
 

@@ -1,4 +1,4 @@
-"""Reference data of the settle service: hospitals, the treatment catalogue, policies."""
+"""Reference data of the settle service: hospitals (shared, in schemas/refdata), the catalogue, policies."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from schemas.filing_rules import FilingRules
+from schemas.regions import designated_hospitals
 from services.settle.benefits import Policy
 from services.settle.domain import CatalogueItem, Hospital
 
@@ -18,13 +20,14 @@ class Reference:
     hospitals: dict[str, Hospital]
     catalogue: dict[str, CatalogueItem]
     policies: list[Policy]
+    filing_rules: FilingRules
 
     @classmethod
     def load(cls, directory: Path = REFDATA) -> Reference:
         def read(name: str) -> dict:
             return json.loads((directory / name).read_text(encoding="utf-8"))
 
-        hospitals = {h["fixmedins_code"]: Hospital(**h) for h in read("hospitals.json")["hospitals"]}
+        hospitals = {code: Hospital(**h) for code, h in designated_hospitals().items()}
         catalogue = {
             i["code"]: CatalogueItem(
                 code=i["code"], name=i["name"], chrgitm_lv=i["chrgitm_lv"],
@@ -35,4 +38,4 @@ class Reference:
             for i in read("catalogue.json")["items"]
         }
         policies = [Policy.from_json(p) for p in read("policies.json")["policies"]]
-        return cls(hospitals, catalogue, policies)
+        return cls(hospitals, catalogue, policies, FilingRules.load())

@@ -31,18 +31,21 @@ class ClaimRecord(SQLModel, table=True):
 
 
 class PersonView(SQLModel, table=True):
-    """The insured city's view of enroll.events."""
+    """The insured city's view of enroll.events: one row per enrolment (person, region, insutype)."""
 
     __tablename__ = "settle_person_view"
 
     psn_no: str = Field(primary_key=True, max_length=30)
+    insuplc_admdvs: str = Field(primary_key=True, max_length=6)
+    insutype: str = Field(primary_key=True, max_length=3)
     psn_name: str
     gend: str
-    insuplc_admdvs: str = Field(max_length=6)
-    insutype: str
     psn_type: str
     psn_insu_stas: str
+    begndate: date | None = None
+    benefit_from: date | None = None
     paid_through: date | None = None
+    death_date: date | None = None
     voucher_active: bool = False
     acct_balc_fen: int = 0
     version: int = 0
@@ -125,14 +128,13 @@ ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
 ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "compliant_selfpay", "critical_paid")
 
 
-def load_person(c: Connection, psn_no: str) -> PersonState | None:
-    r = c.execute(select(PERSONS).where(PERSONS.c.psn_no == psn_no)).mappings().first()
-    if r is None:
-        return None
-    return PersonState(psn_no=r["psn_no"], psn_name=r["psn_name"], gend=r["gend"],
-                       insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
-                       psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
-                       voucher_active=r["voucher_active"])
+def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
+    rows = c.execute(select(PERSONS).where(PERSONS.c.psn_no == psn_no)).mappings().all()
+    return [PersonState(psn_no=r["psn_no"], psn_name=r["psn_name"], gend=r["gend"],
+                        insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
+                        psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
+                        voucher_active=r["voucher_active"], begndate=r["begndate"],
+                        benefit_from=r["benefit_from"], death_date=r["death_date"]) for r in rows]
 
 
 def filings_of(c: Connection, psn_no: str) -> list[FilingState]:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
+from schemas.regions import designated_hospitals
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.platform import build_service
@@ -63,10 +64,16 @@ class Stack:
         return r.status_code == 200 and len(r.json()["filings"]) >= filings
 
     async def file(self, psn: str, target: str, fil_type: str = "REFERRAL") -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if fil_type == "REFERRAL":
+            extra["referral_fixmedins_code"] = referral_hospital(psn[:6])  # psn_no starts with its region
+        elif fil_type in ("RETIRED_RELOCATED", "LONG_TERM_RESIDENT", "WORKING_REMOTE"):
+            extra["commitment"] = True
+
         async def attempt() -> Any:
             r = await self.http["filing"].post("/filings", json={
                 "psn_no": psn, "fil_type": fil_type, "target_admdvs": target,
-                "begndate": date.today().replace(day=1).isoformat()})
+                "begndate": date.today().replace(day=1).isoformat()} | extra)
             return r.json() if r.status_code == 201 else None
         f = await wait_until(attempt, what="the filing service to accept the filing")
         await wait_until(lambda: self._settle_knows(psn, filings=1), what="settle to see the filing")
@@ -80,6 +87,11 @@ class Stack:
         r = await self.http["settle"].post("/fsi/callService", json=body, timeout=60)
         assert r.status_code == 200, r.text
         return r.json() | {"msgid": body["msgid"]}  # type: ignore[no-any-return]
+
+
+def referral_hospital(region: str) -> str:
+    """A hospital of the insured region allowed to issue referrals (level 2 or 3)."""
+    return next(code for code, h in designated_hospitals().items() if h["admdvs"] == region and h["hosp_lv"] >= "2")
 
 
 def new_msgid(hospital: str) -> str:

@@ -75,7 +75,8 @@ def enrol_and_file(c: httpx.Client, platform: Platform, certno: str) -> str:
         "psn_no": psn, "insuplc_admdvs": "360100", "insutype": "310", "paid_through": "2099-12-31"})
     for _ in range(400):  # until the filing service has seen the enrolment
         if c.post(platform.url("filing") + "/filings", json={"psn_no": psn, "fil_type": "REFERRAL",
-                  "target_admdvs": "440100", "begndate": date.today().isoformat()}).status_code == 201:
+                  "target_admdvs": "440100", "begndate": date.today().isoformat(),
+                  "referral_fixmedins_code": "H36010200001"}).status_code == 201:
             break
         time.sleep(POLL_S)
     for _ in range(400):  # until the insured city has seen the filing

@@ -7,16 +7,12 @@ from decimal import Decimal
 
 import pytest
 
-from schemas.common import FilingType
 from schemas.events import FeeLine, HopAction
 from services.settle.domain import (
     CatalogueItem,
-    FilingState,
-    PersonState,
     RouteKind,
     SettlementRefusedError,
     apply_gender_restriction,
-    check_eligibility,
     check_hospital,
     mirror,
     plan_route,
@@ -92,49 +88,3 @@ def test_hospital_checks() -> None:
         check_hospital(off, off.fixmedins_code, off.admdvs, RouteKind.CROSS_PROVINCE)
     assert e.value.code == "HOSPITAL_NOT_ENABLED"
     assert check_hospital(off, off.fixmedins_code, off.admdvs, RouteKind.LOCAL) is off
-
-
-PERSON = PersonState(psn_no="P1", psn_name="n", gend="1", insuplc_admdvs="360100", insutype="310",
-                     psn_type="11", psn_insu_stas="1", paid_through=date(2026, 12, 31), voucher_active=True)
-REFERRAL = FilingState("F1", FilingType.REFERRAL, "440100", date(2026, 6, 1), date(2026, 12, 1), "active")
-LONG = FilingState("F2", FilingType.LONG_TERM_RESIDENT, "440000", date(2025, 1, 1), None, "active")
-
-
-def decide(person: PersonState | None = PERSON, filings: list[FilingState] | None = None, treat: str = "440100",
-           med_type: str = "11", cert: str = "02", day: date = DAY, insutype: str = "310") -> FilingType | None:
-    return check_eligibility(person, filings if filings is not None else [REFERRAL], psn_no="P1",
-                             insuplc="360100", insutype=insutype, treat=treat, med_type=med_type,
-                             cert_type=cert, day=day)
-
-
-@pytest.mark.parametrize("kwargs,code", [
-    (dict(person=None), "PERSON_UNKNOWN"),
-    (dict(person=PersonState(**{**PERSON.__dict__, "insuplc_admdvs": "440100"})), "PERSON_UNKNOWN"),
-    (dict(insutype="390"), "INSUTYPE_MISMATCH"),
-    (dict(person=PersonState(**{**PERSON.__dict__, "psn_insu_stas": "2"})), "NOT_INSURED"),
-    (dict(person=PersonState(**{**PERSON.__dict__, "paid_through": date(2026, 10, 31)})), "CONTRIBUTION_LAPSED"),
-    (dict(person=PersonState(**{**PERSON.__dict__, "paid_through": None})), "CONTRIBUTION_LAPSED"),
-    (dict(person=PersonState(**{**PERSON.__dict__, "voucher_active": False}), cert="01"), "VOUCHER_INACTIVE"),
-    (dict(filings=[]), "NOT_FILED"),
-    (dict(filings=[REFERRAL], treat="310000"), "NOT_FILED"),
-    (dict(filings=[REFERRAL], day=date(2026, 12, 2)), "NOT_FILED"),
-    (dict(filings=[FilingState(**{**REFERRAL.__dict__, "status": "cancelled"})]), "NOT_FILED"),
-])
-def test_refusals(kwargs: dict, code: str) -> None:  # type: ignore[type-arg]
-    with pytest.raises(SettlementRefusedError) as e:
-        decide(**kwargs)
-    assert e.value.code == code
-    assert e.value.message  # a sentence for the desk
-
-
-@pytest.mark.parametrize("kwargs,filing", [
-    (dict(), FilingType.REFERRAL),
-    (dict(filings=[], med_type="13"), FilingType.EMERGENCY),  # 急诊抢救视同已备案
-    (dict(filings=[LONG], treat="440300"), FilingType.LONG_TERM_RESIDENT),  # filed to the whole province
-    (dict(filings=[REFERRAL, LONG]), FilingType.LONG_TERM_RESIDENT),  # the most favourable filing wins
-    (dict(filings=[], treat="360400"), None),  # intra-province: no filing needed
-    (dict(filings=[], treat="360100"), None),  # local
-    (dict(person=PersonState(**{**PERSON.__dict__, "voucher_active": False}), cert="02"), FilingType.REFERRAL),
-])
-def test_accepted(kwargs: dict, filing: FilingType | None) -> None:  # type: ignore[type-arg]
-    assert decide(**kwargs) == filing
