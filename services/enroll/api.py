@@ -23,6 +23,7 @@ from services.enroll.handlers import (
     check_duplicates,
     duplicates,
     enrol_person,
+    find_person,
     get_person,
     hardship_of,
     history,
@@ -37,6 +38,10 @@ from services.http import add_healthz, install_error_handlers, map_errors
 
 if TYPE_CHECKING:
     from services.enroll.app import EnrollService
+
+
+class Lookup(BaseModel):
+    certno: str = Field(min_length=18, max_length=18)
 
 
 class Resolve(BaseModel):
@@ -78,6 +83,12 @@ def create_api(svc: EnrollService) -> FastAPI:
         """Register a person by ID number; the same number again returns the same psn_no."""
         p, new = await asyncio.to_thread(register_person, ctx, cmd)
         return JSONResponse(person_json(p) | {"new": new}, status_code=201 if new else 200)
+
+    @app.post("/persons/lookup", tags=["persons"])
+    async def lookup(body: Lookup) -> dict[str, Any]:
+        """Find a person by ID number (in the body, so it stays out of URLs and access logs)."""
+        p, es = await asyncio.to_thread(find_person, svc.engine, body.certno)
+        return person_json(p, es)
 
     @app.get("/persons/{psn_no}", tags=["persons"])
     async def person(psn_no: str) -> dict[str, Any]:

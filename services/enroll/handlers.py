@@ -415,6 +415,15 @@ def get_person(engine: Engine, psn_no: str) -> tuple[Person, list[Enrolment]]:
         return p, list(s.exec(select(Enrolment).where(Enrolment.psn_no == psn_no)).all())
 
 
+def find_person(engine: Engine, certno: str) -> tuple[Person, list[Enrolment]]:
+    ident = parse_certno(certno)
+    with Session(engine) as s:
+        p = s.exec(select(Person).where(Person.certno == ident.certno)).first()
+    if p is None:
+        raise UnknownPersonError(f"身份证号码 {mask_certno(ident.certno)} 未登记")
+    return get_person(engine, p.psn_no)
+
+
 def history(engine: Engine, psn_no: str) -> list[dict[str, Any]]:
     get_person(engine, psn_no)
     with Session(engine) as s:

@@ -1,0 +1,184 @@
+"""Provincial platforms feed enroll.inbound and filing.inbound with a standard Kafka client
+(confluent-kafka), bad records come back as rejections, and hospitals then settle against
+what the provinces published. Plus the counter's paths: transfers, waiting periods, status at a
+date, reminders, filing change/cancel/expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.enroll.domain import with_check_char
+from tests.e2e.stack import YEAR_END, Stack
+from tests.helpers import headers_of, read_topic, wait_until
+
+TODAY = date.today()
+
+
+def publish(broker: str, topic: str, records: list[tuple[str, str, str, bytes]]) -> None:
+    """(key, ce_source, ce_type, value) with only confluent-kafka and CloudEvents binary-mode headers."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": broker, "acks": "all", "enable.idempotence": False})
+    for key, source, ce_type, value in records:
+        p.produce(topic, key=key.encode(), value=value, headers=[
+            ("ce_specversion", b"1.0"), ("ce_id", str(uuid.uuid4()).encode()), ("ce_source", source.encode()),
+            ("ce_type", ce_type.encode()), ("ce_time", datetime.now(UTC).isoformat().encode()),
+            ("content-type", b"application/json")])
+    assert p.flush(20) == 0
+
+
+def record(certno: str, region: str, **kw: Any) -> bytes:
+    return json.dumps({"record_id": kw.pop("record_id", certno[-6:]), "certno": certno, "psn_name": "省平台",
+                       "insuplc_admdvs": region, "insutype": "310", "paid_through": YEAR_END,
+                       "voucher_active": True} | kw).encode()
+
+
+ENROL = "yibao.enroll.EnrolmentRecord.v1"
+FILE = "yibao.filing.FileTreatment.v1"
+
+
+async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: str) -> None:
+    pytest.importorskip("confluent_kafka")
+    enroll, settle = stack.http["enroll"], stack.http["settle"]
+    a = with_check_char("36010219700101101")  # enrolled by 江西, and again by 广东: a duplicate
+    bad_certno = "360102197001011010"
+    records = [
+        (a, "/province/360000", ENROL, record(a, "360100")),
+        (a, "/province/360000", ENROL, record(with_check_char("44010219700101202"), "440100", record_id="R-WRONG")),
+        (bad_certno, "/province/360000", ENROL, record(bad_certno, "360100", record_id="R-CHECK")),
+        ("x", "/province/360000", ENROL, json.dumps({"record_id": "R-SCHEMA", "certno": a}).encode()),
+        ("y", "/province/360000", ENROL, b"{not json"),
+        (a, "/province/440000", ENROL, record(a, "440100", record_id="R-GD")),
+    ]
+    await asyncio.to_thread(publish, broker, "enroll.inbound", records)
+
+    rejected = await read_topic(broker, "enroll.rejections", 4)
+    got = {json.loads(r.value)["record_id"]: json.loads(r.value)["reason_code"] for r in rejected}
+    assert got == {"R-WRONG": "WRONG_PROVINCE", "R-CHECK": "INVALID_CERTNO", "R-SCHEMA": "SCHEMA_INVALID",
+                   None: "NOT_JSON"}
+    assert {r.key for r in rejected} == {b"360000"}  # each province consumes its own rejections
+    dlq = await read_topic(broker, "enroll.inbound.dlq", 4)
+    assert {r.value for r in dlq} == {records[i][3] for i in (1, 2, 3, 4)}  # the bytes, unchanged
+    assert all(headers_of(r)["dlq-original-topic"] == "enroll.inbound" for r in dlq)
+
+    async def person() -> Any:
+        r = await enroll.post("/persons/lookup", json={"certno": a})
+        return r.json() if r.status_code == 200 and len(r.json()["enrolments"]) == 2 else None
+    p = await wait_until(person, what="both provinces' records to be applied")
+    psn = p["psn_no"]
+    assert p["certno"].count("*") == 10  # masked in answers
+
+    dups = (await enroll.get("/duplicates")).json()
+    assert [(d["psn_no"], d["a_admdvs"], d["b_admdvs"]) for d in dups] == [(psn, "360100", "440100")]
+    check = (await enroll.get("/duplicates/check")).json()
+    assert check["consistent"] and check["batch"] == 1
+    events = await read_topic(broker, "enroll.duplicates", 1)
+    assert json.loads(events[0].value)["status"] == "open"
+
+    # 江西 files for its insured person; 广东 may not file for 江西's insured
+    filing = {"psn_no": psn, "insuplc_admdvs": "360100", "fil_type": "REFERRAL", "target_admdvs": "440100",
+              "begndate": TODAY.isoformat(), "referral_fixmedins_code": "H36010200001", "record_id": "F-OK"}
+    await asyncio.to_thread(publish, broker, "filing.inbound", [
+        (psn, "/province/360000", FILE, json.dumps(filing).encode()),
+        (psn, "/province/440000", FILE, json.dumps(filing | {"record_id": "F-GD"}).encode()),
+    ])
+    rej = await read_topic(broker, "filing.rejections", 1)
+    assert [(json.loads(r.value)["record_id"], json.loads(r.value)["reason_code"]) for r in rej] == \
+        [("F-GD", "WRONG_PROVINCE")]
+    await wait_until(lambda: stack._settle_knows(psn, filings=1), what="the insured city to see the filing")
+
+    # the duplicate is resolved by ending 广东's enrolment; the national answer stays consistent
+    r = await enroll.post(f"/duplicates/{dups[0]['dup_id']}/resolve", json={"end_admdvs": "440100"})
+    assert r.status_code == 200 and r.json()["status"] == "resolved"
+    assert (await enroll.get("/duplicates/check")).json() | {"batch": 0, "consistent": True} == \
+        (await enroll.get("/duplicates/check")).json()
+
+    res = await stack.settle_claim(psn, "H44010400001", "440100", "360100")
+    assert res["infcode"] == 0, res
+    assert res["output"]["setlinfo"]["psn_no"] == psn
+
+    async def terminated_in_gd() -> bool:
+        s = (await settle.get(f"/persons/{psn}/status")).json()
+        return any(e["insuplc_admdvs"] == "440100" and e["psn_insu_stas"] == "4" for e in s["enrolments"])
+    await wait_until(terminated_in_gd, what="settle to see the ended enrolment")
+    res = await stack.settle_claim(psn, "H44010400001", "440100", "440100")
+    assert res["infcode"] == -1 and res["output"]["err_code"] == "INSURANCE_TERMINATED", res
+
+
+async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(stack: Stack, broker: str) -> None:
+    enroll, filing = stack.http["enroll"], stack.http["filing"]
+
+    # 居民 enrolling late: the waiting period, refused with its own reason at a local hospital
+    late = with_check_char("36010219900101303")
+    r = await enroll.post("/enrolments/records", json={
+        "certno": late, "psn_name": "晚参保", "insuplc_admdvs": "360100", "insutype": "390",
+        "begndate": TODAY.replace(month=1, day=1).isoformat(), "enrol_date": TODAY.isoformat(),
+        "paid_through": YEAR_END})
+    assert r.status_code == 201, r.text
+    assert r.json()["benefit_from"] == (TODAY + timedelta(days=90)).isoformat()
+    psn_late = r.json()["psn_no"]
+    await wait_until(lambda: stack._settle_knows(psn_late), what="settle to see the resident")
+    res = await stack.settle_claim(psn_late, "H36010200001", "360100", "360100", insutype="390")
+    assert res["output"]["err_code"] == "WAITING_PERIOD" and str(TODAY + timedelta(days=90)) in res["err_msg"]
+
+    # 转移接续 南昌 → 杭州: one active enrolment afterwards, years carried, both regions told
+    r = await enroll.post("/enrolments/records", json={
+        "certno": with_check_char("36010219800101404"), "psn_name": "转移", "insuplc_admdvs": "360100",
+        "insutype": "310", "begndate": "2015-01-01", "paid_through": YEAR_END, "contrib_months": 130,
+        "emp_no": "E360100001"})
+    psn = r.json()["psn_no"]
+    r = await enroll.post("/transfers", json={"psn_no": psn, "insutype": "310", "from_admdvs": "360100",
+                                              "to_admdvs": "330100", "transfer_date": TODAY.isoformat()})
+    assert r.status_code == 201 and r.json()["contrib_months"] == 130 and r.json()["psn_insu_stas"] == "1"
+    person = (await enroll.get(f"/persons/{psn}")).json()
+    assert sorted((e["insuplc_admdvs"], e["psn_insu_stas"]) for e in person["enrolments"]) == \
+        [("330100", "1"), ("360100", "4")]
+    before = (await enroll.get(f"/persons/{psn}/status", params={"on": "2020-06-01"})).json()
+    assert [(e["insuplc_admdvs"], e["benefits"]) for e in before["enrolments"]] == [("360100", True)]
+    now = (await enroll.get(f"/persons/{psn}/status")).json()
+    assert {(e["insuplc_admdvs"], e["benefits"]) for e in now["enrolments"]} == {("360100", False), ("330100", True)}
+    assert [h["change"] for h in (await enroll.get(f"/persons/{psn}/history")).json()] == \
+        ["enrolled", "transferred_out", "transferred_in"]
+    r = await enroll.post("/transfers", json={"psn_no": psn, "insutype": "310", "from_admdvs": "360100",
+                                              "to_admdvs": "330100", "transfer_date": TODAY.isoformat()})
+    assert r.status_code == 422 and r.json()["code"] == "NOT_ENROLLED_AT_SOURCE"
+
+    # 断保提醒: a person (and the employer) whose current month is unpaid past the due day, once
+    r = await enroll.post("/enrolments/records", json={
+        "certno": with_check_char("36010219750101505"), "psn_name": "欠费", "insuplc_admdvs": "360100",
+        "insutype": "310", "begndate": "2020-01-01", "paid_through": "2026-10-31", "emp_no": "E360100009"})
+    assert r.status_code == 201
+    scan = (await enroll.post("/ops/reminders/scan", params={"on": "2026-11-16"})).json()
+    assert scan["persons_reminded"] >= 1 and scan["employers_reminded"] >= 1
+    assert (await enroll.post("/ops/reminders/scan", params={"on": "2026-11-17"})).json() == \
+        {"persons_reminded": 0, "employers_reminded": 0}
+    reminders = [json.loads(m.value) for m in await read_topic(broker, "enroll.reminders", 2)]
+    assert {m["kind"] for m in reminders if m.get("emp_no") == "E360100009"} == {"person", "employer"}
+
+    # filing lifecycle: long-term within the holding period cannot be cancelled; temporary expires on time
+    await wait_until(lambda: stack._settle_knows(psn), what="settle to see the transferred person")
+
+    async def file(body: dict[str, Any]) -> Any:
+        r = await filing.post("/filings", json={"psn_no": psn, "begndate": TODAY.isoformat()} | body)
+        return r.json() if r.status_code == 201 else None
+    long = await wait_until(lambda: file({"fil_type": "RETIRED_RELOCATED", "target_admdvs": "440000",
+                                          "commitment": True}), what="filing to see the transfer")
+    assert long["insuplc_admdvs"] == "330100" and long["enddate"] is None
+    r = await filing.delete(f"/filings/{long['fil_id']}")
+    assert r.status_code == 422 and r.json()["code"] == "HOLDING_PERIOD"
+    temp = await file({"fil_type": "OTHER_TEMP", "target_admdvs": "110000"})
+    r = await filing.patch(f"/filings/{temp['fil_id']}", json={"target_admdvs": "310000"})
+    assert r.status_code == 200 and r.json()["change"] == "changed" and r.json()["version"] == 2
+    end = date.fromisoformat(temp["enddate"])
+    assert (await filing.post("/ops/expire", params={"on": end.isoformat()})).json()["expired"] == 0
+    assert (await filing.post("/ops/expire", params={"on": (end + timedelta(days=1)).isoformat()})).json()[
+        "expired"] >= 1
+    assert (await filing.get(f"/filings/{temp['fil_id']}")).json()["status"] == "expired"
+    events = [json.loads(m.value) for m in await read_topic(broker, "filing.events", 3)]
+    assert [e["change"] for e in events if e["fil_id"] == temp["fil_id"]] == ["approved", "changed", "expired"]
