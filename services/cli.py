@@ -61,6 +61,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.what == "enroll":
+        from services.bench_enroll import main as enroll_bench
+
+        enroll_bench()
+        return
     from services.bench import main
 
     main()
@@ -100,7 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     d = sub.add_parser("demo", help="narrated scenario against a running `yibao run`")
     d.add_argument("--host", default="127.0.0.1")
     d.set_defaults(func=cmd_demo)
-    sub.add_parser("bench", help="self-contained benchmark; BENCH_SECONDS sets the duration; JSON to var/bench.json").set_defaults(func=cmd_bench)
+    b = sub.add_parser("bench", help="self-contained benchmarks; JSON to var/bench*.json",
+                       description="settle: settlements/s and latency per hop (BENCH_SECONDS, BENCH_CONCURRENCY). "
+                                   "enroll: a generated population through enroll.inbound "
+                                   "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000).")
+    b.add_argument("what", nargs="?", choices=["settle", "enroll"], default="settle")
+    b.set_defaults(func=cmd_bench)
     s = sub.add_parser("schemas", help="contracts")
     s.add_argument("action", choices=["export"])
     s.set_defaults(func=cmd_schemas)

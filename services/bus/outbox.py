@@ -40,13 +40,16 @@ class OutboxRow(SQLModel, table=True):
 
 
 def add(session: Session, service: str, topic: str, key: str | None, event: BaseModel,
-        headers: Headers | None = None, source: str | None = None, **header_args: object) -> None:
-    """Stage an event in the caller's transaction; it is published only if that commits."""
+        headers: Headers | None = None, source: str | None = None, value: bytes | None = None,
+        **header_args: object) -> None:
+    """Stage an event in the caller's transaction; it is published only if that commits.
+
+    `value`: the event already encoded, when the caller needed the bytes too."""
     hs = headers if headers is not None else make_headers(
         event, source or f"/yibao/{service}", **header_args)  # type: ignore[arg-type]
     # a Core insert: the ORM's unit of work costs more than the row itself on the hot path
     session.connection().execute(insert(OUTBOX).values(
-        service=service, topic=topic, key=key, value=encode(event),
+        service=service, topic=topic, key=key, value=value if value is not None else encode(event),
         headers=orjson.dumps([[k, v.decode()] for k, v in hs]), created_ms=now_ms(),
     ))
 

@@ -139,6 +139,11 @@ def create_api(svc: EnrollService) -> FastAPI:
         """The batch check over the whole registry, compared with the incremental detection."""
         return await asyncio.to_thread(check_duplicates, svc.engine)
 
+    @app.get("/ops/stats", tags=["ops"])
+    async def stats() -> dict[str, Any]:
+        """Counters of the enroll.inbound consumer since start: handled, retried, dead-lettered."""
+        return {"inbound": dict(svc.inbound.stats)}
+
     @app.post("/ops/reminders/scan", tags=["ops"])
     async def reminders(on: date | None = None) -> dict[str, int]:
         """Run the 断保提醒 scan now (it also runs on a timer)."""

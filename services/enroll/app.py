@@ -25,7 +25,7 @@ class EnrollService(Service):
         self.settings = settings or EnrollSettings()
         self.port = self.settings.port
         self.ctx = EnrollContext(self.engine, self.runtime.relay, EnrolmentRules.load(self.settings.rules_file))
-        self.runtime.add_worker(
+        self.inbound = self.runtime.add_worker(
             "enroll", {"enroll.inbound": BatchHandler(partial(handle_batch, self.ctx))},
             on_dead_letter=rejections.publisher(self.runtime.bus, "enroll.rejections", self.name))
         self.reminders = Periodic("enroll-reminders", self.settings.reminder_interval_s,

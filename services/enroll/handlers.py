@@ -12,10 +12,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import groupby
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, func
+from sqlalchemy import Engine, func, insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
@@ -49,11 +50,22 @@ from services.enroll.domain import (
     parse_certno,
     rules_for,
 )
-from services.enroll.store import Duplicate, Enrolment, EnrolmentHistory, Person, ReminderSent
+from services.enroll.store import (
+    Duplicate,
+    Enrolment,
+    EnrolmentHistory,
+    Person,
+    ReminderSent,
+    add_enrolment,
+    add_person,
+    enrolments_of,
+    person_by_certno,
+)
 
 log = logging.getLogger("yibao.enroll")
 SERVICE = "enroll"
 ENROLMENT = Enrolment.__table__  # type: ignore[attr-defined]
+HISTORY = EnrolmentHistory.__table__  # type: ignore[attr-defined]
 
 
 class UnknownRegionError(EnrollRefusedError):
@@ -97,12 +109,12 @@ def check_province(province: str | None, *regions: str) -> None:
 
 def _find_or_register(s: Session, certno: str, psn_name: str, admdvs: str) -> tuple[Person, bool]:
     ident = parse_certno(certno)
-    found = s.exec(select(Person).where(Person.certno == ident.certno)).first()
+    found = person_by_certno(s, ident.certno)
     if found is not None:
         return found, False
     p = Person(psn_no=new_psn_no(admdvs), certno=ident.certno, psn_name=psn_name, gend=ident.gend,
                brdy=ident.brdy, admdvs=admdvs, created_ms=now_ms())
-    s.add(p)
+    add_person(s, p)
     log.info("person %s registered (%s)", p.psn_no, mask_certno(p.certno))
     return p, True
 
@@ -166,12 +178,13 @@ def _enrol(ctx: EnrollContext, s: Session, person: Person, f: EnrolmentFields) -
     if f.death_date:
         person.death_date = f.death_date
     s.add(person)
-    e = s.get(Enrolment, (person.psn_no, f.insuplc_admdvs, f.insutype))
+    e = enrolments_of(s, person.psn_no).get((f.insuplc_admdvs, f.insutype))
     new = e is None
     if e is None:
         e = Enrolment(psn_no=person.psn_no, insuplc_admdvs=f.insuplc_admdvs, insutype=f.insutype,
                       family=Insutype(f.insutype).family, psn_type=f.psn_type, psn_insu_stas=f.psn_insu_stas,
                       version=0, updated_ms=now_ms())
+        add_enrolment(s, e)
     was_active = not new and e.psn_insu_stas == "1"
     e.psn_type, e.psn_insu_stas = f.psn_type, f.psn_insu_stas
     e.paid_through = effective_paid_through(f.paid_through, f.missing_periods)
@@ -207,10 +220,12 @@ def _save(s: Session, person: Person, e: Enrolment, change: str, effective: date
     e.updated_ms = now_ms()
     s.add(e)
     event = _event(person, e, change)
-    s.add(EnrolmentHistory(psn_no=e.psn_no, insuplc_admdvs=e.insuplc_admdvs, insutype=e.insutype,
-                           version=e.version, effective=effective, change=change, snapshot=encode(event),
-                           recorded_ms=e.updated_ms))
-    outbox.add(s, SERVICE, "enroll.events", e.psn_no, event, source=f"/yibao/enroll/{e.insuplc_admdvs}")
+    value = encode(event)
+    s.connection().execute(insert(HISTORY).values(  # Core: one row per change, never read back here
+        psn_no=e.psn_no, insuplc_admdvs=e.insuplc_admdvs, insutype=e.insutype, version=e.version,
+        effective=effective, change=change, snapshot=value, recorded_ms=e.updated_ms))
+    outbox.add(s, SERVICE, "enroll.events", e.psn_no, event, source=f"/yibao/enroll/{e.insuplc_admdvs}",
+               value=value)
     if e.psn_insu_stas == "1":
         _detect_duplicates(s, e)
 
@@ -233,21 +248,22 @@ def transfer_in(ctx: EnrollContext, s: Session, cmd: TransferEnrolment, province
         person = s.get(Person, cmd.psn_no)
     else:
         assert cmd.certno
-        person = s.exec(select(Person).where(Person.certno == parse_certno(cmd.certno).certno)).first()
+        person = person_by_certno(s, parse_certno(cmd.certno).certno)
     if person is None:
         raise UnknownPersonError(f"人员 {cmd.psn_no or mask_certno(cmd.certno or '')} 未登记，无法转移")
-    src = s.get(Enrolment, (person.psn_no, cmd.from_admdvs, cmd.insutype))
+    src = enrolments_of(s, person.psn_no).get((cmd.from_admdvs, cmd.insutype))
     if src is None or src.psn_insu_stas != "1":
         raise EnrollRefusedError(f"人员 {person.psn_no} 在 {cmd.from_admdvs} 没有正常参保的险种 {cmd.insutype}，无法转出",
                                  "NOT_ENROLLED_AT_SOURCE")
     src.psn_insu_stas = "4"
     _save(s, person, src, "transferred_out", cmd.transfer_date)
-    dst = s.get(Enrolment, (person.psn_no, cmd.to_admdvs, cmd.insutype))
+    dst = enrolments_of(s, person.psn_no).get((cmd.to_admdvs, cmd.insutype))
     earlier = dst.contrib_months if dst and dst.psn_insu_stas != "1" else 0
     if dst is None:
         dst = Enrolment(psn_no=person.psn_no, insuplc_admdvs=cmd.to_admdvs, insutype=cmd.insutype,
                         family=src.family, psn_type=src.psn_type, psn_insu_stas="1", version=0,
                         updated_ms=now_ms())
+        add_enrolment(s, dst)
     dst.psn_type = cmd.psn_type or src.psn_type
     dst.psn_insu_stas = "1"
     dst.begndate = dst.benefit_from = cmd.transfer_date  # continuous cover: no waiting period
@@ -271,8 +287,7 @@ def dup_id(psn_no: str, a: tuple[str, str], b: tuple[str, str]) -> str:
 
 
 def _detect_duplicates(s: Session, e: Enrolment) -> None:
-    others = s.exec(select(Enrolment).where(Enrolment.psn_no == e.psn_no, Enrolment.family == e.family,
-                                            Enrolment.psn_insu_stas == "1")).all()
+    others = [o for o in enrolments_of(s, e.psn_no).values() if o.family == e.family and o.psn_insu_stas == "1"]
     for o in others:
         if o.insuplc_admdvs[:2] == e.insuplc_admdvs[:2]:
             continue
@@ -292,7 +307,7 @@ def _detect_duplicates(s: Session, e: Enrolment) -> None:
 def _dup_event(s: Session, d: Duplicate) -> DuplicateDetected:
     sides = []
     for adm, ins in ((d.a_admdvs, d.a_insutype), (d.b_admdvs, d.b_insutype)):
-        e = s.get(Enrolment, (d.psn_no, adm, ins))
+        e = enrolments_of(s, d.psn_no).get((adm, ins))
         sides.append(DuplicateEnrolment(insuplc_admdvs=adm, insutype=ins,
                                         begndate=e.begndate if e else None))
     return DuplicateDetected(dup_id=d.dup_id, psn_no=d.psn_no, family=d.family, enrolments=sides,
@@ -302,8 +317,8 @@ def _dup_event(s: Session, d: Duplicate) -> DuplicateDetected:
 def _resolve_for(s: Session, psn_no: str, why: str) -> None:
     """Close open duplicates of a person whose two sides are no longer both active."""
     for d in s.exec(select(Duplicate).where(Duplicate.psn_no == psn_no, Duplicate.status == "open")).all():
-        a = s.get(Enrolment, (psn_no, d.a_admdvs, d.a_insutype))
-        b = s.get(Enrolment, (psn_no, d.b_admdvs, d.b_insutype))
+        held = enrolments_of(s, psn_no)
+        a, b = held.get((d.a_admdvs, d.a_insutype)), held.get((d.b_admdvs, d.b_insutype))
         if a and b and a.psn_insu_stas == "1" and b.psn_insu_stas == "1":
             continue
         d.status, d.resolution, d.resolved_ms = "resolved", why, now_ms()
@@ -322,7 +337,7 @@ def resolve_duplicate(ctx: EnrollContext, key: str, end_admdvs: str, reason: str
         sides = {d.a_admdvs: d.a_insutype, d.b_admdvs: d.b_insutype}
         if end_admdvs not in sides:
             raise EnrollRefusedError(f"end_admdvs 须为 {' 或 '.join(sides)} 之一", "NOT_A_SIDE")
-        e = s.get(Enrolment, (d.psn_no, end_admdvs, sides[end_admdvs]))
+        e = enrolments_of(s, d.psn_no).get((end_admdvs, sides[end_admdvs]))
         person = s.get(Person, d.psn_no)
         assert e is not None and person is not None
         e.psn_insu_stas = "4"
@@ -344,13 +359,16 @@ def duplicates(engine: Engine, status: str | None = None, limit: int = 100) -> l
 
 def check_duplicates(engine: Engine) -> dict[str, Any]:
     """The batch check over the whole registry, compared with what was detected as events arrived."""
-    a, b = ENROLMENT.alias("a"), ENROLMENT.alias("b")
-    q = sa_select(a.c.psn_no, a.c.insuplc_admdvs, a.c.insutype, b.c.insuplc_admdvs, b.c.insutype).join(
-        b, and_(a.c.psn_no == b.c.psn_no, a.c.family == b.c.family,
-                func.substr(a.c.insuplc_admdvs, 1, 2) < func.substr(b.c.insuplc_admdvs, 1, 2)),
-    ).where(a.c.psn_insu_stas == "1", b.c.psn_insu_stas == "1")
+    q = (sa_select(ENROLMENT.c.psn_no, ENROLMENT.c.family, ENROLMENT.c.insuplc_admdvs, ENROLMENT.c.insutype)
+         .where(ENROLMENT.c.psn_insu_stas == "1").order_by(ENROLMENT.c.psn_no))
+    batch: set[str] = set()
     with Session(engine) as s:
-        batch = {dup_id(p, (x, xi), (y, yi)) for p, x, xi, y, yi in s.connection().execute(q).all()}
+        for _, rows in groupby(s.connection().execute(q), key=lambda r: r[0]):
+            mine = list(rows)
+            for i, (p, fam, adm, ins) in enumerate(mine):  # pairs in one family, different provinces
+                for _, fam2, adm2, ins2 in mine[i + 1:]:
+                    if fam == fam2 and adm[:2] != adm2[:2]:
+                        batch.add(dup_id(p, (adm, ins), (adm2, ins2)))
         incremental = set(s.exec(select(Duplicate.dup_id).where(Duplicate.status == "open")).all())
         persons = s.exec(select(func.count()).select_from(Person)).one()
     return {"persons": persons, "batch": len(batch), "incremental_open": len(incremental),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from schemas.events import EnrolmentRecord, EnrolPerson, RegisterPerson, TransferEnrolment
 from services.bus.db import transaction
@@ -30,7 +30,7 @@ from services.enroll.handlers import (
     check_region,
     transfer_in,
 )
-from services.enroll.store import Person
+from services.enroll.store import Person, prefetch
 
 CONSUMER = "enroll.inbound"
 REFUSALS = (EnrollRefusedError, InvalidCertnoError, UnknownPersonError)
@@ -44,11 +44,14 @@ async def handle_batch(ctx: EnrollContext, msgs: list[Incoming]) -> list[BaseExc
 
 def _apply_batch(ctx: EnrollContext, msgs: list[Incoming]) -> list[BaseException | None]:
     out: list[BaseException | None] = []
-    with transaction(ctx.engine) as s:
+    with transaction(ctx.engine) as s, s.no_autoflush:
+        seen = _seen(s, [m.ce_id for m in msgs])
+        prefetch(s, [c for m in msgs if (c := getattr(m.event, "certno", None)) and len(c) == 18])
         for m in msgs:
-            if s.get(InboxRecord, (CONSUMER, m.ce_id)) is not None:
+            if m.ce_id in seen:
                 out.append(None)  # a replay: already applied
                 continue
+            seen.add(m.ce_id)
             try:
                 _dispatch(ctx, s, m)
             except REFUSALS as exc:
@@ -57,6 +60,11 @@ def _apply_batch(ctx: EnrollContext, msgs: list[Incoming]) -> list[BaseException
             s.add(InboxRecord(consumer=CONSUMER, msg_id=m.ce_id, processed_ms=now_ms()))
             out.append(None)
     return out
+
+
+def _seen(s: Session, ids: list[str]) -> set[str]:
+    q = select(InboxRecord.msg_id).where(InboxRecord.consumer == CONSUMER, col(InboxRecord.msg_id).in_(ids))
+    return set(s.exec(q).all())
 
 
 def _dispatch(ctx: EnrollContext, s: Session, m: Incoming) -> None:

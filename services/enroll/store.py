@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Index, Text
-from sqlmodel import Column, Field, SQLModel
+from sqlalchemy import BigInteger, Text
+from sqlmodel import Column, Field, Session, SQLModel, col, select
 
 from services.bus.inbox import InboxRecord
 from services.bus.outbox import OutboxRow
@@ -49,8 +49,6 @@ class Enrolment(SQLModel, table=True):
     acct_balc: Decimal = Field(default=Decimal("0"), max_digits=16, decimal_places=2)
     version: int = 1
     updated_ms: int = Field(sa_type=BigInteger)
-
-    __table_args__ = (Index("ix_enrolment_active_family", "family", "psn_insu_stas"),)
 
 
 class EnrolmentHistory(SQLModel, table=True):
@@ -98,3 +96,64 @@ class ReminderSent(SQLModel, table=True):
 
 
 TABLES: list[type[SQLModel]] = [Person, Enrolment, EnrolmentHistory, Duplicate, ReminderSent, InboxRecord, OutboxRow]
+
+
+# --- what one transaction has loaded -----------------------------------------------------------
+# A batch of inbound records is applied in one transaction without autoflush: persons and their
+# enrolments are loaded for the whole batch in a few IN queries, and the handlers find them (and
+# the rows they add) here instead of asking the database one statement at a time.
+
+
+class Loaded:
+    def __init__(self) -> None:
+        self.by_certno: dict[str, Person | None] = {}
+        self.enrolments: dict[str, dict[tuple[str, str], Enrolment]] = {}
+
+
+def loaded(s: Session) -> Loaded:
+    return s.info.setdefault("enroll.loaded", Loaded())
+
+
+def prefetch(s: Session, certnos: list[str], chunk: int = 500) -> None:
+    cache = loaded(s)
+    want = sorted({c for c in certnos if c not in cache.by_certno})
+    for i in range(0, len(want), chunk):
+        part = want[i:i + chunk]
+        cache.by_certno.update(dict.fromkeys(part))
+        for p in s.exec(select(Person).where(col(Person.certno).in_(part))).all():
+            cache.by_certno[p.certno] = p
+    psns = sorted({p.psn_no for p in cache.by_certno.values() if p and p.psn_no not in cache.enrolments})
+    for i in range(0, len(psns), chunk):
+        part = psns[i:i + chunk]
+        for psn in part:
+            cache.enrolments[psn] = {}
+        for e in s.exec(select(Enrolment).where(col(Enrolment.psn_no).in_(part))).all():
+            cache.enrolments[e.psn_no][(e.insuplc_admdvs, e.insutype)] = e
+
+
+def person_by_certno(s: Session, certno: str) -> Person | None:
+    cache = loaded(s)
+    if certno not in cache.by_certno:
+        cache.by_certno[certno] = s.exec(select(Person).where(Person.certno == certno)).first()
+    return cache.by_certno[certno]
+
+
+def add_person(s: Session, p: Person) -> None:
+    s.add(p)
+    cache = loaded(s)
+    cache.by_certno[p.certno] = p
+    cache.enrolments[p.psn_no] = {}
+
+
+def enrolments_of(s: Session, psn_no: str) -> dict[tuple[str, str], Enrolment]:
+    """(insuplc_admdvs, insutype) → enrolment, for one person."""
+    cache = loaded(s)
+    if psn_no not in cache.enrolments:
+        rows = s.exec(select(Enrolment).where(Enrolment.psn_no == psn_no)).all()
+        cache.enrolments[psn_no] = {(e.insuplc_admdvs, e.insutype): e for e in rows}
+    return cache.enrolments[psn_no]
+
+
+def add_enrolment(s: Session, e: Enrolment) -> None:
+    s.add(e)
+    enrolments_of(s, e.psn_no)[(e.insuplc_admdvs, e.insutype)] = e
