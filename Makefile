@@ -20,8 +20,9 @@ demo: $(STAMP)  ## narrated scenario against a running `make run`
 test: $(STAMP)  ## unit, integration (embedded broker, SQLite + PostgreSQL) and end-to-end tests
 	$(PY) -m pytest -q
 
-bench: $(STAMP)  ## end-to-end settlements/s and latency; JSON in var/bench.json
-	.venv/bin/yibao bench
+bench: $(STAMP)  ## settlements/s and latency (var/bench.json); enrolment intake (var/bench-enroll.json)
+	.venv/bin/yibao bench settle
+	.venv/bin/yibao bench enroll
 
 lint: $(STAMP)
 	.venv/bin/ruff check services schemas tests

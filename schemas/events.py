@@ -347,7 +347,7 @@ class EnrolmentFields(Command):
     insuplc_admdvs: Admdvs
     insutype: Insutype
     psn_type: PsnType = PsnType.IN_SERVICE
-    psn_insu_stas: Literal["1", "2", "4"] = "1"
+    psn_insu_stas: PsnInsuStas = Field("1", description="0 未参保, 1 正常参保, 2 暂停参保, 3 无效, 4 终止参保")
     begndate: date | None = Field(None, description="参保开始日期 (default: enrol_date)")
     enrol_date: date | None = Field(None, description="办理日期: when the person enrolled (default: today)")
     paid_through: date | None = None

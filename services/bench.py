@@ -29,6 +29,7 @@ from services.bus.broker import EmbeddedBroker, free_port
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.platform import SERVICES, Platform
+from services.settle.auth import SigningAuth
 
 LEGS = 10  # a cross-province claim: 9 hop legs plus the reply
 INSURED = ["360100", "360400", "330100", "330200", "110000", "310000"]
@@ -117,7 +118,7 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
     async def hospital() -> None:
         # one client (one keep-alive connection) per simulated hospital, as in the field; a pool
         # shared by ~100 tasks costs the load generator more than the platform (measured)
-        async with httpx.AsyncClient(timeout=60) as c:
+        async with httpx.AsyncClient(timeout=60, auth=SigningAuth()) as c:
             await visits(c)
 
     async def visits(c: httpx.AsyncClient) -> None:

@@ -173,6 +173,10 @@ def main() -> None:
             c0 = time.perf_counter()
             check = httpx.get(f"http://127.0.0.1:{port}/duplicates/check", timeout=600).json()
             check_s = time.perf_counter() - c0
+            progress("断保提醒 scan over the whole registry")
+            r0 = time.perf_counter()
+            reminded = httpx.post(f"http://127.0.0.1:{port}/ops/reminders/scan", timeout=900).json()
+            reminders_s = time.perf_counter() - r0
         finally:
             if proc and proc.poll() is None:
                 proc.terminate()
@@ -186,6 +190,8 @@ def main() -> None:
         "duplicates_expected": expected_dups, "duplicates_detected_incrementally": check["incremental_open"],
         "duplicates_batch_check": check["batch"], "batch_check_consistent": check["consistent"],
         "batch_check_s": round(check_s, 1),
+        "lapsed_expected": sum(1 for i in range(n) if i % LAPSE_EVERY == 0), "reminders": reminded,
+        "reminder_scan_s": round(reminders_s, 1),
         "rss_mib": {"idle": round(idle_rss), "peak": round(max(sampler.samples)), "end": round(sampler.samples[-1])},
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))

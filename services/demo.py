@@ -11,6 +11,7 @@ import httpx
 
 from services.enroll.domain import with_check_char
 from services.platform import DEFAULT_PORTS
+from services.settle.auth import SigningAuth
 
 HOSPITAL = "H44010400001"  # 广州市第一人民医院, 三级, cross-province enabled
 
@@ -46,7 +47,7 @@ def fee_lines() -> list[dict[str, Any]]:
 
 def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
     url = {k: f"http://{host}:{p}" for k, p in (ports or DEFAULT_PORTS).items()}
-    c = httpx.Client(timeout=30)
+    c = httpx.Client(timeout=30, auth=SigningAuth())  # hospitals sign their calls (x-tif-* headers)
     for name, u in url.items():
         try:
             c.get(u + "/healthz").raise_for_status()

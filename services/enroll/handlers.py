@@ -198,6 +198,10 @@ def _enrol(ctx: EnrollContext, s: Session, person: Person, f: EnrolmentFields) -
     change = "enrolled" if new else "changed"
     if person.death_date and person.death_date <= today:
         e.psn_insu_stas, change = "4", "deceased"
+        for other in enrolments_of(s, person.psn_no).values():  # death ends every enrolment
+            if other is not e and other.psn_insu_stas == "1":
+                other.psn_insu_stas = "4"
+                _save(s, person, other, "deceased", person.death_date)
     _save(s, person, e, change, begndate if new else enrol_date)
     log.info("person %s %s in %s insutype %s status %s (benefits from %s)", person.psn_no, change,
              e.insuplc_admdvs, e.insutype, e.psn_insu_stas, e.benefit_from)

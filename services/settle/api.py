@@ -7,7 +7,7 @@ import secrets
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,6 +17,7 @@ from schemas.events import Claim, FeeLine, SettlementResult
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
 from services.http import add_healthz, install_error_handlers, json_response
+from services.settle.auth import AuthError, Gate
 from services.settle.handlers import claim_status, result_of, submit_claim
 
 if TYPE_CHECKING:
@@ -87,11 +88,26 @@ def create_api(svc: SettleService) -> FastAPI:
     install_error_handlers(app, national_paths=("/fsi",))
     add_healthz(app, "settle", lambda: svc.runtime.bus.producer is not None)
     known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
+    gate = Gate({code: h.key for code, h in svc.ctx.ref.hospitals.items()})
+
+    def caller(request: Request) -> str | None:
+        """The authenticated hospital (None when authentication is switched off)."""
+        if not svc.settings.auth:
+            return None
+        try:
+            return gate.check(request.headers)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from None
 
     @app.post("/fsi/callService", tags=["hospital"], response_model=None)
-    async def call_service(req: FsiRequest) -> Response:
-        """The national hospital interface: one endpoint, the transaction chosen by infno."""
+    async def call_service(req: FsiRequest, request: Request) -> Response:
+        """The national hospital interface: one endpoint, the transaction chosen by infno.
+
+        Signed with the x-tif-* headers; a hospital acts only for itself (fixmedins_code)."""
         received = now_ms()
+        who = caller(request)
+        if who is not None and who != req.fixmedins_code:
+            raise HTTPException(403, f"已认证机构 {who} 不能以 {req.fixmedins_code} 的名义办理业务")
         if req.infno not in SETTLEMENT_INFNOS:
             raise HTTPException(400, f"infno {req.infno} is not served here yet; served: "
                                      + ", ".join(f"{k} {v}" for k, v in SETTLEMENT_INFNOS.items()))
@@ -132,11 +148,12 @@ def create_api(svc: SettleService) -> FastAPI:
                 "查询 GET /claims/{msgid}，或发起 2601 冲正")))
 
     @app.get("/claims/{msgid}", tags=["hospital"])
-    async def get_claim(msgid: str) -> dict[str, Any]:
-        """Status of a request by msgid: pending, settled or failed, with the hop trace."""
+    async def get_claim(msgid: str, request: Request) -> dict[str, Any]:
+        """Status of a request by msgid: pending, settled or failed, with the hop trace (own requests only)."""
+        who = caller(request)
         rec = await asyncio.to_thread(claim_status, svc.engine, msgid)
-        if rec is None:
-            raise HTTPException(404, f"no request with msgid {msgid} was received here")
+        if rec is None or (who is not None and rec.fixmedins_code != who):
+            raise HTTPException(404, f"no request with msgid {msgid} was received here from {who or 'you'}")
         res = result_of(rec)
         return {"msgid": msgid, "status": rec.status, "fixmedins_code": rec.fixmedins_code,
                 "result": res.model_dump(mode="json") if res else None}

@@ -13,6 +13,7 @@ class SettleSettings(BaseSettings):
     deadline_ms: int = 10_000  # how long a hospital request may take end to end (秒结)
     reply_grace_ms: int = 1_000  # extra wait for an answer decided just before the deadline
     faults: str = ""  # e.g. "city:360100=down;province:*=slow:50"
+    auth: bool = True  # hospitals sign their calls (x-tif-* headers); off only for local experiments
 
     @property
     def level_list(self) -> list[str]:

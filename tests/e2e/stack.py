@@ -16,6 +16,7 @@ from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.platform import build_service
 from services.service import Service
+from services.settle.auth import SigningAuth
 from services.settle.settings import SettleSettings
 from tests.helpers import wait_until
 
@@ -32,7 +33,8 @@ class Stack:
             await s.start()
         for s in self.services.values():
             await s.wait_ready()
-        self.http = {n: httpx.AsyncClient(transport=httpx.ASGITransport(app=s.app), base_url=f"http://{n}")
+        self.http = {n: httpx.AsyncClient(transport=httpx.ASGITransport(app=s.app), base_url=f"http://{n}",
+                                          auth=SigningAuth())
                      for n, s in self.services.items()}
 
     async def stop(self) -> None:

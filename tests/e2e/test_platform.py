@@ -17,6 +17,7 @@ from services import demo
 from services.bus.broker import free_port
 from services.enroll.domain import with_check_char
 from services.platform import SERVICES, Platform
+from services.settle.auth import SigningAuth
 from tests.e2e.stack import claim_body
 from tests.helpers import POLL_S
 
@@ -52,7 +53,7 @@ def test_cli_help_lists_the_commands() -> None:
 
 def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) -> None:
     """`yibao run` serves national/province hops in another process: faults must reach it too."""
-    c = httpx.Client(timeout=60)
+    c = httpx.Client(timeout=60, auth=SigningAuth())
     psn = enrol_and_file(c, platform, "11010519491231002X")
     r = c.put(platform.url("settle") + "/ops/faults", json={"level": "national", "region": "*", "down": True})
     assert r.status_code == 200
@@ -97,7 +98,7 @@ def test_one_hop_level_runs_alone_and_restarts(tmp_path) -> None:  # type: ignor
     cmd = [sys.executable, "-m", "services.cli", "worker", "settle", "--level", "city"]
     worker = subprocess.Popen(cmd, env=env)
     try:
-        c = httpx.Client(timeout=60)
+        c = httpx.Client(timeout=60, auth=SigningAuth())
         psn = enrol_and_file(c, p, with_check_char("36010219850101123"))
         first = c.post(p.url("settle") + "/fsi/callService",
                        json=claim_body(psn, "H44010400001", "440100", "360100")).json()

@@ -182,3 +182,27 @@ async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(sta
     assert (await filing.get(f"/filings/{temp['fil_id']}")).json()["status"] == "expired"
     events = [json.loads(m.value) for m in await read_topic(broker, "filing.events", 3)]
     assert [e["change"] for e in events if e["fil_id"] == temp["fil_id"]] == ["approved", "changed", "expired"]
+
+
+async def test_a_reported_death_ends_every_enrolment_and_settlement_says_why(stack: Stack) -> None:
+    enroll = stack.http["enroll"]
+    certno = with_check_char("36010219400101606")
+    base = {"certno": certno, "psn_name": "身故", "insuplc_admdvs": "360100", "begndate": "2010-01-01",
+            "paid_through": YEAR_END}
+    for insutype in ("310", "330"):  # basic scheme plus 大额医疗费用补助
+        r = await enroll.post("/enrolments/records", json=base | {"insutype": insutype})
+        assert r.status_code == 201, r.text
+    psn = r.json()["psn_no"]
+    await wait_until(lambda: stack._settle_knows(psn), what="settle to see the person")
+    died = (TODAY - timedelta(days=3)).isoformat()
+    r = await enroll.post("/enrolments/records", json=base | {"insutype": "310", "death_date": died})
+    assert r.status_code == 201 and r.json()["psn_insu_stas"] == "4"
+    person = (await enroll.get(f"/persons/{psn}")).json()
+    assert person["death_date"] == died
+    assert {(e["insutype"], e["psn_insu_stas"]) for e in person["enrolments"]} == {("310", "4"), ("330", "4")}
+
+    async def refused() -> Any:
+        res = await stack.settle_claim(psn, "H36010200001", "360100", "360100")
+        return res if res["output"].get("err_code") == "DECEASED" else None
+    res = await wait_until(refused, what="settle to refuse a claim after the death date")
+    assert died in res["err_msg"]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import httpx
 import orjson
 import pytest
 from sqlmodel import Session, select
 
+from schemas.regions import designated_hospitals
+from services.settle.auth import hospital_headers
 from services.settle.store import LedgerEntry
 from tests.e2e.stack import DEFAULT_LINES, FEMALE_ONLY_LINE, Stack, claim_body
 from tests.helpers import headers_of, read_topic, wait_until
@@ -145,3 +148,24 @@ async def test_the_raw_id_number_never_travels_on_the_bus(stack: Stack, broker: 
     events = await read_topic(broker, "enroll.events", 1)
     assert events and all(raw.encode() not in r.value for r in events)
     assert all(raw.encode() not in v for r in events for _, v in r.headers)
+
+
+async def test_hospitals_act_and_read_only_for_themselves(stack: Stack) -> None:
+    psn = await stack.person()
+    await stack.file(psn, "440100")
+    body = claim_body(psn, "H44010400001", "440100", "360100")
+    bare = httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.settle.app), base_url="http://settle")
+    try:
+        r = await bare.post("/fsi/callService", json=body)
+        assert r.status_code == 401 and r.json()["infcode"] == -1 and "x-tif-signature" in r.json()["err_msg"]
+        other = hospital_headers("H44010600002", designated_hospitals()["H44010600002"]["key"])
+        r = await bare.post("/fsi/callService", json=body, headers=other)
+        assert r.status_code == 403 and "H44010600002" in r.json()["err_msg"]
+        ans = await stack.settle_claim(psn, "H44010400001", "440100", "360100")
+        assert ans["infcode"] == 0
+        other = hospital_headers("H44010600002", designated_hospitals()["H44010600002"]["key"])
+        r = await bare.get(f"/claims/{ans['msgid']}", headers=other)
+        assert r.status_code == 404  # another hospital's request does not exist for it
+        assert (await stack.http["settle"].get(f"/claims/{ans['msgid']}")).json()["status"] == "settled"
+    finally:
+        await bare.aclose()

@@ -21,7 +21,7 @@ from services.bus.envelope import Incoming, encode, make_headers
 from services.bus.inbox import InboxRecord, already_processed
 from services.bus.outbox import OutboxRelay, OutboxRow
 from services.bus.settings import BusSettings
-from services.bus.worker import Worker
+from services.bus.worker import BatchHandler, DeadLetter, PermanentError, Worker
 from tests.helpers import headers_of, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -285,4 +285,44 @@ async def test_two_relays_on_one_database_publish_each_row_once(broker: str, bus
     a.prune(0)
     with transaction(engine) as s:
         assert not s.exec(select(OutboxRow).where(OutboxRow.service == "t-lease")).all()
+    await bus.stop()
+
+
+async def test_a_batch_handler_gets_many_at_once_and_each_message_its_own_fate(broker: str,
+                                                                                bus_settings: BusSettings) -> None:
+    """One call per fetched batch; per message: done, refused (dead letter + on_dead_letter with the
+    code) or failed (retried on its own through the retry topic, then done)."""
+    bus = await started_bus(bus_settings, broker)
+    calls: list[list[str]] = []
+    failed_once: set[str] = set()
+    told: list[DeadLetter] = []
+
+    async def handle(msgs: list[Incoming]) -> list[BaseException | None]:
+        calls.append([m.event.fil_id for m in msgs])
+        out: list[BaseException | None] = []
+        for m in msgs:
+            if m.event.fil_id == "F3":
+                out.append(PermanentError("F3 is refused", "NOT_ALLOWED"))
+            elif m.event.fil_id == "F5" and "F5" not in failed_once:
+                failed_once.add("F5")
+                out.append(RuntimeError("database busy"))
+            else:
+                out.append(None)
+        return out
+
+    async def on_dead_letter(dl: DeadLetter) -> None:
+        told.append(dl)
+
+    for n in range(1, 9):  # one key: one partition, one fetch
+        await bus.send("filing.events", "P", filing_event(n), "/test")
+    await bus.send_raw("filing.events", "P", b"{oops", make_headers(filing_event(), "/test"))
+    await bus.flush()
+    worker = Worker(bus, "t-batch", {"filing.events": BatchHandler(handle)}, on_dead_letter=on_dead_letter)
+    await worker.start()
+    await wait_until(lambda: worker.stats["handled"] == 7 and len(told) == 2, what="7 handled, 2 dead letters")
+    assert len(calls[0]) > 1  # many messages in one call
+    assert calls[-1] == ["F5"]  # the retry, alone
+    assert sorted(d.code for d in told) == ["NOT_ALLOWED", "NOT_JSON"]
+    assert next(d for d in told if d.code == "NOT_ALLOWED").reason == "F3 is refused"
+    await worker.stop()
     await bus.stop()
