@@ -7,9 +7,9 @@ import secrets
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.common import Admdvs, FixmedinsCode, Insutype
@@ -19,6 +19,7 @@ from services.bus.faults import Fault
 from services.http import add_healthz, install_error_handlers, json_response
 from services.settle.auth import AuthError, Gate
 from services.settle.handlers import claim_status, result_of, submit_claim
+from services.settle.stream import partition_of, results, resume_offset
 
 if TYPE_CHECKING:
     from services.settle.app import SettleService
@@ -157,6 +158,25 @@ def create_api(svc: SettleService) -> FastAPI:
         res = result_of(rec)
         return {"msgid": msgid, "status": rec.status, "fixmedins_code": rec.fixmedins_code,
                 "result": res.model_dump(mode="json") if res else None}
+
+    @app.get("/hospitals/{fixmedins_code}/results", tags=["hospital"], response_model=None)
+    async def result_stream(fixmedins_code: str, request: Request,
+                            last_event_id: str | None = Header(None)) -> StreamingResponse:
+        """Server-Sent Events: this hospital's settlement results as they are decided.
+
+        Each event is a SettlementResult (JSON) with `id: <partition>:<offset>`; reconnect with
+        the `Last-Event-ID` header to resume after the last one received."""
+        who = caller(request)
+        if who is not None and who != fixmedins_code:
+            raise HTTPException(403, f"已认证机构 {who} 不能订阅 {fixmedins_code} 的结算结果")
+        if fixmedins_code not in svc.ctx.ref.hospitals:
+            raise HTTPException(404, f"{fixmedins_code} 不是已登记的定点医药机构")
+        try:
+            resume_offset(last_event_id, partition_of(fixmedins_code))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return StreamingResponse(results(svc.runtime.bus, fixmedins_code, last_event_id),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/ops/faults", tags=["ops"])
     async def get_faults() -> list[Fault]:

@@ -1,0 +1,68 @@
+"""A hospital adapter that follows its own settlement results on the `settle.hospital` topic.
+
+It needs nothing of this project: only confluent-kafka (a standard Kafka client) and the JSON
+Schema files in schemas/json/ if it wants to validate. Results are keyed by the hospital's
+fixmedins_code; the adapter's consumer group remembers where it stopped, so a restart resumes.
+
+    pip install confluent-kafka
+    python examples/hospital_adapter.py --bootstrap 127.0.0.1:9092 --hospital H44010400001
+
+(For hospitals outside the trusted network the settle API streams the same results as
+Server-Sent Events: GET /hospitals/{fixmedins_code}/results, signed with the x-tif-* headers.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException
+
+
+def follow(bootstrap: str, hospital: str, group: str | None = None, from_start: bool = False,
+           idle_s: float | None = None) -> Iterator[dict[str, Any]]:
+    """Yield this hospital's results (SettlementResult as a dict, with its CloudEvents headers under
+    `_headers`) as they arrive; stop after `idle_s` seconds without any record, if given."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group or f"adapter-{hospital}",
+                  "auto.offset.reset": "earliest" if from_start else "latest", "enable.auto.commit": True})
+    assigned: list[object] = []
+    c.subscribe(["settle.hospital"], on_assign=lambda _c, parts: assigned.append(parts))
+    idle = 0.0
+    try:
+        while idle_s is None or idle < idle_s:
+            m = c.poll(0.5)
+            if m is None:
+                idle += 0.5 if assigned else 0.0  # joining the group does not count as idle
+                continue
+            if m.error():
+                raise KafkaException(m.error())
+            idle = 0.0
+            if m.key() != hospital.encode():
+                continue  # another hospital's result in the same partition
+            result = json.loads(m.value())
+            result["_headers"] = {k: v.decode() for k, v in (m.headers() or [])}
+            yield result
+    finally:
+        c.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Follow one hospital's settlement results (settle.hospital).")
+    ap.add_argument("--bootstrap", default="127.0.0.1:9092")
+    ap.add_argument("--hospital", required=True, help="fixmedins_code, e.g. H44010400001")
+    ap.add_argument("--from-start", action="store_true", help="read the retained history first")
+    args = ap.parse_args()
+    for r in follow(args.bootstrap, args.hospital, from_start=args.from_start):
+        o = r["outcome"]
+        if o["infcode"] == 0:
+            s = o["setlinfo"]
+            print(f"{r['msgid']} settled {s['setl_id']}: total {s['medfee_sumamt']} fund {s['fund_pay_sumamt']} "
+                  f"account {s['acct_pay']} cash {s['psn_cash_pay']}", flush=True)
+        else:
+            print(f"{r['msgid']} refused {o['err_code']}: {o['err_msg']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

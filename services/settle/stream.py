@@ -1,0 +1,66 @@
+"""A hospital's own results as Server-Sent Events, read from the settle.hospital topic.
+
+Results are keyed by fixmedins_code, so all of one hospital's results sit in one partition. Each
+stream has its own consumer with a manual assignment of that partition (no consumer group, no
+join wait) and skips other hospitals' records. Every event carries `id: <partition>:<offset>`;
+a client that reconnects with `Last-Event-ID` resumes right after it, so nothing is missed while
+the records are retained. Without it, the stream starts with the results arriving from now on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from schemas.topics import TOPICS
+from services.bus.client import Bus
+
+log = logging.getLogger("yibao.settle.stream")
+TOPIC = "settle.hospital"
+KEEPALIVE_MS = 15_000
+
+
+def partition_of(fixmedins_code: str) -> int:
+    """The partition the producer's default partitioner puts this hospital's results in."""
+    parts = list(range(TOPICS[TOPIC].partitions))
+    return int(DefaultPartitioner()(fixmedins_code.encode(), parts, parts))
+
+
+def resume_offset(last_event_id: str | None, partition: int) -> int | None:
+    """The offset after `<partition>:<offset>`, or None to start at the end."""
+    if not last_event_id:
+        return None
+    p, _, o = last_event_id.partition(":")
+    if not (p.isdigit() and o.isdigit()) or int(p) != partition:
+        raise ValueError(f"Last-Event-ID {last_event_id!r}: expected '{partition}:<offset>' as sent by this stream")
+    return int(o) + 1
+
+
+async def results(bus: Bus, fixmedins_code: str, last_event_id: str | None) -> AsyncIterator[bytes]:
+    partition = partition_of(fixmedins_code)
+    start = resume_offset(last_event_id, partition)
+    tp = TopicPartition(TOPIC, partition)
+    consumer = bus.consumer(group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        if start is None:
+            await consumer.seek_to_end(tp)
+        else:
+            consumer.seek(tp, start)
+        yield f": results of {fixmedins_code}; reconnect with Last-Event-ID to resume\n\n".encode()
+        key = fixmedins_code.encode()
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=KEEPALIVE_MS)
+            records = batch.get(tp, [])
+            if not records:
+                yield b": keepalive\n\n"
+            for rec in records:
+                if rec.key == key and rec.value is not None:
+                    yield b"id: %d:%d\nevent: result\ndata: %s\n\n" % (partition, rec.offset, rec.value)
+    finally:
+        await consumer.stop()
+        log.info("results stream of %s closed", fixmedins_code)

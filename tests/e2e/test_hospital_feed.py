@@ -1,0 +1,77 @@
+"""Hospitals follow their own results: the example adapter (confluent-kafka only) on
+settle.hospital, and the Server-Sent Events stream of the settle API with resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from schemas.regions import designated_hospitals
+from services.settle.auth import hospital_headers
+from services.settle.stream import partition_of, results
+from tests.e2e.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+GZ, GZ2 = "H44010400001", "H44010600002"
+
+
+async def test_the_example_adapter_follows_only_its_hospital(stack: Stack, broker: str) -> None:
+    pytest.importorskip("confluent_kafka")
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from hospital_adapter import follow  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    psn = await stack.person()
+    await stack.file(psn, "440100")
+    mine = await stack.settle_claim(psn, GZ, "440100", "360100")
+    theirs = await stack.settle_claim(psn, GZ2, "440100", "360100")
+    got = await asyncio.to_thread(lambda: list(follow(broker, GZ, group="t-adapter", from_start=True, idle_s=3)))
+    assert [r["msgid"] for r in got] == [mine["msgid"]]
+    assert got[0]["outcome"]["infcode"] == 0 and got[0]["_headers"]["ce_type"] == "yibao.settle.SettlementResult.v1"
+    assert theirs["msgid"] not in {r["msgid"] for r in got}
+
+
+async def test_the_results_stream_resumes_after_the_last_event(stack: Stack) -> None:
+    psn = await stack.person()
+    await stack.file(psn, "440100")
+    bus = stack.settle.runtime.bus
+
+    async def next_event(stream: object) -> tuple[str, dict[str, object]]:
+        async for chunk in stream:  # type: ignore[attr-defined]
+            if chunk.startswith(b"id: "):
+                head, data = chunk.decode().split("\ndata: ")
+                return head.split("\n")[0][4:], json.loads(data)
+        raise AssertionError("stream ended")
+
+    stream = results(bus, GZ, None)
+    assert (await anext(stream)).startswith(b": results of")  # subscribed: from now on
+    first = await stack.settle_claim(psn, GZ, "440100", "360100")
+    event_id, data = await asyncio.wait_for(next_event(stream), 20)
+    assert data["msgid"] == first["msgid"] and event_id.startswith(f"{partition_of(GZ)}:")
+    await stream.aclose()
+    second = await stack.settle_claim(psn, GZ, "440100", "360100")  # while disconnected
+    resumed = results(bus, GZ, event_id)
+    await anext(resumed)
+    _, data = await asyncio.wait_for(next_event(resumed), 20)
+    assert data["msgid"] == second["msgid"]  # nothing missed, nothing repeated
+    await resumed.aclose()
+
+
+async def test_the_stream_is_for_the_hospital_itself(stack: Stack) -> None:
+    bare = httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.settle.app), base_url="http://settle")
+    try:
+        r = await bare.get(f"/hospitals/{GZ}/results")
+        assert r.status_code == 401
+        r = await bare.get(f"/hospitals/{GZ}/results", headers=hospital_headers(GZ2, designated_hospitals()[GZ2]["key"]))
+        assert r.status_code == 403
+        r = await bare.get(f"/hospitals/{GZ}/results", headers=hospital_headers(GZ, designated_hospitals()[GZ]["key"])
+                           | {"last-event-id": "9:12"})
+        assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"]
+    finally:
+        await bare.aclose()
