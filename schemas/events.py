@@ -189,6 +189,9 @@ class FeeSplit(BaseModel):
     preselfpay_amt: Yuan
     inscp_scp_amt: Yuan
     lmt_gend: Literal["1", "2"] | None = Field(None, description="item restricted to this gender")
+    lmt_age_min: int | None = Field(None, description="item restricted to this age or older")
+    lmt_age_max: int | None = Field(None, description="item restricted to this age or younger")
+    lmt_reason: str | None = Field(None, description="why the line fell to self-pay (限定支付范围)")
 
 
 class HopLevel(StrEnum):

@@ -94,6 +94,10 @@ class CatalogueItem:
     pric_uplmt_amt: Decimal | None
     lmt_gend: str | None
     med_chrgitm_type: str
+    lmt_age_min: int | None = None  # 限年龄 (whole years at treatment)
+    lmt_age_max: int | None = None
+    lmt_hosp_lv: str | None = None  # 限医院级别: this level or higher
+    lmt_scope: str | None = None  # 限门诊 "op" / 限住院 "ip"
 
 
 def check_hospital(h: Hospital | None, code: str, treat: str, kind: RouteKind) -> Hospital:
@@ -109,16 +113,36 @@ def yuan(x: Decimal) -> Decimal:
     return x.quantize(FEN, rounding=ROUND_HALF_UP)
 
 
-def split_line(line: FeeLine, item: CatalogueItem | None) -> FeeSplit:
-    """One fee line against the treatment-location catalogue: 甲 / 乙 先行自付 / 丙, 超限价."""
+def is_inpatient(med_type: str) -> bool:
+    return med_type.startswith("2")  # 21 普通住院, 24 急诊转住院 …
+
+
+def treatment_restriction(item: CatalogueItem, hosp_lv: str | None, med_type: str | None) -> str | None:
+    """Restrictions the treatment city can judge: hospital level, outpatient/inpatient."""
+    if item.lmt_hosp_lv and hosp_lv is not None and hosp_lv < item.lmt_hosp_lv:
+        return f"限{item.lmt_hosp_lv}级及以上医院使用"
+    if item.lmt_scope and med_type is not None:
+        if item.lmt_scope == "ip" and not is_inpatient(med_type):
+            return "限住院使用"
+        if item.lmt_scope == "op" and is_inpatient(med_type):
+            return "限门诊使用"
+    return None
+
+
+def split_line(line: FeeLine, item: CatalogueItem | None, hosp_lv: str | None = None,
+               med_type: str | None = None) -> FeeSplit:
+    """One fee line against the treatment-location catalogue: 甲 / 乙 先行自付 / 丙, 超限价,
+    and the restrictions the treatment city can judge (hospital level, 门诊/住院)."""
     amt = yuan(line.det_item_fee_sumamt)
     zero = Decimal("0.00")
-    if item is None or item.chrgitm_lv == "03":
+    reason = treatment_restriction(item, hosp_lv, med_type) if item is not None else "目录外项目"
+    if item is None or item.chrgitm_lv == "03" or reason:
         return FeeSplit(
             feedetl_sn=line.feedetl_sn, med_list_codg=line.med_list_codg, det_item_fee_sumamt=amt,
-            chrgitm_lv="03", selfpay_prop=Decimal("1"), pric_uplmt_amt=item.pric_uplmt_amt if item else None,
+            chrgitm_lv="03" if item is None or item.chrgitm_lv == "03" else item.chrgitm_lv,
+            selfpay_prop=Decimal("1"), pric_uplmt_amt=item.pric_uplmt_amt if item else None,
             fulamt_ownpay_amt=amt, overlmt_amt=zero, preselfpay_amt=zero, inscp_scp_amt=zero,
-            lmt_gend=item.lmt_gend if item else None,
+            lmt_gend=item.lmt_gend if item else None, lmt_reason=reason,
         )
     overlmt = zero
     if item.pric_uplmt_amt is not None and line.pric > item.pric_uplmt_amt:
@@ -130,18 +154,34 @@ def split_line(line: FeeLine, item: CatalogueItem | None) -> FeeSplit:
         chrgitm_lv=item.chrgitm_lv,
         selfpay_prop=item.selfpay_prop, pric_uplmt_amt=item.pric_uplmt_amt,
         fulamt_ownpay_amt=zero, overlmt_amt=overlmt, preselfpay_amt=pre, inscp_scp_amt=rest - pre,
-        lmt_gend=item.lmt_gend,
+        lmt_gend=item.lmt_gend, lmt_age_min=item.lmt_age_min, lmt_age_max=item.lmt_age_max,
     )
 
 
-def apply_gender_restriction(lines: list[FeeSplit], gend: str) -> list[FeeSplit]:
-    """限性别 items billed to the other gender fall wholly to self-pay."""
+def age_on(brdy: date, day: date) -> int:
+    return day.year - brdy.year - ((day.month, day.day) < (brdy.month, brdy.day))
+
+
+def person_restriction(s: FeeSplit, gend: str, age: int | None) -> str | None:
+    """Restrictions only the insured city can judge: 限性别, 限年龄."""
+    if s.lmt_gend and s.lmt_gend != gend:
+        return "限" + ("男" if s.lmt_gend == "1" else "女") + "性使用"
+    if age is not None and s.lmt_age_min is not None and age < s.lmt_age_min:
+        return f"限{s.lmt_age_min}岁及以上使用"
+    if age is not None and s.lmt_age_max is not None and age > s.lmt_age_max:
+        return f"限{s.lmt_age_max}岁及以下使用"
+    return None
+
+
+def apply_person_restrictions(lines: list[FeeSplit], gend: str, age: int | None = None) -> list[FeeSplit]:
+    """Restricted items billed for a person outside the restriction fall wholly to self-pay."""
     out = []
     for s in lines:
-        if s.lmt_gend and s.lmt_gend != gend and s.chrgitm_lv != "03":
+        reason = person_restriction(s, gend, age) if s.fulamt_ownpay_amt != s.det_item_fee_sumamt else None
+        if reason:
             s = s.model_copy(update={
                 "fulamt_ownpay_amt": s.det_item_fee_sumamt, "overlmt_amt": Decimal("0.00"),
-                "preselfpay_amt": Decimal("0.00"), "inscp_scp_amt": Decimal("0.00"),
+                "preselfpay_amt": Decimal("0.00"), "inscp_scp_amt": Decimal("0.00"), "lmt_reason": reason,
             })
         out.append(s)
     return out
@@ -166,6 +206,7 @@ class PersonState:
     begndate: date | None = None
     benefit_from: date | None = None
     death_date: date | None = None
+    brdy: date | None = None
 
 
 @dataclass(frozen=True)

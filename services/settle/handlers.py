@@ -42,7 +42,8 @@ from services.settle import benefits
 from services.settle.domain import (
     PersonState,
     SettlementRefusedError,
-    apply_gender_restriction,
+    age_on,
+    apply_person_restrictions,
     check_eligibility,
     check_hospital,
     mirror,
@@ -187,7 +188,8 @@ async def _split(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received
         await _turn_back(ctx, msg, hop, failure(e.code, e.message))
         return
     hop.hosp_lv = h.hosp_lv  # type: ignore[assignment]
-    hop.split = [split_line(line, ctx.ref.catalogue.get(line.med_list_codg)) for line in c.fees]
+    hop.split = [split_line(line, ctx.ref.catalogue.get(line.med_list_codg), h.hosp_lv, c.med_type)
+                 for line in c.fees]
     _stamp(hop, received, msg.attempt)
     await _forward(ctx, msg, hop)
 
@@ -230,8 +232,11 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
     year = c.begntime.year
     acc = load_accumulators(conn, c.psn_no, year, c.insutype)
     balance = load_balance(conn, c.psn_no)
+    # 限性别 / 限年龄: only the insured city knows the person; the hospital sees the result per line
+    hop.split = apply_person_restrictions(hop.split or [], person.gend,
+                                          age_on(person.brdy, c.begntime) if person.brdy else None)
     comp = benefits.compute(
-        policy, apply_gender_restriction(hop.split or [], person.gend), med_type=c.med_type,
+        policy, hop.split, med_type=c.med_type,
         psn_type=person.psn_type, hosp_lv=hop.hosp_lv or "1", filing=filing, acc=acc or benefits.Accumulators(),
         acct_balance=balance, use_account=c.acct_used_flag == "1" and c.insutype == "310",
     )
@@ -332,7 +337,7 @@ async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
 # --- the insured city's views ----------------------------------------------------------------
 
 
-PERSON_FIELDS = ("psn_name", "gend", "psn_type", "psn_insu_stas", "begndate", "benefit_from", "paid_through",
+PERSON_FIELDS = ("psn_name", "gend", "brdy", "psn_type", "psn_insu_stas", "begndate", "benefit_from", "paid_through",
                  "death_date", "voucher_active", "version")
 FILING_FIELDS = ("psn_no", "fil_type", "target_admdvs", "begndate", "enddate", "status", "version")
 

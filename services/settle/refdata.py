@@ -34,6 +34,8 @@ class Reference:
                 selfpay_prop=Decimal(i["selfpay_prop"]),
                 pric_uplmt_amt=Decimal(i["pric_uplmt_amt"]) if i["pric_uplmt_amt"] else None,
                 lmt_gend=i["lmt_gend"], med_chrgitm_type=i["med_chrgitm_type"],
+                lmt_age_min=i.get("lmt_age_min"), lmt_age_max=i.get("lmt_age_max"),
+                lmt_hosp_lv=i.get("lmt_hosp_lv"), lmt_scope=i.get("lmt_scope"),
             )
             for i in read("catalogue.json")["items"]
         }

@@ -40,6 +40,7 @@ class PersonView(SQLModel, table=True):
     insutype: str = Field(primary_key=True, max_length=3)
     psn_name: str
     gend: str
+    brdy: date | None = None
     psn_type: str
     psn_insu_stas: str
     begndate: date | None = None
@@ -134,7 +135,7 @@ def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
                         insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
                         psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
                         voucher_active=r["voucher_active"], begndate=r["begndate"],
-                        benefit_from=r["benefit_from"], death_date=r["death_date"]) for r in rows]
+                        benefit_from=r["benefit_from"], death_date=r["death_date"], brdy=r["brdy"]) for r in rows]
 
 
 def filings_of(c: Connection, psn_no: str) -> list[FilingState]:

@@ -37,6 +37,8 @@ async def test_cross_province_outpatient_settlement(stack: Stack, broker: str) -
     assert D(s["acct_pay"]) + D(s["psn_cash_pay"]) == D(s["psn_part_amt"])
     assert D(s["fulamt_ownpay_amt"]) + D(s["overlmt_selfpay"]) + D(s["preselfpay_amt"]) + D(s["inscp_scp_amt"]) == total
     assert s["clr_optins"] == "360100" and s["medins_setl_id"] == ans["msgid"]
+    tct = next(line for line in ans["output"]["feedetail"] if line["feedetl_sn"] == FEMALE_ONLY_LINE["feedetl_sn"])
+    assert tct["lmt_reason"] == "限女性使用" and D(tct["fulamt_ownpay_amt"]) == D("150.00")  # decided at the insured city
     assert D(s["acct_pay"]) == D("100.00") and D(s["balc"]) == 0
     trace = ans["output"]["hop_trace"]
     assert [(h["level"], h["admdvs"]) for h in trace] == [

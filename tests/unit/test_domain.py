@@ -12,7 +12,8 @@ from services.settle.domain import (
     CatalogueItem,
     RouteKind,
     SettlementRefusedError,
-    apply_gender_restriction,
+    age_on,
+    apply_person_restrictions,
     check_hospital,
     mirror,
     plan_route,
@@ -72,8 +73,8 @@ def test_split_jia_yi_bing_and_overlimit() -> None:
 
 def test_gender_restricted_item_falls_to_self_pay_for_the_other_gender() -> None:
     s = split_line(fee("150", "150"), item("01", gend="2"))
-    assert apply_gender_restriction([s], "2")[0].inscp_scp_amt == D("150.00")
-    male = apply_gender_restriction([s], "1")[0]
+    assert apply_person_restrictions([s], "2")[0].inscp_scp_amt == D("150.00")
+    male = apply_person_restrictions([s], "1")[0]
     assert male.fulamt_ownpay_amt == D("150.00") and male.inscp_scp_amt == 0
 
 
@@ -88,3 +89,49 @@ def test_hospital_checks() -> None:
         check_hospital(off, off.fixmedins_code, off.admdvs, RouteKind.CROSS_PROVINCE)
     assert e.value.code == "HOSPITAL_NOT_ENABLED"
     assert check_hospital(off, off.fixmedins_code, off.admdvs, RouteKind.LOCAL) is off
+
+
+def restricted(**kw: object) -> CatalogueItem:
+    return CatalogueItem("C", "n", "02", D("0.10"), None, None, "09", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw,hosp_lv,med_type,reason", [
+    (dict(lmt_hosp_lv="3"), "2", "11", "限3级及以上医院使用"),
+    (dict(lmt_hosp_lv="3"), "3", "11", None),
+    (dict(lmt_scope="ip"), "3", "11", "限住院使用"),
+    (dict(lmt_scope="ip"), "3", "21", None),
+    (dict(lmt_scope="op"), "3", "21", "限门诊使用"),
+])
+def test_treatment_city_restrictions(kw: dict[str, object], hosp_lv: str, med_type: str, reason: str | None) -> None:
+    s = split_line(fee("100", "100"), restricted(**kw), hosp_lv, med_type)
+    assert s.lmt_reason == reason
+    assert s.fulamt_ownpay_amt == (D("100.00") if reason else 0)
+    assert s.fulamt_ownpay_amt + s.overlmt_amt + s.preselfpay_amt + s.inscp_scp_amt == s.det_item_fee_sumamt
+
+
+@pytest.mark.parametrize("kw,age,reason", [
+    (dict(lmt_age_max=14), 15, "限14岁及以下使用"),
+    (dict(lmt_age_max=14), 14, None),
+    (dict(lmt_age_min=60), 59, "限60岁及以上使用"),
+    (dict(lmt_age_min=60), 60, None),
+])
+def test_insured_city_age_restrictions(kw: dict[str, object], age: int, reason: str | None) -> None:
+    (s,) = apply_person_restrictions([split_line(fee("80", "80"), restricted(**kw))], "1", age)
+    assert s.lmt_reason == reason and (s.inscp_scp_amt == 0) == bool(reason)
+
+
+def test_age_counts_whole_years() -> None:
+    assert age_on(date(2012, 11, 24), date(2026, 11, 23)) == 13
+    assert age_on(date(2012, 11, 23), date(2026, 11, 23)) == 14
+
+
+def test_the_catalogue_is_national_sized_and_well_formed() -> None:
+    items = REF.catalogue.values()
+    assert len(items) >= 2000
+    drugs = [i for i in items if i.code[0] in "XZ" and len(i.code) == 23]
+    services = [i for i in items if i.code.startswith("00") and len(i.code) == 15]
+    consumables = [i for i in items if i.code[0] == "C" and len(i.code) == 20]
+    assert len(drugs) > 1000 and len(services) > 300 and len(consumables) > 100
+    assert {i.chrgitm_lv for i in items} == {"01", "02", "03"}
+    assert any(i.lmt_hosp_lv for i in items) and any(i.lmt_scope for i in items)
+    assert any(i.lmt_age_min or i.lmt_age_max for i in items) and any(i.lmt_gend for i in items)
