@@ -171,8 +171,10 @@ class Claim(BaseModel):
     mdtrt_cert_type: Literal["01", "02", "03"] = "02"
     acct_used_flag: Literal["0", "1"] = "0"
     begntime: date
-    fees: list[FeeLine]
+    fees: list[FeeLine] = []
     deadline_ms: int = Field(description="epoch milliseconds after which nobody waits")
+    orig_setl_id: str | None = Field(None, description="2208/2305: the settlement to reverse")
+    orig_msgid: str | None = Field(None, description="2601 冲正: the request whose answer never arrived")
 
 
 class FeeSplit(BaseModel):
@@ -277,6 +279,7 @@ class Outcome(BaseModel):
     setlinfo: Setlinfo | None = None
     setldetail: list[Setldetail] = []
     psn_gend: str | None = None
+    data: dict[str, object] | None = Field(None, description="answers that are not a settlement (5206, 2601)")
 
 
 class SettlementHop(Wire):

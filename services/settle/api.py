@@ -24,7 +24,9 @@ from services.settle.stream import partition_of, results, resume_offset
 if TYPE_CHECKING:
     from services.settle.app import SettleService
 
-SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算"}
+SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算", "2206": "门诊预结算", "2303": "住院预结算"}
+TRANSACTIONS = SETTLEMENT_INFNOS | {"2208": "门诊结算撤销", "2305": "住院结算撤销", "2601": "冲正交易",
+                                    "5206": "人员累计信息查询"}
 
 
 class FsiRequest(BaseModel):
@@ -59,6 +61,57 @@ class SettleInput(BaseModel):
     feedetail: list[FeeLine] = Field(min_length=1, max_length=2000)
 
 
+class PersonRef(BaseModel):
+    psn_no: str = Field(min_length=1, max_length=30)
+    insutype: Insutype = Insutype.EMPLOYEE
+
+
+class ReverseData(PersonRef):
+    setl_id: str = Field(min_length=1, max_length=30, description="the settlement to reverse")
+
+
+class RedoData(PersonRef):
+    omsgid: str = Field(min_length=1, max_length=30, description="原发送方报文ID: the request to undo")
+    oinfno: str = Field("2207", description="原交易编号")
+
+
+class YearData(PersonRef):
+    year: int = Field(default_factory=lambda: date.today().year, ge=2000, le=2100)
+
+
+class DataInput(BaseModel):
+    data: dict[str, Any]
+
+
+def _input(model: type[BaseModel], raw: dict[str, Any], *path: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", "input", *path, *e["loc"])} for e in exc.errors()]) from None
+
+
+def claim_of(req: FsiRequest, deadline: int) -> Claim:
+    """The request as it travels the hops, whatever the transaction."""
+    base = dict(msgid=req.msgid, infno=req.infno, fixmedins_code=req.fixmedins_code,
+                mdtrtarea_admvs=req.mdtrtarea_admvs, insuplc_admdvs=req.insuplc_admdvs, deadline_ms=deadline)
+    if req.infno in SETTLEMENT_INFNOS:
+        inp = _input(SettleInput, req.input)
+        return Claim(**base, fees=inp.feedetail, **inp.data.model_dump())
+    data = _input(DataInput, req.input).data
+    ward = "21" if req.infno == "2305" else "11"
+    if req.infno in ("2208", "2305"):
+        r = _input(ReverseData, data, "data")
+        return Claim(**base, psn_no=r.psn_no, insutype=r.insutype, med_type=ward, begntime=date.today(),
+                     orig_setl_id=r.setl_id)
+    if req.infno == "2601":
+        o = _input(RedoData, data, "data")
+        return Claim(**base, psn_no=o.psn_no, insutype=o.insutype, med_type=ward, begntime=date.today(),
+                     orig_msgid=o.omsgid)
+    y = _input(YearData, data, "data")  # 5206
+    return Claim(**base, psn_no=y.psn_no, insutype=y.insutype, med_type=ward, begntime=date(y.year, 12, 31))
+
+
 def _refmsgid(admdvs: str) -> str:
     return f"{admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
 
@@ -75,13 +128,15 @@ def answer(req: FsiRequest, result: SettlementResult | None, pending_msg: str | 
     if o.infcode != 0:
         return base | {"infcode": -1, "err_msg": o.err_msg,
                        "output": {"err_code": o.err_code, "hop_trace": trace}}
+    if o.setlinfo is None:  # 5206, a 2601 with nothing to undo
+        return base | {"infcode": 0, "err_msg": None, "output": (o.data or {}) | {"hop_trace": trace}}
     return base | {"infcode": 0, "err_msg": None, "output": {
         "setlinfo": o.setlinfo.model_dump(mode="json") if o.setlinfo else None,
         "setldetail": [d.model_dump(mode="json") for d in o.setldetail],
         "feedetail": [f.model_dump(mode="json") for f in result.split],
         "hop_trace": trace,
         "api_timing": timing,  # epoch ms: request received, answer back at the API
-    }}
+    } | (o.data or {})}
 
 
 def create_api(svc: SettleService) -> FastAPI:
@@ -109,24 +164,15 @@ def create_api(svc: SettleService) -> FastAPI:
         who = caller(request)
         if who is not None and who != req.fixmedins_code:
             raise HTTPException(403, f"已认证机构 {who} 不能以 {req.fixmedins_code} 的名义办理业务")
-        if req.infno not in SETTLEMENT_INFNOS:
+        if req.infno not in TRANSACTIONS:
             raise HTTPException(400, f"infno {req.infno} is not served here yet; served: "
-                                     + ", ".join(f"{k} {v}" for k, v in SETTLEMENT_INFNOS.items()))
+                                     + ", ".join(f"{k} {v}" for k, v in TRANSACTIONS.items()))
         for field, code in (("mdtrtarea_admvs", req.mdtrtarea_admvs), ("insuplc_admdvs", req.insuplc_admdvs)):
             if code not in known_regions:
                 raise HTTPException(400, f"{field} {code} is not a pooling region this platform knows "
                                          f"(known: {', '.join(sorted(known_regions))})")
-        try:
-            inp = SettleInput.model_validate(req.input)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", "input", *e["loc"])} for e in exc.errors()]) from None
         deadline = now_ms() + svc.settings.deadline_ms
-        claim = Claim(
-            msgid=req.msgid, infno=req.infno, fixmedins_code=req.fixmedins_code,
-            mdtrtarea_admvs=req.mdtrtarea_admvs, insuplc_admdvs=req.insuplc_admdvs,
-            deadline_ms=deadline, fees=inp.feedetail, **inp.data.model_dump(),
-        )
+        claim = claim_of(req, deadline)
         assert svc.replies is not None
         fut = svc.replies.expect(claim.msgid)
         # On the loop, not in a thread: the hop workers of this process write the same SQLite

@@ -7,7 +7,6 @@ inbox record and outbox rows in one transaction; pure pass-through hops send dir
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -53,6 +52,7 @@ from services.settle.domain import (
 )
 from services.settle.refdata import Reference
 from services.settle.store import (
+    ACC_FIELDS,
     LEDGER,
     AccountRow,
     AccumulatorRow,
@@ -67,6 +67,7 @@ from services.settle.store import (
     save_accumulators,
     save_balance,
 )
+from services.settle.transactions import REVERSALS, new_setl_id, redo, reverse, year_to_date
 
 log = logging.getLogger("yibao.settle")
 CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]  # Core statements on the hot path
@@ -204,18 +205,11 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
             return
         enrolments = load_enrolments(conn, c.psn_no)
         try:
-            elig = check_eligibility(
-                enrolments, filings_of(conn, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
-                insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
-                cert_type=c.mdtrt_cert_type, day=c.begntime, rules=ctx.ref.filing_rules,
-            )
-            policy = benefits.pick_policy(ctx.ref.policies, c.insuplc_admdvs, c.insutype, c.begntime)
+            hop.outcome = _decide(ctx, conn, hop, enrolments)
         except (SettlementRefusedError, benefits.PolicyError) as e:
             code = e.code if isinstance(e, SettlementRefusedError) else "NO_POLICY"
             hop.outcome = failure(code, str(e))
             hop.outcome.psn_gend = enrolments[0].gend if enrolments else None
-        else:
-            hop.outcome = _settle(conn, c, hop, elig.person, policy, elig.filing)
         _stamp(hop, received, msg.attempt)
         hop.pos += 1
         nxt = hop.route[hop.pos]
@@ -226,9 +220,31 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
              hop.outcome.err_code or "")
 
 
+PRE_SETTLEMENTS = {"2206": "门诊预结算", "2303": "住院预结算"}
+
+
+def _decide(ctx: SettleContext, conn: Connection, hop: SettlementHop, enrolments: list[PersonState]) -> Outcome:
+    """What the insured city answers, by transaction: a refusal raises SettlementRefusedError."""
+    c = hop.claim
+    if c.infno in REVERSALS:
+        return reverse(conn, c, c.orig_setl_id)
+    if c.infno == "2601":
+        return redo(conn, c)
+    if c.infno == "5206":
+        return year_to_date(conn, c, enrolments)
+    elig = check_eligibility(
+        enrolments, filings_of(conn, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
+        insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
+        cert_type=c.mdtrt_cert_type, day=c.begntime, rules=ctx.ref.filing_rules,
+    )
+    policy = benefits.pick_policy(ctx.ref.policies, c.insuplc_admdvs, c.insutype, c.begntime)
+    return _settle(conn, c, hop, elig.person, policy, elig.filing, persist=c.infno not in PRE_SETTLEMENTS)
+
+
 def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState, policy: benefits.Policy,
-            filing: FilingType | None) -> Outcome:
-    """The ledger write: settlement row, accumulators and account balance, in the caller's transaction."""
+            filing: FilingType | None, persist: bool = True) -> Outcome:
+    """The ledger write: settlement row, accumulators and account balance, in the caller's transaction.
+    A pre-settlement (2206/2303) computes the same answer and writes nothing."""
     year = c.begntime.year
     acc = load_accumulators(conn, c.psn_no, year, c.insutype)
     balance = load_balance(conn, c.psn_no)
@@ -240,9 +256,13 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
         psn_type=person.psn_type, hosp_lv=hop.hosp_lv or "1", filing=filing, acc=acc or benefits.Accumulators(),
         acct_balance=balance, use_account=c.acct_used_flag == "1" and c.insutype == "310",
     )
-    setl_id = f"{c.insuplc_admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
-    outcome = Outcome(infcode=0, setlinfo=_setlinfo(c, person, comp, setl_id),
+    setl_id = ("PRE" if not persist else "") + new_setl_id(c.insuplc_admdvs)
+    outcome = Outcome(infcode=0, setlinfo=_setlinfo(c, person, comp, setl_id[:30]),
                       setldetail=_setldetail(c, comp), psn_gend=person.gend)
+    if not persist:
+        return outcome
+    before = acc or benefits.Accumulators()
+    delta = {f: getattr(comp.after, f) - getattr(before, f) for f in ACC_FIELDS}
     save_accumulators(conn, c.psn_no, year, c.insutype, comp.after, existed=acc is not None)
     if comp.acct_pay:
         save_balance(conn, c.psn_no, comp.balc)
@@ -250,7 +270,7 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
         setl_id=setl_id, msgid=c.msgid, psn_no=c.psn_no, insuplc_admdvs=c.insuplc_admdvs,
         mdtrtarea_admvs=c.mdtrtarea_admvs, fixmedins_code=c.fixmedins_code, year=year,
         medfee_fen=comp.medfee_sumamt, fund_fen=comp.fund_pay_sumamt, hifp_fen=comp.hifp_pay,
-        acct_fen=comp.acct_pay, cash_fen=comp.psn_cash_pay,
+        acct_fen=comp.acct_pay, cash_fen=comp.psn_cash_pay, insutype=c.insutype, acc_delta=orjson.dumps(delta),
         outcome=outcome.model_dump_json().encode(), created_ms=now_ms(),
     ))
     return outcome
@@ -308,6 +328,10 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
         ).rowcount
         if not changed:
             return  # answered before (a redelivery), or never submitted here
+        reversed_msgid = (outcome.data or {}).get("reversed_msgid")
+        if outcome.infcode == 0 and reversed_msgid:  # the original request's status: reversed
+            s.connection().execute(update(CLAIMS).where(CLAIMS.c.msgid == reversed_msgid)
+                                   .values(status="reversed", updated_ms=now_ms()))
         outbox.add(s, SERVICE, "settle.hospital", c.fixmedins_code, result, source=src, **hdr)  # type: ignore[arg-type]
         if outcome.infcode == 0:
             outbox.add(s, SERVICE, "settle.completed", c.psn_no, result, source=src, **hdr)  # type: ignore[arg-type]

@@ -86,6 +86,10 @@ class LedgerEntry(SQLModel, table=True):
     hifp_fen: int
     acct_fen: int
     cash_fen: int
+    insutype: str = Field(default="310", max_length=3)
+    acc_delta: bytes = Field(default=b"{}", sa_column=Column(LargeBinary, nullable=False, default=b"{}"))
+    refd_setl_id: str | None = Field(default=None, max_length=30)  # a reversal: the settlement it reverses
+    reversed_by: str | None = Field(default=None, max_length=30)  # a settlement: its reversal, once made
     outcome: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_ms: int = Field(sa_type=BigInteger)
 

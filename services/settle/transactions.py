@@ -1,0 +1,112 @@
+"""The insured city's answers besides a settlement: reversals (2208/2305), 冲正 (2601) and the
+person's year-to-date accumulators (5206). All run in the caller's transaction.
+
+A reversal never edits a settlement: it writes a linked negative ledger row (refd_setl_id), marks
+the original as reversed, gives the accumulators back what the settlement took (its recorded
+delta) and returns what the personal account paid.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, insert, select, update
+
+from schemas.events import Claim, Outcome, Setlinfo
+from services.bus.envelope import now_ms
+from services.settle import benefits
+from services.settle.domain import PersonState, refuse
+from services.settle.store import (
+    ACC_FIELDS,
+    ACCUMULATORS,
+    LEDGER,
+    load_accumulators,
+    load_balance,
+    save_accumulators,
+    save_balance,
+)
+
+REVERSALS = {"2208": "门诊结算撤销", "2305": "住院结算撤销"}
+RATIOS = {"pool_prop_selfpay"}  # Decimal fields of setlinfo that are not money
+
+
+def new_setl_id(insuplc: str) -> str:
+    return f"{insuplc}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
+
+
+def _negated(info: Setlinfo, setl_id: str, balc: int) -> Setlinfo:
+    values: dict[str, Any] = {name: -value for name, value in info.model_dump().items()
+                              if isinstance(value, Decimal) and name not in RATIOS}
+    values.update(setl_id=setl_id, balc=(Decimal(balc) / 100).quantize(Decimal("0.01")),
+                  setl_time=f"{datetime.now():%Y-%m-%d %H:%M:%S}")
+    return info.model_copy(update=values)
+
+
+def reverse(conn: Connection, c: Claim, setl_id: str | None) -> Outcome:
+    """2208/2305: reverse one settlement of this hospital for this person."""
+    row = conn.execute(select(LEDGER).where(LEDGER.c.setl_id == (setl_id or ""))).mappings().first()
+    if row is None or row["psn_no"] != c.psn_no:
+        raise refuse("SETTLEMENT_UNKNOWN", f"参保地 {c.insuplc_admdvs} 没有人员 {c.psn_no} 的结算 {setl_id}，无法撤销")
+    if row["fixmedins_code"] != c.fixmedins_code:
+        raise refuse("NOT_YOUR_SETTLEMENT", f"结算 {setl_id} 不是 {c.fixmedins_code} 办理的，只能由原结算机构撤销")
+    if row["refd_setl_id"]:
+        raise refuse("NOT_A_SETTLEMENT", f"{setl_id} 本身是一笔撤销记录，不能再撤销")
+    if row["reversed_by"]:
+        raise refuse("ALREADY_REVERSED", f"结算 {setl_id} 已于此前撤销（撤销记录 {row['reversed_by']}）")
+    delta = orjson.loads(row["acc_delta"])
+    acc = load_accumulators(conn, c.psn_no, row["year"], row["insutype"])
+    if acc is not None:  # give back exactly what this settlement added
+        restored = benefits.Accumulators(**{f: getattr(acc, f) - int(delta.get(f, 0)) for f in ACC_FIELDS})
+        save_accumulators(conn, c.psn_no, row["year"], row["insutype"], restored, existed=True)
+    balance = load_balance(conn, c.psn_no)
+    if row["acct_fen"]:
+        balance += row["acct_fen"]
+        save_balance(conn, c.psn_no, balance)
+    original = Outcome.model_validate_json(row["outcome"])
+    rid = new_setl_id(c.insuplc_admdvs)
+    info = _negated(original.setlinfo, rid, balance) if original.setlinfo else None
+    outcome = Outcome(infcode=0, setlinfo=info, psn_gend=original.psn_gend,
+                      setldetail=[d.model_copy(update={"fund_payamt": -d.fund_payamt}) for d in original.setldetail],
+                      data={"refd_setl_id": row["setl_id"], "reversed_msgid": row["msgid"]})
+    conn.execute(insert(LEDGER).values(
+        setl_id=rid, msgid=c.msgid, psn_no=c.psn_no, insuplc_admdvs=row["insuplc_admdvs"],
+        mdtrtarea_admvs=row["mdtrtarea_admvs"], fixmedins_code=row["fixmedins_code"], year=row["year"],
+        medfee_fen=-row["medfee_fen"], fund_fen=-row["fund_fen"], hifp_fen=-row["hifp_fen"],
+        acct_fen=-row["acct_fen"], cash_fen=-row["cash_fen"], insutype=row["insutype"],
+        acc_delta=orjson.dumps({f: -int(v) for f, v in delta.items()}), refd_setl_id=row["setl_id"],
+        outcome=outcome.model_dump_json().encode(), created_ms=now_ms()))
+    conn.execute(update(LEDGER).where(LEDGER.c.setl_id == row["setl_id"]).values(reversed_by=rid))
+    return outcome
+
+
+def redo(conn: Connection, c: Claim) -> Outcome:
+    """2601 冲正: undo a request whose answer never reached the hospital, whatever became of it."""
+    row = conn.execute(select(LEDGER.c.setl_id, LEDGER.c.reversed_by, LEDGER.c.refd_setl_id).where(
+        LEDGER.c.msgid == (c.orig_msgid or ""), LEDGER.c.psn_no == c.psn_no)).first()
+    if row is None:  # never settled here (refused, lost, or still on its way and now too late)
+        return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "none",
+                                        "note": "原交易在参保地没有结算记录，无需冲正"})
+    if row.reversed_by or row.refd_setl_id:
+        return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "none",
+                                        "note": f"原交易 {row.setl_id} 已撤销或本身是撤销，无需冲正"})
+    out = reverse(conn, c, row.setl_id)
+    out.data = (out.data or {}) | {"omsgid": c.orig_msgid, "effect": "reversed"}
+    return out
+
+
+def year_to_date(conn: Connection, c: Claim, enrolments: list[PersonState]) -> Outcome:
+    """5206: what the person has used this year, per insutype, at the insured city."""
+    if not any(e.insuplc_admdvs == c.insuplc_admdvs for e in enrolments):
+        raise refuse("PERSON_UNKNOWN", f"参保地 {c.insuplc_admdvs} 查无此人员 {c.psn_no}")
+    year = c.begntime.year
+    rows = conn.execute(select(ACCUMULATORS).where(ACCUMULATORS.c.psn_no == c.psn_no,
+                                                   ACCUMULATORS.c.year == year)).mappings().all()
+    cum = [{"insutype": r["insutype"], "year": year,
+            **{f: str((Decimal(r[f]) / 100).quantize(Decimal("0.01"))) for f in ACC_FIELDS}} for r in rows]
+    balance = (Decimal(load_balance(conn, c.psn_no)) / 100).quantize(Decimal("0.01"))
+    return Outcome(infcode=0, data={"psn_no": c.psn_no, "cuminfo": cum, "acct_balc": str(balance)})
+

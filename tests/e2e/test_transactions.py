@@ -1,0 +1,78 @@
+"""The hospital interface beyond 2207: pre-settlement (2206), reversal (2208), 冲正 (2601) and the
+person's year-to-date accumulators (5206), all through the hop chain to the insured city."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from tests.e2e.stack import Stack, new_msgid
+
+GZ, GZ2 = "H44010400001", "H44010600002"
+D = Decimal
+
+
+async def call(stack: Stack, infno: str, data: dict[str, Any], hospital: str = GZ) -> dict[str, Any]:
+    body = {"infno": infno, "msgid": new_msgid(hospital), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
+            "fixmedins_code": hospital, "input": {"data": data}}
+    r = await stack.http["settle"].post("/fsi/callService", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json() | {"msgid": body["msgid"]}  # type: ignore[no-any-return]
+
+
+async def ytd(stack: Stack, psn: str) -> dict[str, Any]:
+    ans = await call(stack, "5206", {"psn_no": psn})
+    assert ans["infcode"] == 0, ans
+    return {k: v for k, v in ans["output"].items() if k != "hop_trace"}
+
+
+async def test_pre_settle_settle_reverse_and_redo(stack: Stack) -> None:
+    psn = await stack.person(balance="500")
+    await stack.file(psn, "440100")
+    empty = await ytd(stack, psn)
+    assert empty["cuminfo"] == [] and empty["acct_balc"] == "500.00"
+
+    pre = await stack.settle_claim(psn, GZ, "440100", "360100", infno="2206")
+    assert pre["infcode"] == 0 and pre["output"]["setlinfo"]["setl_id"].startswith("PRE")
+    assert await ytd(stack, psn) == empty  # nothing kept
+
+    done = await stack.settle_claim(psn, GZ, "440100", "360100")
+    s = done["output"]["setlinfo"]
+    assert {k: s[k] for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")} == \
+        {k: pre["output"]["setlinfo"][k] for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")}
+    used = await ytd(stack, psn)
+    assert used["cuminfo"] and D(used["acct_balc"]) == D("500") - D(s["acct_pay"])
+
+    # another hospital cannot reverse it; an unknown settlement is refused with a reason
+    other = await call(stack, "2208", {"psn_no": psn, "setl_id": s["setl_id"]}, hospital=GZ2)
+    assert other["output"]["err_code"] == "NOT_YOUR_SETTLEMENT"
+    unknown = await call(stack, "2208", {"psn_no": psn, "setl_id": "360100000000000000000000000000"})
+    assert unknown["infcode"] == -1 and unknown["output"]["err_code"] == "SETTLEMENT_UNKNOWN"
+
+    rev = await call(stack, "2208", {"psn_no": psn, "setl_id": s["setl_id"]})
+    assert rev["infcode"] == 0, rev
+    r = rev["output"]["setlinfo"]
+    assert D(r["medfee_sumamt"]) == -D(s["medfee_sumamt"]) and D(r["fund_pay_sumamt"]) == -D(s["fund_pay_sumamt"])
+    assert rev["output"]["refd_setl_id"] == s["setl_id"]
+    back = await ytd(stack, psn)
+    assert back["acct_balc"] == "500.00"
+    assert all(D(v) == 0 for row in back["cuminfo"] for k, v in row.items() if k not in ("insutype", "year"))
+    status = (await stack.http["settle"].get(f"/claims/{done['msgid']}")).json()
+    assert status["status"] == "reversed"
+    again = await call(stack, "2208", {"psn_no": psn, "setl_id": s["setl_id"]})
+    assert again["output"]["err_code"] == "ALREADY_REVERSED"
+
+    # 冲正: the hospital never got the answer of a settlement; 2601 by its msgid undoes it
+    lost = await stack.settle_claim(psn, GZ, "440100", "360100")
+    redo = await call(stack, "2601", {"psn_no": psn, "omsgid": lost["msgid"]})
+    assert redo["infcode"] == 0 and redo["output"]["effect"] == "reversed"
+    assert (await ytd(stack, psn))["acct_balc"] == "500.00"
+    nothing = await call(stack, "2601", {"psn_no": psn, "omsgid": new_msgid(GZ)})
+    assert nothing["infcode"] == 0 and nothing["output"]["effect"] == "none"
+
+
+async def test_wrong_transaction_inputs_say_what_to_fix(stack: Stack) -> None:
+    r = await stack.http["settle"].post("/fsi/callService", json={
+        "infno": "2208", "msgid": new_msgid(GZ), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
+        "fixmedins_code": GZ, "input": {"data": {"psn_no": "P1"}}})
+    assert r.status_code == 422 and "setl_id" in r.json()["err_msg"]
