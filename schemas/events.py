@@ -308,6 +308,17 @@ class SettlementResult(Wire):
     trace: list[HopStamp] = []
 
 
+class AdvanceFundWarning(Wire):
+    """预付金预警: the advance an insured province paid to a treatment province is being used up."""
+
+    insured_prov: Admdvs
+    treat_prov: Admdvs
+    level: Literal["yellow", "red", "normal"] = Field(description="yellow ≥ 70 %, red ≥ 90 %, normal after a top-up")
+    amount: Yuan = Field(description="the advance (预付金)")
+    used: Yuan = Field(description="fund paid on the insured province's behalf since the last clearing")
+    used_ratio: Decimal
+
+
 # --- monitoring (智能监控) ------------------------------------------------------------
 
 
@@ -444,6 +455,7 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     "yibao.settle.SettlementHop.v1": SettlementHop,
     "yibao.settle.SettlementResult.v1": SettlementResult,
     "yibao.monitor.AlertRaised.v1": AlertRaised,
+    "yibao.settle.AdvanceFundWarning.v1": AdvanceFundWarning,
     "yibao.ops.FaultsChanged.v1": FaultsChanged,
     "yibao.enroll.RegisterPerson.v1": RegisterPerson,
     "yibao.enroll.EnrolPerson.v1": EnrolPerson,

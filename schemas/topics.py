@@ -50,6 +50,8 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("settle.national", "insured province admdvs", _HOP),
         TopicSpec("settle.hospital", "fixmedins_code", _RESULT, consumed=False),
         TopicSpec("settle.completed", "psn_no", _RESULT),
+        TopicSpec("settle.advance", "insured province-treatment province", ("yibao.settle.AdvanceFundWarning.v1",),
+                  consumed=False),
         TopicSpec("monitor.alerts", "fixmedins_code", ("yibao.monitor.AlertRaised.v1",), consumed=False),
         TopicSpec("ops.faults", "service", ("yibao.ops.FaultsChanged.v1",), partitions=1, consumed=False),
     )

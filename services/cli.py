@@ -78,6 +78,41 @@ def cmd_schemas(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_clearing(args: argparse.Namespace) -> None:
+    """Close a month at the running settle service and write its statements as JSON and CSV."""
+    import json
+    from pathlib import Path
+
+    import httpx
+
+    url = f"{args.url.rstrip('/')}/clearing/{args.month}"
+    try:
+        r = httpx.post(url + "/run", timeout=600) if args.action == "run" else httpx.get(url, timeout=60)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"cannot reach the settle service at {args.url} ({exc}); is `yibao run` up?") from None
+    if r.status_code != 200:
+        raise SystemExit(f"{r.status_code}: {r.json().get('error', r.text)}")
+    rows = r.json()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"clearing-{args.month}.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
+    csv_text = httpx.get(url, params={"format": "csv"}, timeout=60).text
+    (out / f"clearing-{args.month}.csv").write_text(csv_text, encoding="utf-8")
+    print(f"{args.month}: {len(rows)} province pairs → {out}/clearing-{args.month}.json, .csv")
+    for row in rows:
+        print(f"  {row['insured_prov']} → {row['treat_prov']}  {row['settlements']:>6} settlements "
+              f"{row['reversals']:>4} reversals ({row['carried']} carried)  fund {row['fund_pay_sumamt']:>14}")
+
+
+def month(text: str) -> str:
+    """argparse type: YYYY-MM."""
+    import re
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a month as YYYY-MM, e.g. 2026-10")
+    return text
+
+
 def levels(text: str) -> str:
     """argparse type: comma-separated hop levels."""
     wanted = [x.strip() for x in text.split(",") if x.strip()]
@@ -111,6 +146,14 @@ def main(argv: list[str] | None = None) -> None:
                                    "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000).")
     b.add_argument("what", nargs="?", choices=["settle", "enroll"], default="settle")
     b.set_defaults(func=cmd_bench)
+    cl = sub.add_parser("clearing", help="monthly clearing between provinces (清算) at the running settle service",
+                        description="run: close a month and write its statements per province pair (net of "
+                                    "reversals) as JSON and CSV; show: the statements of a closed month.")
+    cl.add_argument("action", choices=["run", "show"])
+    cl.add_argument("--month", type=month, required=True, help="YYYY-MM")
+    cl.add_argument("--url", default="http://127.0.0.1:8103", help="settle service (default %(default)s)")
+    cl.add_argument("--out", default="var/clearing", help="directory for the JSON and CSV (default %(default)s)")
+    cl.set_defaults(func=cmd_clearing)
     s = sub.add_parser("schemas", help="contracts")
     s.add_argument("action", choices=["export"])
     s.set_defaults(func=cmd_schemas)

@@ -17,7 +17,9 @@ from schemas.events import Claim, FeeLine, SettlementResult
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
 from services.http import add_healthz, install_error_handlers, json_response
+from services.settle import clearing
 from services.settle.auth import AuthError, Gate
+from services.settle.clearing import ClearingError, advance_funds
 from services.settle.handlers import claim_status, result_of, submit_claim
 from services.settle.stream import partition_of, results, resume_offset
 
@@ -223,6 +225,31 @@ def create_api(svc: SettleService) -> FastAPI:
             raise HTTPException(400, str(exc)) from None
         return StreamingResponse(results(svc.runtime.bus, fixmedins_code, last_event_id),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/clearing/advance-funds", tags=["clearing"])
+    async def advance() -> list[dict[str, Any]]:
+        """预付金 per (insured province, treatment province): amount, used since the last clearing, level."""
+        return await asyncio.to_thread(advance_funds, svc.engine)
+
+    @app.post("/clearing/{period}/run", tags=["clearing"])
+    async def clearing_run(period: str) -> list[dict[str, Any]]:
+        """Close a month and return its statements per province pair (the same ones if already closed)."""
+        try:
+            return await asyncio.to_thread(clearing.run, svc.engine, period, svc.ctx.ref.advance)
+        except ClearingError as exc:
+            raise HTTPException(409 if "not ended" in str(exc) else 422, str(exc)) from None
+
+    @app.get("/clearing/{period}", tags=["clearing"], response_model=None)
+    async def clearing_statements(period: str, format: Literal["json", "csv"] = "json") -> Any:
+        """The statements of a closed month, as JSON or CSV (?format=csv)."""
+        try:
+            rows = await asyncio.to_thread(clearing.statements, svc.engine, period)
+        except ClearingError as exc:
+            raise HTTPException(404, str(exc)) from None
+        if format == "csv":
+            return Response(clearing.as_csv(rows), media_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": f"attachment; filename=clearing-{period}.csv"})
+        return rows
 
     @app.get("/ops/faults", tags=["ops"])
     async def get_faults() -> list[Fault]:

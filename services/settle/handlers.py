@@ -38,6 +38,7 @@ from services.bus.outbox import OutboxRelay
 from services.bus.views import apply_state
 from services.bus.worker import PermanentError
 from services.settle import benefits
+from services.settle.clearing import charge
 from services.settle.domain import (
     PersonState,
     SettlementRefusedError,
@@ -210,6 +211,15 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
             code = e.code if isinstance(e, SettlementRefusedError) else "NO_POLICY"
             hop.outcome = failure(code, str(e))
             hop.outcome.psn_gend = enrolments[0].gend if enrolments else None
+        info = hop.outcome.setlinfo
+        if info is not None and c.infno not in PRE_SETTLEMENTS:  # 预付金: charged by settlements, credited by reversals
+            warning = charge(conn, ctx.ref.advance, c.insuplc_admdvs, c.mdtrtarea_admvs,
+                             benefits.fen(info.fund_pay_sumamt))
+            if warning is not None:
+                outbox.add(s, SERVICE, "settle.advance", f"{warning.insured_prov}-{warning.treat_prov}", warning,
+                           source=f"/yibao/settle/city/{c.insuplc_admdvs}")
+                log.warning("预付金 %s→%s %s: %s of %s used", warning.insured_prov, warning.treat_prov,
+                            warning.level, warning.used, warning.amount)
         _stamp(hop, received, msg.attempt)
         hop.pos += 1
         nxt = hop.route[hop.pos]

@@ -10,6 +10,7 @@ from pathlib import Path
 from schemas.filing_rules import FilingRules
 from schemas.regions import designated_hospitals
 from services.settle.benefits import Policy
+from services.settle.clearing import ADVANCE_FILE, Thresholds
 from services.settle.domain import CatalogueItem, Hospital
 
 REFDATA = Path(__file__).parent / "refdata"
@@ -21,9 +22,10 @@ class Reference:
     catalogue: dict[str, CatalogueItem]
     policies: list[Policy]
     filing_rules: FilingRules
+    advance: Thresholds
 
     @classmethod
-    def load(cls, directory: Path = REFDATA) -> Reference:
+    def load(cls, directory: Path = REFDATA, advance_file: Path = ADVANCE_FILE) -> Reference:
         def read(name: str) -> dict:
             return json.loads((directory / name).read_text(encoding="utf-8"))
 
@@ -40,4 +42,4 @@ class Reference:
             for i in read("catalogue.json")["items"]
         }
         policies = [Policy.from_json(p) for p in read("policies.json")["policies"]]
-        return cls(hospitals, catalogue, policies, FilingRules.load())
+        return cls(hospitals, catalogue, policies, FilingRules.load(), Thresholds.load(advance_file))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.settle.clearing import ADVANCE_FILE
 
 
 class SettleSettings(BaseSettings):
@@ -13,6 +17,7 @@ class SettleSettings(BaseSettings):
     deadline_ms: int = 10_000  # how long a hospital request may take end to end (秒结)
     reply_grace_ms: int = 1_000  # extra wait for an answer decided just before the deadline
     faults: str = ""  # e.g. "city:360100=down;province:*=slow:50"
+    advance_funds_file: Path = ADVANCE_FILE  # 预付金 per province pair and warning thresholds
     auth: bool = True  # hospitals sign their calls (x-tif-* headers); off only for local experiments
 
     @property

@@ -90,6 +90,7 @@ class LedgerEntry(SQLModel, table=True):
     acc_delta: bytes = Field(default=b"{}", sa_column=Column(LargeBinary, nullable=False, default=b"{}"))
     refd_setl_id: str | None = Field(default=None, max_length=30)  # a reversal: the settlement it reverses
     reversed_by: str | None = Field(default=None, max_length=30)  # a settlement: its reversal, once made
+    clr_period: str | None = Field(default=None, max_length=7, index=True)  # the clearing month it went into
     outcome: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_ms: int = Field(sa_type=BigInteger)
 
@@ -119,8 +120,48 @@ class AccountRow(SQLModel, table=True):
     balance_fen: int = 0
 
 
+class ClearingRun(SQLModel, table=True):
+    """A closed clearing month (清算期): its statements are final; later rows go to the next month."""
+
+    __tablename__ = "settle_clearing_run"
+
+    period: str = Field(primary_key=True, max_length=7)
+    rows: int
+    closed_ms: int = Field(sa_type=BigInteger)
+
+
+class ClearingStatement(SQLModel, table=True):
+    """清算单: what one insured province owes one treatment province for one month, net of reversals."""
+
+    __tablename__ = "settle_clearing_statement"
+
+    period: str = Field(primary_key=True, max_length=7)
+    insured_prov: str = Field(primary_key=True, max_length=6)
+    treat_prov: str = Field(primary_key=True, max_length=6)
+    settlements: int
+    reversals: int
+    carried: int  # rows of earlier months that arrived after their month was closed
+    medfee_fen: int
+    fund_fen: int
+    acct_fen: int
+    cash_fen: int
+
+
+class AdvanceFund(SQLModel, table=True):
+    """预付金 of an insured province at a treatment province: fund used since the last clearing."""
+
+    __tablename__ = "settle_advance_fund"
+
+    insured_prov: str = Field(primary_key=True, max_length=6)
+    treat_prov: str = Field(primary_key=True, max_length=6)
+    amount_fen: int
+    used_fen: int = 0
+    level: str = Field(default="normal", max_length=6)
+    updated_ms: int = Field(sa_type=BigInteger)
+
+
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, AccumulatorRow, AccountRow,
-          InboxRecord, OutboxRow]
+                                ClearingRun, ClearingStatement, AdvanceFund, InboxRecord, OutboxRow]
 
 
 # --- Core queries for the insured city's hot path (one settlement = a handful of statements) ---

@@ -1,0 +1,202 @@
+"""Clearing between provinces (清算) and advance funds (预付金), reference §3.
+
+Every cross-province settlement and reversal in the insured city's ledger is cleared once: the
+monthly run for month M takes every ledger row not yet cleared that was written before M ended,
+sums it per (insured province, treatment province), and closes M. A reversal written after M was
+closed (whatever month its settlement was in) is picked up by the next run, marked as carried.
+Running a closed month again returns the same statements.
+
+The advance an insured province paid to a treatment province is charged with the fund share of
+each settlement there (and credited by reversals); crossing 70 % / 90 % publishes a yellow / red
+warning, and clearing a month replenishes what it settled.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from calendar import monthrange
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlmodel import Session
+
+from schemas.events import AdvanceFundWarning
+from services.bus.db import transaction
+from services.bus.envelope import now_ms
+from services.settle.store import LEDGER, AdvanceFund, ClearingRun, ClearingStatement
+
+ADVANCE_FILE = Path(__file__).parent / "refdata" / "advance_funds.json"
+STATEMENT_FIELDS = ("period", "insured_prov", "treat_prov", "settlements", "reversals", "carried",
+                    "medfee_fen", "fund_fen", "acct_fen", "cash_fen")
+
+
+class ClearingError(ValueError):
+    """The run cannot be made as asked; the message says why."""
+
+
+def province(admdvs: str) -> str:
+    return admdvs[:2] + "0000"
+
+
+def month_bounds_ms(period: str) -> tuple[int, int]:
+    try:
+        y, m = int(period[:4]), int(period[5:7])
+        if len(period) != 7 or period[4] != "-" or not 1 <= m <= 12:
+            raise ValueError
+    except ValueError:
+        raise ClearingError(f"month {period!r}: use YYYY-MM, e.g. 2026-10") from None
+    start = datetime(y, m, 1, tzinfo=UTC)
+    end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
+    assert monthrange(y, m)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def _period_of(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m")
+
+
+def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = None) -> list[dict[str, Any]]:
+    """Close `period` and return its statements (the same ones again if it is closed already)."""
+    _, end = month_bounds_ms(period)
+    now = now_ms() if now is None else now
+    with transaction(engine) as s:
+        if s.get(ClearingRun, period) is not None:
+            return statements(engine, period, s)
+        if now < end:
+            raise ClearingError(f"{period} has not ended yet: it can be cleared from {_period_of(end)}-01")
+        conn = s.connection()
+        rows = conn.execute(select(LEDGER.c.setl_id, LEDGER.c.insuplc_admdvs, LEDGER.c.mdtrtarea_admvs,
+                                   LEDGER.c.refd_setl_id, LEDGER.c.medfee_fen, LEDGER.c.fund_fen, LEDGER.c.acct_fen,
+                                   LEDGER.c.cash_fen, LEDGER.c.created_ms)
+                            .where(LEDGER.c.clr_period.is_(None), LEDGER.c.created_ms < end)).all()
+        sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        ids = []
+        for r in rows:
+            ins, trt = province(r.insuplc_admdvs), province(r.mdtrtarea_admvs)
+            if ins == trt:
+                continue  # 省内: cleared inside the province, not between provinces
+            ids.append(r.setl_id)
+            t = sums[(ins, trt)]
+            t["reversals" if r.refd_setl_id else "settlements"] += 1
+            t["carried"] += _period_of(r.created_ms) < period
+            for f in ("medfee_fen", "fund_fen", "acct_fen", "cash_fen"):
+                t[f] += getattr(r, f)
+        for i in range(0, len(ids), 500):
+            conn.execute(update(LEDGER).where(LEDGER.c.setl_id.in_(ids[i:i + 500])).values(clr_period=period))
+        for (ins, trt), t in sorted(sums.items()):
+            conn.execute(insert(ClearingStatement.__table__).values(  # type: ignore[attr-defined]
+                period=period, insured_prov=ins, treat_prov=trt, **{f: t[f] for f in STATEMENT_FIELDS[3:]}))
+            fund = s.get(AdvanceFund, (ins, trt))
+            if fund is not None:  # the month is settled: its share of the advance is replenished
+                fund.used_fen -= t["fund_fen"]
+                fund.level, fund.updated_ms = level_of(fund.used_fen, fund.amount_fen, thresholds), now
+                s.add(fund)
+        s.add(ClearingRun(period=period, rows=len(ids), closed_ms=now))
+        s.flush()
+        return statements(engine, period, s)
+
+
+def statements(engine: Engine, period: str, s: Session | None = None) -> list[dict[str, Any]]:
+    def read(sess: Session) -> list[dict[str, Any]]:
+        q = select(ClearingStatement).where(ClearingStatement.period == period).order_by(  # type: ignore[arg-type]
+            ClearingStatement.insured_prov, ClearingStatement.treat_prov)
+        return [_json(row) for (row,) in sess.execute(q).all()]
+    if s is not None:
+        return read(s)
+    with Session(engine) as sess:
+        if sess.get(ClearingRun, period) is None:
+            raise ClearingError(f"{period} has not been cleared yet: POST /clearing/{period}/run")
+        return read(sess)
+
+
+def _yuan(f: int) -> str:
+    return str((Decimal(f) / 100).quantize(Decimal("0.01")))
+
+
+def _json(r: ClearingStatement) -> dict[str, Any]:
+    return {"period": r.period, "insured_prov": r.insured_prov, "treat_prov": r.treat_prov,
+            "settlements": r.settlements, "reversals": r.reversals, "carried": r.carried,
+            "medfee_sumamt": _yuan(r.medfee_fen), "fund_pay_sumamt": _yuan(r.fund_fen),
+            "acct_pay": _yuan(r.acct_fen), "psn_cash_pay": _yuan(r.cash_fen),
+            "payable": f"{province_name(r.insured_prov)} 应付 {province_name(r.treat_prov)} {_yuan(r.fund_fen)} 元"}
+
+
+def province_name(code: str) -> str:
+    from schemas.regions import provinces
+
+    return provinces().get(code, code)
+
+
+def as_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    cols = ["period", "insured_prov", "treat_prov", "settlements", "reversals", "carried", "medfee_sumamt",
+            "fund_pay_sumamt", "acct_pay", "psn_cash_pay"]
+    w = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
+# --- advance funds (预付金) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    default_fen: int
+    yellow: Decimal
+    red: Decimal
+    pairs: dict[str, int]
+
+    @staticmethod
+    def load(path: Path = ADVANCE_FILE) -> Thresholds:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        to_fen = lambda y: int(Decimal(y) * 100)  # noqa: E731
+        return Thresholds(to_fen(raw["default"]), Decimal(raw["yellow"]), Decimal(raw["red"]),
+                          {k: to_fen(v) for k, v in raw.get("pairs", {}).items()})
+
+    def amount(self, insured_prov: str, treat_prov: str) -> int:
+        return self.pairs.get(f"{insured_prov}-{treat_prov}", self.default_fen)
+
+
+def level_of(used: int, amount: int, t: Thresholds) -> str:
+    ratio = Decimal(used) / amount if amount else Decimal(1)
+    return "red" if ratio >= t.red else "yellow" if ratio >= t.yellow else "normal"
+
+
+def charge(conn: Connection, t: Thresholds, insuplc: str, treat: str, fund_fen: int) -> AdvanceFundWarning | None:
+    """Charge (or credit) the advance with one settlement's fund share; a warning when the level changes."""
+    ins, trt = province(insuplc), province(treat)
+    if ins == trt or fund_fen == 0:
+        return None
+    table = AdvanceFund.__table__  # type: ignore[attr-defined]
+    row = conn.execute(select(table).where(table.c.insured_prov == ins, table.c.treat_prov == trt)).mappings().first()
+    amount = row["amount_fen"] if row else t.amount(ins, trt)
+    used = (row["used_fen"] if row else 0) + fund_fen
+    before = row["level"] if row else "normal"
+    level = level_of(used, amount, t)
+    if row is None:
+        conn.execute(insert(table).values(insured_prov=ins, treat_prov=trt, amount_fen=amount, used_fen=used,
+                                          level=level, updated_ms=now_ms()))
+    else:
+        conn.execute(update(table).where(table.c.insured_prov == ins, table.c.treat_prov == trt)
+                     .values(used_fen=used, level=level, updated_ms=now_ms()))
+    if level == before:
+        return None
+    return AdvanceFundWarning(insured_prov=ins, treat_prov=trt, level=level,
+                              amount=Decimal(amount) / 100, used=Decimal(used) / 100,
+                              used_ratio=(Decimal(used) / amount).quantize(Decimal("0.0001")))
+
+
+def advance_funds(engine: Engine) -> list[dict[str, Any]]:
+    with Session(engine) as s:
+        rows = [r for (r,) in s.execute(select(AdvanceFund)).all()]
+    return [{"insured_prov": r.insured_prov, "treat_prov": r.treat_prov, "amount": _yuan(r.amount_fen),
+             "used": _yuan(r.used_fen), "used_ratio": str((Decimal(r.used_fen) / r.amount_fen).quantize(
+                 Decimal("0.0001"))) if r.amount_fen else "1", "level": r.level} for r in rows]
