@@ -17,7 +17,7 @@ from schemas.events import Claim, FeeLine, SettlementResult
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
 from services.http import add_healthz, install_error_handlers, json_response
-from services.settle import clearing
+from services.settle import clearing, reconcile
 from services.settle.auth import AuthError, Gate
 from services.settle.clearing import ClearingError, advance_funds
 from services.settle.handlers import claim_status, result_of, submit_claim
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from services.settle.app import SettleService
 
 SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算", "2206": "门诊预结算", "2303": "住院预结算"}
+RECONCILIATION = {"3201": "医药机构费用结算对总账", "3202": "医药机构费用结算对明细账"}
 TRANSACTIONS = SETTLEMENT_INFNOS | {"2208": "门诊结算撤销", "2305": "住院结算撤销", "2601": "冲正交易",
-                                    "5206": "人员累计信息查询"}
+                                    "5206": "人员累计信息查询"} | RECONCILIATION
 
 
 class FsiRequest(BaseModel):
@@ -173,6 +174,8 @@ def create_api(svc: SettleService) -> FastAPI:
             if code not in known_regions:
                 raise HTTPException(400, f"{field} {code} is not a pooling region this platform knows "
                                          f"(known: {', '.join(sorted(known_regions))})")
+        if req.infno in RECONCILIATION:  # answered by the treatment city from its own records
+            return json_response(await asyncio.to_thread(reconciliation, req))
         deadline = now_ms() + svc.settings.deadline_ms
         claim = claim_of(req, deadline)
         assert svc.replies is not None
@@ -195,6 +198,18 @@ def create_api(svc: SettleService) -> FastAPI:
             return json_response(answer(req, None, pending_msg=(
                 f"结算超时：{svc.settings.deadline_ms} ms 内未完成，结果未知；请用 msgid {req.msgid} "
                 "查询 GET /claims/{msgid}，或发起 2601 冲正")))
+
+    def reconciliation(req: FsiRequest) -> dict[str, Any]:
+        t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
+        if req.infno == "3201":
+            out = reconcile.totals(svc.engine, req.fixmedins_code, _input(reconcile.Totals,
+                                                                          _input(DataInput, req.input).data, "data"))
+        else:
+            data = _input(reconcile.Period, _input(DataInput, req.input).data, "data")
+            rows = [_input(reconcile.DetailRow, r, "detail", str(i)) for i, r in enumerate(req.input.get("detail") or [])]
+            out = reconcile.detail(svc.engine, req.fixmedins_code, data, rows)
+        return {"infcode": 0, "err_msg": None, "inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t,
+                "respond_time": t, "output": out}
 
     @app.get("/claims/{msgid}", tags=["hospital"])
     async def get_claim(msgid: str, request: Request) -> dict[str, Any]:

@@ -76,3 +76,35 @@ async def test_wrong_transaction_inputs_say_what_to_fix(stack: Stack) -> None:
         "infno": "2208", "msgid": new_msgid(GZ), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
         "fixmedins_code": GZ, "input": {"data": {"psn_no": "P1"}}})
     assert r.status_code == 422 and "setl_id" in r.json()["err_msg"]
+
+
+async def test_hospital_reconciliation_totals_and_detail(stack: Stack) -> None:
+    psn = await stack.person()
+    await stack.file(psn, "440100")
+    a = (await stack.settle_claim(psn, GZ, "440100", "360100"))["output"]["setlinfo"]
+    b = (await stack.settle_claim(psn, GZ, "440100", "360100"))["output"]["setlinfo"]
+    r = (await call(stack, "2208", {"psn_no": psn, "setl_id": a["setl_id"]}))["output"]["setlinfo"]
+    await stack.settle_claim(psn, GZ2, "440100", "360100")  # another hospital's: not in this hospital's books
+    day = a["setl_time"][:10]
+    period = {"stmt_begndate": day, "stmt_enddate": day}
+    rows = [a, b, r]
+    sums = {k: str(sum(D(x[k]) for x in rows)) for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")}
+
+    ok = await call(stack, "3201", period | sums | {"fixmedins_setl_cnt": 1})
+    assert ok["infcode"] == 0 and ok["output"]["stmt_rslt"] == "0", ok
+    off = await call(stack, "3201", period | sums | {"fund_pay_sumamt": "0.00", "fixmedins_setl_cnt": 1})
+    assert off["output"]["stmt_rslt"] == "1"
+    assert D(off["output"]["difference"]["fund_pay_sumamt"]) == -D(sums["fund_pay_sumamt"])
+
+    def row(x: dict[str, Any], **change: Any) -> dict[str, Any]:
+        return {"setl_id": x["setl_id"], "psn_no": psn, "medfee_sumamt": x["medfee_sumamt"],
+                "fund_pay_sumamt": x["fund_pay_sumamt"], "acct_pay": x["acct_pay"],
+                "refd_setl_flag": "1" if D(x["medfee_sumamt"]) < 0 else "0"} | change
+    body = {"infno": "3202", "msgid": new_msgid(GZ), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
+            "fixmedins_code": GZ, "input": {"data": period, "detail": [
+                row(a), row(b, fund_pay_sumamt="1.00"), {**row(a), "setl_id": "X" * 30}]}}
+    out = (await stack.http["settle"].post("/fsi/callService", json=body)).json()["output"]
+    assert out["stmt_rslt"] == "1"
+    assert [d["setl_id"] for d in out["differ"]] == [b["setl_id"]] and "fund_pay_sumamt" in out["differ"][0]["fields"]
+    assert out["missing_at_platform"] == ["X" * 30]
+    assert [m["setl_id"] for m in out["missing_at_hospital"]] == [r["setl_id"]]
