@@ -173,6 +173,7 @@ class Claim(BaseModel):
     begntime: date
     fees: list[FeeLine] = []
     deadline_ms: int = Field(description="epoch milliseconds after which nobody waits")
+    mdtrt_id: str | None = Field(None, description="the encounter (2201/2401) whose uploaded fees are settled")
     orig_setl_id: str | None = Field(None, description="2208/2305: the settlement to reverse")
     orig_msgid: str | None = Field(None, description="2601 冲正: the request whose answer never arrived")
 

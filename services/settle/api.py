@@ -11,13 +11,14 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import Engine
 
 from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, FeeLine, SettlementResult
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
 from services.http import add_healthz, install_error_handlers, json_response
-from services.settle import clearing, reconcile
+from services.settle import clearing, encounters, reconcile
 from services.settle.auth import AuthError, Gate
 from services.settle.clearing import ClearingError, advance_funds
 from services.settle.handlers import claim_status, result_of, submit_claim
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
 
 SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算", "2206": "门诊预结算", "2303": "住院预结算"}
 RECONCILIATION = {"3201": "医药机构费用结算对总账", "3202": "医药机构费用结算对明细账"}
+LOCAL_ENCOUNTER = {"2202": "门诊挂号撤销"} | encounters.UPLOADS | encounters.UPLOAD_CANCELS
 TRANSACTIONS = SETTLEMENT_INFNOS | {"2208": "门诊结算撤销", "2305": "住院结算撤销", "2601": "冲正交易",
-                                    "5206": "人员累计信息查询"} | RECONCILIATION
+                                    "5206": "人员累计信息查询"} | RECONCILIATION | encounters.REGISTRATIONS \
+    | LOCAL_ENCOUNTER
 
 
 class FsiRequest(BaseModel):
@@ -45,12 +48,13 @@ class FsiRequest(BaseModel):
     input: dict[str, Any]
 
 
-class SettleData(BaseModel):
+class VisitData(BaseModel):
+    """What a registration (2201/2401) or a settlement with its fees inline says about the visit."""
+
     psn_no: str = Field(min_length=1, max_length=30)
     insutype: Insutype
     med_type: str = Field(pattern=r"^\d{2,6}$")
     mdtrt_cert_type: Literal["01", "02", "03"] = "02"
-    acct_used_flag: Literal["0", "1"] = "0"
     begntime: date
 
     @field_validator("begntime", mode="before")
@@ -59,9 +63,32 @@ class SettleData(BaseModel):
         return v[:10] if isinstance(v, str) else v
 
 
+class SettleData(VisitData):
+    acct_used_flag: Literal["0", "1"] = "0"
+
+
 class SettleInput(BaseModel):
     data: SettleData
     feedetail: list[FeeLine] = Field(min_length=1, max_length=2000)
+
+
+class EncounterSettleData(BaseModel):
+    """A settlement of an encounter whose fees were uploaded (2204/2301): mdtrt_id instead of fee lines."""
+
+    psn_no: str = Field(min_length=1, max_length=30)
+    mdtrt_id: str = Field(min_length=1, max_length=30)
+    acct_used_flag: Literal["0", "1"] = "0"
+
+
+class UploadInput(BaseModel):
+    data: dict[str, Any] = {}
+    feedetail: list[FeeLine] = Field(min_length=1, max_length=2000)
+
+
+class EncounterRef(BaseModel):
+    psn_no: str = Field(min_length=1, max_length=30)
+    mdtrt_id: str = Field(min_length=1, max_length=30)
+    feedetl_sn: str = Field("0000", description="2205/2302: one line, or 0000 for all")
 
 
 class PersonRef(BaseModel):
@@ -94,14 +121,26 @@ def _input(model: type[BaseModel], raw: dict[str, Any], *path: str) -> Any:
             [{**e, "loc": ("body", "input", *path, *e["loc"])} for e in exc.errors()]) from None
 
 
-def claim_of(req: FsiRequest, deadline: int) -> Claim:
+def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
     """The request as it travels the hops, whatever the transaction."""
     base = dict(msgid=req.msgid, infno=req.infno, fixmedins_code=req.fixmedins_code,
                 mdtrtarea_admvs=req.mdtrtarea_admvs, insuplc_admdvs=req.insuplc_admdvs, deadline_ms=deadline)
+    data = _input(DataInput, req.input).data
+    if req.infno in SETTLEMENT_INFNOS and "mdtrt_id" in data and not req.input.get("feedetail"):
+        ref = _input(EncounterSettleData, data, "data")
+        e, lines = encounters.for_settlement(engine, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
+        if e["insuplc_admdvs"] != req.insuplc_admdvs:
+            raise HTTPException(422, f"insuplc_admdvs {req.insuplc_admdvs} 与就诊 {ref.mdtrt_id} 登记的参保地 "
+                                     f"{e['insuplc_admdvs']} 不一致")
+        return Claim(**base, fees=lines, psn_no=ref.psn_no, insutype=e["insutype"], med_type=e["med_type"],
+                     mdtrt_cert_type=e["mdtrt_cert_type"], acct_used_flag=ref.acct_used_flag,
+                     begntime=encounters.begin_date(e), mdtrt_id=ref.mdtrt_id)
     if req.infno in SETTLEMENT_INFNOS:
         inp = _input(SettleInput, req.input)
         return Claim(**base, fees=inp.feedetail, **inp.data.model_dump())
-    data = _input(DataInput, req.input).data
+    if req.infno in encounters.REGISTRATIONS:
+        v = _input(VisitData, data, "data")
+        return Claim(**base, **v.model_dump())
     ward = "21" if req.infno == "2305" else "11"
     if req.infno in ("2208", "2305"):
         r = _input(ReverseData, data, "data")
@@ -176,8 +215,16 @@ def create_api(svc: SettleService) -> FastAPI:
                                          f"(known: {', '.join(sorted(known_regions))})")
         if req.infno in RECONCILIATION:  # answered by the treatment city from its own records
             return json_response(await asyncio.to_thread(reconciliation, req))
+        if req.infno in LOCAL_ENCOUNTER:
+            try:
+                return json_response(await asyncio.to_thread(encounter_request, req))
+            except encounters.EncounterError as exc:
+                raise HTTPException(422, f"{exc.code}: {exc}") from None
         deadline = now_ms() + svc.settings.deadline_ms
-        claim = claim_of(req, deadline)
+        try:
+            claim = await asyncio.to_thread(claim_of, req, deadline, svc.engine)
+        except encounters.EncounterError as exc:
+            raise HTTPException(422, f"{exc.code}: {exc}") from None
         assert svc.replies is not None
         fut = svc.replies.expect(claim.msgid)
         # On the loop, not in a thread: the hop workers of this process write the same SQLite
@@ -198,6 +245,28 @@ def create_api(svc: SettleService) -> FastAPI:
             return json_response(answer(req, None, pending_msg=(
                 f"结算超时：{svc.settings.deadline_ms} ms 内未完成，结果未知；请用 msgid {req.msgid} "
                 "查询 GET /claims/{msgid}，或发起 2601 冲正")))
+
+    def encounter_request(req: FsiRequest) -> dict[str, Any]:
+        """2202, 2204/2301, 2205/2302: the treatment city's own records of an encounter."""
+        if req.infno in encounters.UPLOADS:
+            up = _input(UploadInput, req.input)
+            mdtrt_id = up.data.get("mdtrt_id") or (req.input["feedetail"][0] or {}).get("mdtrt_id")
+            if not mdtrt_id:
+                raise HTTPException(422, "mdtrt_id: give it in input.data or on the fee lines (from 2201/2401)")
+            splits = encounters.upload(svc.engine, req.fixmedins_code, str(mdtrt_id), up.feedetail,
+                                       svc.ctx.ref.hospitals[req.fixmedins_code], svc.ctx.ref.catalogue)
+            out: dict[str, Any] = {"result": [sp.model_dump(mode="json") for sp in splits]}
+        else:
+            ref = _input(EncounterRef, _input(DataInput, req.input).data, "data")
+            if req.infno == "2202":
+                encounters.cancel_encounter(svc.engine, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
+                out = {"mdtrt_id": ref.mdtrt_id, "status": "cancelled"}
+            else:
+                n = encounters.cancel_fees(svc.engine, req.fixmedins_code, ref.mdtrt_id, ref.feedetl_sn)
+                out = {"mdtrt_id": ref.mdtrt_id, "cancelled_lines": n}
+        t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
+        return {"infcode": 0, "err_msg": None, "inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t,
+                "respond_time": t, "output": out}
 
     def reconciliation(req: FsiRequest) -> dict[str, Any]:
         t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]

@@ -51,6 +51,7 @@ from services.settle.domain import (
     route_kind,
     split_line,
 )
+from services.settle.encounters import REGISTRATIONS, mark_settled, mdtrt_id_of, open_encounter
 from services.settle.refdata import Reference
 from services.settle.store import (
     ACC_FIELDS,
@@ -238,6 +239,14 @@ def _decide(ctx: SettleContext, conn: Connection, hop: SettlementHop, enrolments
     c = hop.claim
     if c.infno in REVERSALS:
         return reverse(conn, c, c.orig_setl_id)
+    if c.infno in REGISTRATIONS:  # 挂号/入院: the insured city says whether it will pay
+        elig = check_eligibility(
+            enrolments, filings_of(conn, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
+            insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
+            cert_type=c.mdtrt_cert_type, day=c.begntime, rules=ctx.ref.filing_rules)
+        return Outcome(infcode=0, psn_gend=elig.person.gend, data={
+            "psn_no": c.psn_no, "psn_name": elig.person.psn_name, "insutype": c.insutype,
+            "fil_type": elig.filing.value if elig.filing else None})
     if c.infno == "2601":
         return redo(conn, c)
     if c.infno == "5206":
@@ -322,6 +331,8 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     """Treatment city: record the answer and publish it to the hospital, once."""
     c = hop.claim
     outcome = hop.outcome or failure("NO_DECISION", "结算链路未返回结果")
+    if outcome.infcode == 0 and c.infno in REGISTRATIONS:
+        outcome.data = (outcome.data or {}) | {"mdtrt_id": mdtrt_id_of(c.msgid)}
     result = SettlementResult(
         msgid=c.msgid, infno=c.infno, fixmedins_code=c.fixmedins_code,
         mdtrtarea_admvs=c.mdtrtarea_admvs, insuplc_admdvs=c.insuplc_admdvs, psn_no=c.psn_no,
@@ -338,6 +349,10 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
         ).rowcount
         if not changed:
             return  # answered before (a redelivery), or never submitted here
+        if outcome.infcode == 0 and c.infno in REGISTRATIONS:
+            open_encounter(s.connection(), c)
+        if outcome.infcode == 0 and c.mdtrt_id and c.infno in ("2207", "2304"):
+            mark_settled(s.connection(), c.mdtrt_id)
         reversed_msgid = (outcome.data or {}).get("reversed_msgid")
         if outcome.infcode == 0 and reversed_msgid:  # the original request's status: reversed
             s.connection().execute(update(CLAIMS).where(CLAIMS.c.msgid == reversed_msgid)

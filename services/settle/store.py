@@ -120,6 +120,36 @@ class AccountRow(SQLModel, table=True):
     balance_fen: int = 0
 
 
+class Encounter(SQLModel, table=True):
+    """就诊 at the treatment city: registered (2201/2401), fees uploaded (2204/2301), then settled."""
+
+    __tablename__ = "settle_encounter"
+
+    mdtrt_id: str = Field(primary_key=True, max_length=30)
+    fixmedins_code: str = Field(index=True, max_length=12)
+    psn_no: str = Field(max_length=30)
+    insuplc_admdvs: str = Field(max_length=6)
+    mdtrtarea_admvs: str = Field(max_length=6)
+    insutype: str = Field(max_length=3)
+    med_type: str = Field(max_length=6)
+    mdtrt_cert_type: str = Field(max_length=2)
+    begntime: date
+    status: str = Field(max_length=10)  # open | cancelled | settled
+    created_ms: int = Field(sa_type=BigInteger)
+
+
+class EncounterFee(SQLModel, table=True):
+    """One uploaded fee line with the treatment city's split of it."""
+
+    __tablename__ = "settle_encounter_fee"
+
+    mdtrt_id: str = Field(primary_key=True, max_length=30)
+    feedetl_sn: str = Field(primary_key=True, max_length=30)
+    line: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    split: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_ms: int = Field(sa_type=BigInteger)
+
+
 class ClearingRun(SQLModel, table=True):
     """A closed clearing month (清算期): its statements are final; later rows go to the next month."""
 
@@ -161,7 +191,8 @@ class AdvanceFund(SQLModel, table=True):
 
 
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, AccumulatorRow, AccountRow,
-                                ClearingRun, ClearingStatement, AdvanceFund, InboxRecord, OutboxRow]
+                                Encounter, EncounterFee, ClearingRun, ClearingStatement, AdvanceFund, InboxRecord,
+                                OutboxRow]
 
 
 # --- Core queries for the insured city's hot path (one settlement = a handful of statements) ---

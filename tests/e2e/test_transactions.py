@@ -3,6 +3,7 @@ person's year-to-date accumulators (5206), all through the hop chain to the insu
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -108,3 +109,62 @@ async def test_hospital_reconciliation_totals_and_detail(stack: Stack) -> None:
     assert [d["setl_id"] for d in out["differ"]] == [b["setl_id"]] and "fund_pay_sumamt" in out["differ"][0]["fields"]
     assert out["missing_at_platform"] == ["X" * 30]
     assert [m["setl_id"] for m in out["missing_at_hospital"]] == [r["setl_id"]]
+
+
+def lines(*sns: str) -> list[dict[str, Any]]:
+    catalogue = {"1": ("001102000010000", "25.00"), "2": ("003307000010000", "600.00"),
+                 "3": ("XC09CAL032A001010100512", "3.50"), "4": ("001101000010000", "60.00")}
+    return [{"feedetl_sn": sn, "med_list_codg": catalogue[sn][0], "cnt": 1, "pric": catalogue[sn][1],
+             "det_item_fee_sumamt": catalogue[sn][1]} for sn in sns]
+
+
+async def request(stack: Stack, infno: str, inp: dict[str, Any]) -> Any:
+    body = {"infno": infno, "msgid": new_msgid(GZ), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
+            "fixmedins_code": GZ, "input": inp}
+    return await stack.http["settle"].post("/fsi/callService", json=body, timeout=60)
+
+
+async def test_register_upload_settle_an_encounter(stack: Stack) -> None:
+    psn = await stack.person()
+    unfiled = await call(stack, "2201", {"psn_no": psn, "insutype": "310", "med_type": "11",
+                                         "begntime": "2026-11-23 09:00:00"})
+    assert unfiled["output"]["err_code"] == "NOT_FILED"  # the insured city decides at registration
+    await stack.file(psn, "440100")
+    visit = {"psn_no": psn, "insutype": "310", "med_type": "11", "begntime": datetime_now()}
+    reg = await call(stack, "2201", visit)
+    assert reg["infcode"] == 0, reg
+    mdtrt_id = reg["output"]["mdtrt_id"]
+
+    up = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("1", "2", "3")})
+    assert up.status_code == 200 and [x["chrgitm_lv"] for x in up.json()["output"]["result"]] == ["01", "02", "02"]
+    dup = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("3")})
+    assert dup.status_code == 422 and "FEE_DUPLICATE" in dup.json()["err_msg"]
+    back = await request(stack, "2205", {"data": {"psn_no": psn, "mdtrt_id": mdtrt_id, "feedetl_sn": "3"}})
+    assert back.json()["output"]["cancelled_lines"] == 1
+
+    done = await call(stack, "2207", {"psn_no": psn, "mdtrt_id": mdtrt_id})
+    assert done["infcode"] == 0, done
+    assert D(done["output"]["setlinfo"]["medfee_sumamt"]) == D("625.00")  # lines 1 and 2: what was uploaded
+    closed = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("4")})
+    assert closed.status_code == 422 and "ENCOUNTER_CLOSED" in closed.json()["err_msg"]
+
+    # an inpatient stay: 2401 admission, 2301 fees, 2304 discharge settlement
+    adm = await call(stack, "2401", visit | {"med_type": "21"})
+    stay = adm["output"]["mdtrt_id"]
+    assert (await request(stack, "2301", {"feedetail": [ln | {"mdtrt_id": stay} for ln in lines("2", "4")]})
+            ).status_code == 200
+    ip = await call(stack, "2304", {"psn_no": psn, "mdtrt_id": stay})
+    assert ip["infcode"] == 0 and ip["output"]["setlinfo"]["clr_type"] == "21"
+
+    # a registration that is not wanted any more
+    other = (await call(stack, "2201", visit))["output"]["mdtrt_id"]
+    r = await request(stack, "2202", {"data": {"psn_no": psn, "mdtrt_id": other}})
+    assert r.json()["output"]["status"] == "cancelled"
+    r = await request(stack, "2202", {"data": {"psn_no": psn, "mdtrt_id": other}})
+    assert r.status_code == 422 and "ENCOUNTER_CLOSED" in r.json()["err_msg"]
+    nothing = await request(stack, "2207", {"data": {"psn_no": psn, "mdtrt_id": "MD-none"}})
+    assert nothing.status_code == 422 and "ENCOUNTER_UNKNOWN" in nothing.json()["err_msg"]
+
+
+def datetime_now() -> str:
+    return f"{datetime.now():%Y-%m-%d %H:%M:%S}"

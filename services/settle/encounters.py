@@ -1,0 +1,123 @@
+"""The treatment city's side of an encounter (就诊): registration, fee upload, cancellation.
+
+2201/2401 travel the hop chain like a settlement (the insured city checks eligibility) and, when
+accepted, open an encounter here with its mdtrt_id. 2204/2301 upload fee lines to an open
+encounter: each is split against the catalogue at once and the split is returned; 2205/2302 take
+lines back; 2202 cancels an encounter that was not settled. A settlement (2206/2207, 2303/2304)
+that names the mdtrt_id and sends no fee lines settles the uploaded ones.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import orjson
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+
+from schemas.events import Claim, FeeLine, FeeSplit
+from services.bus.envelope import now_ms
+from services.settle.domain import CatalogueItem, Hospital, split_line
+from services.settle.store import Encounter, EncounterFee
+
+ENCOUNTERS = Encounter.__table__  # type: ignore[attr-defined]
+FEES = EncounterFee.__table__  # type: ignore[attr-defined]
+REGISTRATIONS = {"2201": "门诊挂号", "2401": "入院办理"}
+UPLOADS = {"2204": "门诊费用明细上传", "2301": "住院费用明细上传"}
+UPLOAD_CANCELS = {"2205": "门诊费用明细撤销", "2302": "住院费用明细撤销"}
+
+
+class EncounterError(ValueError):
+    """A request about an encounter that cannot be done; `code` names why."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def mdtrt_id_of(msgid: str) -> str:
+    return "MD" + msgid[-28:]
+
+
+def open_encounter(conn: Connection, c: Claim) -> str:
+    """Called when the insured city accepted a registration; the same msgid opens one encounter."""
+    mdtrt_id = mdtrt_id_of(c.msgid)
+    if conn.execute(select(ENCOUNTERS.c.mdtrt_id).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id)).first() is None:
+        conn.execute(insert(ENCOUNTERS).values(
+            mdtrt_id=mdtrt_id, fixmedins_code=c.fixmedins_code, psn_no=c.psn_no, insuplc_admdvs=c.insuplc_admdvs,
+            mdtrtarea_admvs=c.mdtrtarea_admvs, insutype=c.insutype, med_type=c.med_type,
+            mdtrt_cert_type=c.mdtrt_cert_type, begntime=c.begntime, status="open", created_ms=now_ms()))
+    return mdtrt_id
+
+
+def _mine(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str | None = None) -> dict[str, object]:
+    row = conn.execute(select(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id)).mappings().first()
+    if row is None or row["fixmedins_code"] != fixmedins_code or (psn_no and row["psn_no"] != psn_no):
+        raise EncounterError(f"本机构没有就诊 {mdtrt_id}（人员 {psn_no or '-'}）：请先办理挂号/入院 (2201/2401)",
+                             "ENCOUNTER_UNKNOWN")
+    return dict(row)
+
+
+def upload(engine: Engine, fixmedins_code: str, mdtrt_id: str, lines: list[FeeLine], hospital: Hospital,
+           catalogue: dict[str, CatalogueItem]) -> list[FeeSplit]:
+    with engine.begin() as conn:
+        e = _mine(conn, fixmedins_code, mdtrt_id)
+        if e["status"] != "open":
+            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传费用", "ENCOUNTER_CLOSED")
+        have = {r[0] for r in conn.execute(select(FEES.c.feedetl_sn).where(FEES.c.mdtrt_id == mdtrt_id))}
+        dup = sorted(have & {ln.feedetl_sn for ln in lines})
+        if dup:
+            raise EncounterError(f"费用明细流水号 {', '.join(dup)} 已上传；如需修改请先撤销 (2205/2302)", "FEE_DUPLICATE")
+        splits = [split_line(ln, catalogue.get(ln.med_list_codg), hospital.hosp_lv, str(e["med_type"]))
+                  for ln in lines]
+        conn.execute(insert(FEES), [
+            {"mdtrt_id": mdtrt_id, "feedetl_sn": ln.feedetl_sn, "line": ln.model_dump_json().encode(),
+             "split": sp.model_dump_json().encode(), "created_ms": now_ms()} for ln, sp in zip(lines, splits, strict=True)])
+    return splits
+
+
+def cancel_fees(engine: Engine, fixmedins_code: str, mdtrt_id: str, feedetl_sn: str) -> int:
+    """`feedetl_sn` "0000" takes back every line."""
+    with engine.begin() as conn:
+        e = _mine(conn, fixmedins_code, mdtrt_id)
+        if e["status"] != "open":
+            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，费用不能撤销", "ENCOUNTER_CLOSED")
+        q = delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id)
+        if feedetl_sn != "0000":
+            q = q.where(FEES.c.feedetl_sn == feedetl_sn)
+        n = conn.execute(q).rowcount
+        if not n:
+            raise EncounterError(f"就诊 {mdtrt_id} 没有费用明细 {feedetl_sn}", "FEE_UNKNOWN")
+        return int(n)
+
+
+def cancel_encounter(engine: Engine, fixmedins_code: str, mdtrt_id: str, psn_no: str) -> None:
+    with engine.begin() as conn:
+        e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
+        if e["status"] != "open":
+            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能撤销挂号", "ENCOUNTER_CLOSED")
+        conn.execute(update(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id).values(status="cancelled"))
+        conn.execute(delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id))
+
+
+def for_settlement(engine: Engine, fixmedins_code: str, mdtrt_id: str, psn_no: str) -> tuple[dict[str, object],
+                                                                                             list[FeeLine]]:
+    """The encounter and its uploaded lines, for a settlement that names the mdtrt_id."""
+    with engine.connect() as conn:
+        e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
+        if e["status"] != "open":
+            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能结算", "ENCOUNTER_CLOSED")
+        lines = [FeeLine.model_validate(orjson.loads(r[0])) for r in
+                 conn.execute(select(FEES.c.line).where(FEES.c.mdtrt_id == mdtrt_id).order_by(FEES.c.feedetl_sn))]
+    if not lines:
+        raise EncounterError(f"就诊 {mdtrt_id} 还没有上传费用明细 (2204/2301)", "NO_FEES")
+    return e, lines
+
+
+def mark_settled(conn: Connection, mdtrt_id: str) -> None:
+    conn.execute(update(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id, ENCOUNTERS.c.status == "open")
+                 .values(status="settled"))
+
+
+def begin_date(e: dict[str, object]) -> date:
+    d = e["begntime"]
+    return d if isinstance(d, date) else date.fromisoformat(str(d))
