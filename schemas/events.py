@@ -65,6 +65,8 @@ class EnrolmentUpdated(Wire):
     acct_balc: Yuan = Field(Decimal("0"), description="个人账户 opening balance (职工)")
     hardship: list[Hardship] = []
     death_date: date | None = None
+    cert_digest: str | None = Field(None, description="HMAC-SHA256 of the ID number (never the number itself), "
+                                                      "for 1101 at the insured city")
     change: str = Field("enrolled", description="enrolled | changed | transferred_out | transferred_in | "
                                                 "duplicate_ended | deceased")
     version: int = Field(1, description="increases with every change; older versions are ignored")
@@ -174,6 +176,7 @@ class Claim(BaseModel):
     fees: list[FeeLine] = []
     deadline_ms: int = Field(description="epoch milliseconds after which nobody waits")
     mdtrt_id: str | None = Field(None, description="the encounter (2201/2401) whose uploaded fees are settled")
+    cert_digest: str | None = Field(None, description="1101 by ID card: the keyed digest of the number presented")
     orig_setl_id: str | None = Field(None, description="2208/2305: the settlement to reverse")
     orig_msgid: str | None = Field(None, description="2601 冲正: the request whose answer never arrived")
 

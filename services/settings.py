@@ -13,3 +13,4 @@ class CommonSettings(BaseSettings):
     var_dir: Path = Path("var")
     host: str = "127.0.0.1"
     log_level: str = "INFO"
+    cert_digest_key: str = "yibao-dev-only-change-me"  # shared by enroll and settle (services/credentials.py)

@@ -38,6 +38,7 @@ from services.bus import outbox
 from services.bus.db import transaction
 from services.bus.envelope import encode, now_ms
 from services.bus.outbox import OutboxRelay
+from services.credentials import cert_digest
 from services.enroll.domain import (
     RULES_FILE,
     EnrollRefusedError,
@@ -215,7 +216,8 @@ def _event(p: Person, e: Enrolment, change: str) -> EnrolmentUpdated:
         psn_insu_stas=e.psn_insu_stas, begndate=e.begndate, benefit_from=e.benefit_from,
         paid_through=e.paid_through, contrib_months=e.contrib_months, emp_no=e.emp_no,
         voucher_active=e.voucher_active, cvlserv_flag=e.cvlserv_flag, acct_balc=e.acct_balc,
-        hardship=hardship_of(p), death_date=p.death_date, change=change, version=e.version,
+        hardship=hardship_of(p), death_date=p.death_date, cert_digest=cert_digest(p.certno), change=change,
+        version=e.version,
     )
 
 

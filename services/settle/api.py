@@ -17,6 +17,7 @@ from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, FeeLine, SettlementResult
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
+from services.credentials import cert_digest
 from services.http import add_healthz, install_error_handlers, json_response
 from services.settle import clearing, encounters, reconcile
 from services.settle.auth import AuthError, Gate
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算", "2206": "门诊预结算", "2303": "住院预结算"}
 RECONCILIATION = {"3201": "医药机构费用结算对总账", "3202": "医药机构费用结算对明细账"}
 LOCAL_ENCOUNTER = {"2202": "门诊挂号撤销"} | encounters.UPLOADS | encounters.UPLOAD_CANCELS
-TRANSACTIONS = SETTLEMENT_INFNOS | {"2208": "门诊结算撤销", "2305": "住院结算撤销", "2601": "冲正交易",
-                                    "5206": "人员累计信息查询"} | RECONCILIATION | encounters.REGISTRATIONS \
+TRANSACTIONS = SETTLEMENT_INFNOS | {"1101": "人员信息获取", "2208": "门诊结算撤销", "2305": "住院结算撤销",
+                                    "2601": "冲正交易", "5206": "人员累计信息查询"} | RECONCILIATION | encounters.REGISTRATIONS \
     | LOCAL_ENCOUNTER
 
 
@@ -70,6 +71,14 @@ class SettleData(VisitData):
 class SettleInput(BaseModel):
     data: SettleData
     feedetail: list[FeeLine] = Field(min_length=1, max_length=2000)
+
+
+class CredentialData(BaseModel):
+    """1101: who holds this credential? By ID card number (02) or by psn_no."""
+
+    mdtrt_cert_type: Literal["01", "02", "03"] = "02"
+    mdtrt_cert_no: str | None = Field(None, max_length=64)
+    psn_no: str | None = Field(None, max_length=30)
 
 
 class EncounterSettleData(BaseModel):
@@ -141,6 +150,15 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
     if req.infno in encounters.REGISTRATIONS:
         v = _input(VisitData, data, "data")
         return Claim(**base, **v.model_dump())
+    if req.infno == "1101":
+        cred = _input(CredentialData, data, "data")
+        if cred.psn_no:
+            return Claim(**base, psn_no=cred.psn_no, insutype="310", med_type="11", begntime=date.today())
+        if cred.mdtrt_cert_type != "02" or not cred.mdtrt_cert_no:
+            raise HTTPException(422, "1101: give mdtrt_cert_type 02 with the ID card number in mdtrt_cert_no, or "
+                                     "psn_no; e-voucher tokens (01) and social-security cards (03) are not served yet")
+        return Claim(**base, psn_no="", insutype="310", med_type="11", begntime=date.today(),
+                     cert_digest=cert_digest(cred.mdtrt_cert_no))
     ward = "21" if req.infno == "2305" else "11"
     if req.infno in ("2208", "2305"):
         r = _input(ReverseData, data, "data")

@@ -69,7 +69,14 @@ from services.settle.store import (
     save_accumulators,
     save_balance,
 )
-from services.settle.transactions import REVERSALS, new_setl_id, redo, reverse, year_to_date
+from services.settle.transactions import (
+    REVERSALS,
+    new_setl_id,
+    person_info,
+    redo,
+    reverse,
+    year_to_date,
+)
 
 log = logging.getLogger("yibao.settle")
 CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]  # Core statements on the hot path
@@ -251,6 +258,8 @@ def _decide(ctx: SettleContext, conn: Connection, hop: SettlementHop, enrolments
         return redo(conn, c)
     if c.infno == "5206":
         return year_to_date(conn, c, enrolments)
+    if c.infno == "1101":
+        return person_info(conn, c)
     elig = check_eligibility(
         enrolments, filings_of(conn, c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
         insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
@@ -387,7 +396,7 @@ async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
 
 
 PERSON_FIELDS = ("psn_name", "gend", "brdy", "psn_type", "psn_insu_stas", "begndate", "benefit_from", "paid_through",
-                 "death_date", "voucher_active", "version")
+                 "death_date", "voucher_active", "cert_digest", "version")
 FILING_FIELDS = ("psn_no", "fil_type", "target_admdvs", "begndate", "enddate", "status", "version")
 
 
@@ -397,6 +406,8 @@ async def apply_enrolment(ctx: SettleContext, msg: Incoming) -> None:
         row = apply_state(s, "settle.person-view", msg.ce_id, PersonView,
                           {"psn_no": e.psn_no, "insuplc_admdvs": e.insuplc_admdvs, "insutype": e.insutype}, e,
                           PERSON_FIELDS)
+        if row is not None:
+            row.hardship = orjson.dumps([h.model_dump(mode="json") for h in e.hardship])
         if row is not None and s.get(AccountRow, e.psn_no) is None:  # the opening balance, once
             s.add(AccountRow(psn_no=e.psn_no, balance_fen=benefits.fen(e.acct_balc)))
 

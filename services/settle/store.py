@@ -48,6 +48,8 @@ class PersonView(SQLModel, table=True):
     paid_through: date | None = None
     death_date: date | None = None
     voucher_active: bool = False
+    cert_digest: str | None = Field(default=None, max_length=64, index=True)
+    hardship: bytes = Field(default=b"[]", sa_column=Column(LargeBinary, nullable=False, default=b"[]"))
     acct_balc_fen: int = 0
     version: int = 0
 

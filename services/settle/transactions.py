@@ -1,5 +1,5 @@
-"""The insured city's answers besides a settlement: reversals (2208/2305), 冲正 (2601) and the
-person's year-to-date accumulators (5206). All run in the caller's transaction.
+"""The insured city's answers besides a settlement: reversals (2208/2305), 冲正 (2601), the
+person's year-to-date accumulators (5206) and the person behind a credential (1101). All run in the caller's transaction.
 
 A reversal never edits a settlement: it writes a linked negative ledger row (refd_setl_id), marks
 the original as reversed, gives the accumulators back what the settlement took (its recorded
@@ -24,6 +24,7 @@ from services.settle.store import (
     ACC_FIELDS,
     ACCUMULATORS,
     LEDGER,
+    PERSONS,
     load_accumulators,
     load_balance,
     save_accumulators,
@@ -110,3 +111,29 @@ def year_to_date(conn: Connection, c: Claim, enrolments: list[PersonState]) -> O
     balance = (Decimal(load_balance(conn, c.psn_no)) / 100).quantize(Decimal("0.01"))
     return Outcome(infcode=0, data={"psn_no": c.psn_no, "cuminfo": cum, "acct_balc": str(balance)})
 
+
+
+def person_info(conn: Connection, c: Claim) -> Outcome:
+    """1101: the person holding the presented credential, as the insured city knows them."""
+    q = select(PERSONS).where(PERSONS.c.insuplc_admdvs == c.insuplc_admdvs)
+    q = q.where(PERSONS.c.cert_digest == c.cert_digest) if c.cert_digest else q.where(PERSONS.c.psn_no == c.psn_no)
+    rows = conn.execute(q).mappings().all()
+    if not rows:
+        raise refuse("PERSON_UNKNOWN", f"参保地 {c.insuplc_admdvs} 查无持此凭证的参保人员，请核对凭证和参保地")
+    p = rows[0]
+    today = datetime.now().date()
+    brdy = p["brdy"]
+    age = None if brdy is None else today.year - brdy.year - ((today.month, today.day) < (brdy.month, brdy.day))
+    balance = (Decimal(load_balance(conn, p["psn_no"])) / 100).quantize(Decimal("0.01"))
+    return Outcome(infcode=0, psn_gend=p["gend"], data={
+        "baseinfo": {"psn_no": p["psn_no"], "psn_name": p["psn_name"], "gend": p["gend"],
+                     "brdy": brdy.isoformat() if brdy else None, "age": age, "psn_cert_type": "01",
+                     "expire_time": p["death_date"].isoformat() if p["death_date"] else None},
+        "insuinfo": [{"insutype": r["insutype"], "psn_type": r["psn_type"], "psn_insu_stas": r["psn_insu_stas"],
+                      "psn_insu_date": r["begndate"].isoformat() if r["begndate"] else None,
+                      "benefit_from": r["benefit_from"].isoformat() if r["benefit_from"] else None,
+                      "insuplc_admdvs": c.insuplc_admdvs, "balc": str(balance) if r["insutype"] == "310" else "0.00"}
+                     for r in rows],
+        "idetinfo": [{"psn_idet_type": h["hardship_type"], "begntime": h["begndate"], "endtime": h.get("enddate")}
+                     for h in orjson.loads(p["hardship"] or b"[]")],
+    })

@@ -7,7 +7,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from services.enroll.domain import with_check_char
 from tests.e2e.stack import Stack, new_msgid
+from tests.helpers import read_topic, wait_until
 
 GZ, GZ2 = "H44010400001", "H44010600002"
 D = Decimal
@@ -168,3 +170,26 @@ async def test_register_upload_settle_an_encounter(stack: Stack) -> None:
 
 def datetime_now() -> str:
     return f"{datetime.now():%Y-%m-%d %H:%M:%S}"
+
+
+async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack, broker: str) -> None:
+    certno = with_check_char("36010219880808707")
+    r = await stack.http["enroll"].post("/enrolments/records", json={
+        "certno": certno, "psn_name": "凭证", "insuplc_admdvs": "360100", "insutype": "310",
+        "begndate": "2015-01-01", "paid_through": f"{datetime.now().year}-12-31",
+        "hardship": [{"hardship_type": "DIBAO", "begndate": "2025-01-01"}]})
+    psn = r.json()["psn_no"]
+    await wait_until(lambda: stack._settle_knows(psn), what="settle to see the person")
+    ans = await call(stack, "1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": certno})
+    assert ans["infcode"] == 0, ans
+    out = ans["output"]
+    assert out["baseinfo"]["psn_no"] == psn and out["baseinfo"]["brdy"] == "1988-08-08"
+    assert [(i["insutype"], i["psn_insu_stas"]) for i in out["insuinfo"]] == [("310", "1")]
+    assert out["idetinfo"] == [{"psn_idet_type": "DIBAO", "begntime": "2025-01-01", "endtime": None}]
+    unknown = await call(stack, "1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": with_check_char("11010519900101123")})
+    assert unknown["output"]["err_code"] == "PERSON_UNKNOWN"
+    r = await request(stack, "1101", {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": "token"}})
+    assert r.status_code == 422 and "02" in r.json()["err_msg"]
+    for topic in ("enroll.events", "settle.city", "settle.national"):  # the raw number never travels
+        records = await read_topic(broker, topic, 10**6, timeout=3)  # everything there is
+        assert records and all(certno.encode() not in (m.value or b"") for m in records)
