@@ -169,7 +169,8 @@ class Claim(BaseModel):
     insuplc_admdvs: Admdvs
     psn_no: str
     insutype: Insutype
-    med_type: str = Field(description="医疗类别: 11 普通门诊, 13 急诊, 21 普通住院 …")
+    med_type: str = Field(description="医疗类别: 11 普通门诊, 13 急诊, 14 门诊慢特病, 21 普通住院 …")
+    dise_codg: str | None = Field(None, description="病种编码, required for 门诊慢特病 (M + 5 digits)")
     mdtrt_cert_type: Literal["01", "02", "03"] = "02"
     acct_used_flag: Literal["0", "1"] = "0"
     begntime: date

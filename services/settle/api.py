@@ -57,6 +57,7 @@ class VisitData(BaseModel):
     med_type: str = Field(pattern=r"^\d{2,6}$")
     mdtrt_cert_type: Literal["01", "02", "03"] = "02"
     begntime: date
+    dise_codg: str | None = Field(None, max_length=20, description="门诊慢特病 (med_type 14): the disease code")
 
     @field_validator("begntime", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from schemas.common import FilingType
 from schemas.events import FeeSplit
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24", "28", "52"})
+CHRONIC_MED_TYPE = "14"  # 门诊慢特病
 
 
 def fen(yuan: Decimal | str | int) -> int:
@@ -36,6 +37,24 @@ class EncounterRule:
 
 
 @dataclass(frozen=True)
+class AssistanceRule:
+    """医疗救助 for one class of 救助对象: on the compliant self-pay left after the insurance layers."""
+
+    deductible_fen: int
+    ratio: Decimal
+    annual_cap_fen: int | None  # None: no cap
+
+
+@dataclass(frozen=True)
+class ChronicRule:
+    """门诊慢特病: one disease's ratio and annual limit (no deductible)."""
+
+    name: str
+    ratio: Decimal
+    annual_cap_fen: int
+
+
+@dataclass(frozen=True)
 class Policy:
     admdvs: str
     insutype: str
@@ -48,6 +67,9 @@ class Policy:
     critical_threshold_fen: int
     critical_ratio: Decimal
     critical_cap_fen: int
+    civil_servant_ratio: Decimal = Decimal(0)  # 公务员医疗补助 on what is left after the basic and critical layers
+    assistance: dict[str, AssistanceRule] = field(default_factory=dict)  # by HardshipType
+    chronic: dict[str, ChronicRule] = field(default_factory=dict)  # by disease code (M + 5 digits)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Policy:
@@ -65,6 +87,12 @@ class Policy:
             inpatient=rule(d["inpatient"]), outpatient=rule(d["outpatient"]), critical_fund=c["fund"],
             critical_threshold_fen=fen(c["threshold"]), critical_ratio=Decimal(c["ratio"]),
             critical_cap_fen=fen(c["cap"]),
+            civil_servant_ratio=Decimal(d.get("civil_servant", {}).get("ratio", "0")),
+            assistance={k: AssistanceRule(fen(v["deductible"]), Decimal(v["ratio"]),
+                                          fen(v["annual_cap"]) if v.get("annual_cap") else None)
+                        for k, v in d.get("assistance", {}).items()},
+            chronic={k: ChronicRule(v["name"], Decimal(v["ratio"]), fen(v["annual_cap"]))
+                     for k, v in d.get("chronic", {}).items()},
         )
 
 
@@ -85,6 +113,9 @@ class Accumulators:
     hifp_paid_op: int = 0
     compliant_selfpay: int = 0  # 合规自付 base of the critical-illness layer
     critical_paid: int = 0
+    chronic_paid: int = 0  # 门诊慢特病 pooled fund paid this year
+    maf_dedc_used: int = 0  # 医疗救助 deductible used this year
+    maf_paid: int = 0
 
 
 @dataclass
@@ -99,6 +130,8 @@ class Computation:
     pool_prop: Decimal
     hifob_pay: int
     hifmi_pay: int
+    cvlserv_pay: int
+    maf_pay: int
     fund_pay_sumamt: int
     psn_part_amt: int
     acct_pay: int
@@ -112,14 +145,29 @@ class Computation:
         assert parts == self.medfee_sumamt, f"line parts {parts} != total {self.medfee_sumamt}"
         assert self.fund_pay_sumamt + self.psn_part_amt == self.medfee_sumamt, "fund + person != total"
         assert self.acct_pay + self.psn_cash_pay == self.psn_part_amt, "account + cash != person part"
-        assert min(self.hifp_pay, self.acct_pay, self.psn_cash_pay, self.act_pay_dedc) >= 0
+        assert min(self.hifp_pay, self.acct_pay, self.psn_cash_pay, self.act_pay_dedc, self.cvlserv_pay,
+                   self.maf_pay) >= 0
+        assert self.fund_pay_sumamt <= self.inscp_scp_amt, "funds pay only within the compliant scope"
+
+
+def chronic_rule(policy: Policy, dise_codg: str | None) -> ChronicRule:
+    rule = policy.chronic.get(dise_codg or "")
+    if rule is None:
+        known = "、".join(f"{k} {v.name}" for k, v in sorted(policy.chronic.items())) or "无"
+        raise PolicyError(f"门诊慢特病 (med_type 14) 须填写参保地认定的病种 dise_codg；{policy.admdvs} 的病种：{known}")
+    return rule
 
 
 def compute(policy: Policy, lines: list[FeeSplit], *, med_type: str, psn_type: str, hosp_lv: str,
             filing: FilingType | None, acc: Accumulators, acct_balance: int,
-            use_account: bool) -> Computation:
-    """One settlement by the insured region's policy; `acc` is the year-to-date state before it."""
+            use_account: bool, cvlserv: bool = False, hardship: str | None = None,
+            dise_codg: str | None = None) -> Computation:
+    """One settlement by the insured region's policy; `acc` is the year-to-date state before it.
+
+    `cvlserv`: the person has 公务员医疗补助; `hardship`: their 救助对象 class on the day;
+    `dise_codg`: the 门诊慢特病 disease when med_type is 14."""
     inpatient = med_type in INPATIENT_MED_TYPES
+    chronic = chronic_rule(policy, dise_codg) if med_type == CHRONIC_MED_TYPE else None
     rule = policy.inpatient if inpatient else policy.outpatient
     total = sum(fen(s.det_item_fee_sumamt) for s in lines)
     fulamt = sum(fen(s.fulamt_ownpay_amt) for s in lines)
@@ -139,6 +187,10 @@ def compute(policy: Policy, lines: list[FeeSplit], *, med_type: str, psn_type: s
     dedc = min(max(rule.deductible_fen[hosp_lv] - used, 0), inscp)
     paid = acc.hifp_paid_ip if inpatient else acc.hifp_paid_op
     cap_left = max(rule.annual_cap_fen.get(psn_type, rule.annual_cap_fen["11"]) - paid, 0)
+    if chronic is not None:  # 门诊慢特病: its own ratio and limit, no deductible
+        dedc = 0
+        ratio = max(chronic.ratio - (reduction if policy.remote_kind == "ratio_reduction" else 0), Decimal(0))
+        cap_left = max(chronic.annual_cap_fen - acc.chronic_paid, 0)
     hifp = min(mul(inscp - dedc, ratio), cap_left)
 
     # critical-illness layer (职工大额 hifob / 居民大病 hifmi) on compliant self-pay over the threshold
@@ -148,12 +200,27 @@ def compute(policy: Policy, lines: list[FeeSplit], *, med_type: str, psn_type: s
     critical = min(mul(base_after - base_before, policy.critical_ratio),
                    max(policy.critical_cap_fen - acc.critical_paid, 0)) if inpatient else 0
 
-    fund = hifp + critical
+    # 公务员医疗补助, then 医疗救助, each on the compliant self-pay still left
+    left = inscp - hifp - critical
+    cvl = mul(left, policy.civil_servant_ratio) if cvlserv else 0
+    left -= cvl
+    maf = maf_dedc = 0
+    aid = policy.assistance.get(hardship or "")
+    if aid is not None:
+        maf_dedc = min(max(aid.deductible_fen - acc.maf_dedc_used, 0), left)
+        maf = mul(left - maf_dedc, aid.ratio)
+        if aid.annual_cap_fen is not None:
+            maf = min(maf, max(aid.annual_cap_fen - acc.maf_paid, 0))
+
+    fund = hifp + critical + cvl + maf
     person = total - fund
     acct = min(person, acct_balance) if use_account else 0
     after = replace(acc, compliant_selfpay=acc.compliant_selfpay + (compliant if inpatient else 0),
-                    critical_paid=acc.critical_paid + critical)
-    if inpatient:
+                    critical_paid=acc.critical_paid + critical, maf_dedc_used=acc.maf_dedc_used + maf_dedc,
+                    maf_paid=acc.maf_paid + maf)
+    if chronic is not None:
+        after.chronic_paid += hifp
+    elif inpatient:
         after.dedc_used_ip += dedc
         after.hifp_paid_ip += hifp
     else:
@@ -163,7 +230,7 @@ def compute(policy: Policy, lines: list[FeeSplit], *, med_type: str, psn_type: s
         medfee_sumamt=total, fulamt_ownpay_amt=fulamt, overlmt_selfpay=overlmt, preselfpay_amt=pre,
         inscp_scp_amt=inscp, act_pay_dedc=dedc, hifp_pay=hifp, pool_prop=ratio,
         hifob_pay=critical if policy.critical_fund == "hifob" else 0,
-        hifmi_pay=critical if policy.critical_fund == "hifmi" else 0,
+        hifmi_pay=critical if policy.critical_fund == "hifmi" else 0, cvlserv_pay=cvl, maf_pay=maf,
         fund_pay_sumamt=fund, psn_part_amt=person, acct_pay=acct, psn_cash_pay=person - acct,
         balc=acct_balance - acct, inpatient=inpatient, after=after,
     )

@@ -11,6 +11,8 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 
+import orjson
+
 from schemas.common import FilingType
 from schemas.events import FeeLine, FeeSplit, HopAction, HopLevel, RouteStep
 from schemas.filing_rules import FilingRules
@@ -207,6 +209,19 @@ class PersonState:
     benefit_from: date | None = None
     death_date: date | None = None
     brdy: date | None = None
+    cvlserv_flag: bool = False
+    hardship: bytes = b"[]"  # JSON list of {hardship_type, begndate, enddate}
+
+
+HARDSHIP_ORDER = ("TEKUN", "DIBAO", "ORPHAN", "DIBAO_EDGE", "RELAPSE_RISK", "SEVERE_DISABILITY")
+
+
+def hardship_on(p: PersonState, day: date) -> str | None:
+    """The 救助对象 class that holds on `day` (the most protected one when several do)."""
+    held = {h["hardship_type"] for h in orjson.loads(p.hardship)
+            if date.fromisoformat(h["begndate"]) <= day and (not h.get("enddate")
+                                                            or day <= date.fromisoformat(h["enddate"]))}
+    return next((h for h in HARDSHIP_ORDER if h in held), None)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from services.settle.domain import (
     apply_person_restrictions,
     check_eligibility,
     check_hospital,
+    hardship_on,
     mirror,
     plan_route,
     route_kind,
@@ -283,6 +284,7 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
         policy, hop.split, med_type=c.med_type,
         psn_type=person.psn_type, hosp_lv=hop.hosp_lv or "1", filing=filing, acc=acc or benefits.Accumulators(),
         acct_balance=balance, use_account=c.acct_used_flag == "1" and c.insutype == "310",
+        cvlserv=person.cvlserv_flag, hardship=hardship_on(person, c.begntime), dise_codg=c.dise_codg,
     )
     setl_id = ("PRE" if not persist else "") + new_setl_id(c.insuplc_admdvs)
     outcome = Outcome(infcode=0, setlinfo=_setlinfo(c, person, comp, setl_id[:30]),
@@ -317,7 +319,8 @@ def _setlinfo(c: Claim, p: PersonState, comp: benefits.Computation, setl_id: str
         overlmt_selfpay=_y(comp.overlmt_selfpay), preselfpay_amt=_y(comp.preselfpay_amt),
         inscp_scp_amt=_y(comp.inscp_scp_amt), act_pay_dedc=_y(comp.act_pay_dedc),
         hifp_pay=_y(comp.hifp_pay), pool_prop_selfpay=comp.pool_prop, hifob_pay=_y(comp.hifob_pay),
-        hifmi_pay=_y(comp.hifmi_pay), fund_pay_sumamt=_y(comp.fund_pay_sumamt),
+        hifmi_pay=_y(comp.hifmi_pay), cvlserv_pay=_y(comp.cvlserv_pay), maf_pay=_y(comp.maf_pay),
+        fund_pay_sumamt=_y(comp.fund_pay_sumamt),
         psn_part_amt=_y(comp.psn_part_amt), acct_pay=_y(comp.acct_pay),
         psn_cash_pay=_y(comp.psn_cash_pay), balc=_y(comp.balc), medins_setl_id=c.msgid,
         clr_optins=c.insuplc_admdvs, clr_type="21" if comp.inpatient else "11",
@@ -330,6 +333,8 @@ def _setldetail(c: Claim, comp: benefits.Computation) -> list[Setldetail]:
         ("310100" if emp else "390100", "职工基本医疗保险统筹基金" if emp else "城乡居民基本医疗保险基金", comp.hifp_pay),
         ("330100", "职工大额医疗费用补助基金", comp.hifob_pay),
         ("390200", "城乡居民大病医疗保险资金", comp.hifmi_pay),
+        ("320100", "公务员医疗补助资金", comp.cvlserv_pay),
+        ("610100", "医疗救助基金", comp.maf_pay),
         ("310200", "职工基本医疗保险个人账户", comp.acct_pay),
     ]
     return [Setldetail(fund_pay_type=t, fund_pay_type_name=n, inscp_scp_amt=_y(comp.inscp_scp_amt),
@@ -396,7 +401,7 @@ async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
 
 
 PERSON_FIELDS = ("psn_name", "gend", "brdy", "psn_type", "psn_insu_stas", "begndate", "benefit_from", "paid_through",
-                 "death_date", "voucher_active", "cert_digest", "version")
+                 "death_date", "voucher_active", "cvlserv_flag", "cert_digest", "version")
 FILING_FIELDS = ("psn_no", "fil_type", "target_admdvs", "begndate", "enddate", "status", "version")
 
 

@@ -48,6 +48,7 @@ class PersonView(SQLModel, table=True):
     paid_through: date | None = None
     death_date: date | None = None
     voucher_active: bool = False
+    cvlserv_flag: bool = False
     cert_digest: str | None = Field(default=None, max_length=64, index=True)
     hardship: bytes = Field(default=b"[]", sa_column=Column(LargeBinary, nullable=False, default=b"[]"))
     acct_balc_fen: int = 0
@@ -111,6 +112,9 @@ class AccumulatorRow(SQLModel, table=True):
     hifp_paid_op: int = 0
     compliant_selfpay: int = 0
     critical_paid: int = 0
+    chronic_paid: int = 0
+    maf_dedc_used: int = 0
+    maf_paid: int = 0
 
 
 class AccountRow(SQLModel, table=True):
@@ -204,7 +208,8 @@ FILINGS = FilingView.__table__  # type: ignore[attr-defined]
 LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
 ACCUMULATORS = AccumulatorRow.__table__  # type: ignore[attr-defined]
 ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
-ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "compliant_selfpay", "critical_paid")
+ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "compliant_selfpay", "critical_paid",
+              "chronic_paid", "maf_dedc_used", "maf_paid")
 
 
 def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
@@ -213,7 +218,8 @@ def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
                         insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
                         psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
                         voucher_active=r["voucher_active"], begndate=r["begndate"],
-                        benefit_from=r["benefit_from"], death_date=r["death_date"], brdy=r["brdy"]) for r in rows]
+                        benefit_from=r["benefit_from"], death_date=r["death_date"], brdy=r["brdy"],
+                        cvlserv_flag=r["cvlserv_flag"], hardship=r["hardship"] or b"[]") for r in rows]
 
 
 def filings_of(c: Connection, psn_no: str) -> list[FilingState]:

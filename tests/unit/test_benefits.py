@@ -104,22 +104,67 @@ def bills(draw: st.DrawFn) -> list[FeeSplit]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(bill=bills(), med_type=st.sampled_from(["11", "21"]), lv=st.sampled_from(["1", "2", "3"]),
+@given(bill=bills(), med_type=st.sampled_from(["11", "21", "14"]), lv=st.sampled_from(["1", "2", "3"]),
        psn_type=st.sampled_from(["11", "21"]), region=st.sampled_from(["360100", "440100", "110000"]),
        insutype=st.sampled_from(["310", "390"]), filing=st.sampled_from([None, *FilingType]),
-       balance=amounts, visits=st.integers(1, 4))
-def test_invariants_over_random_bills(bill, med_type, lv, psn_type, region, insutype, filing, balance, visits) -> None:  # type: ignore[no-untyped-def]
-    """No negative part, parts add up, the pooled cap is never exceeded over a year of claims."""
+       balance=amounts, visits=st.integers(1, 4), cvlserv=st.booleans(),
+       hardship=st.sampled_from([None, "TEKUN", "DIBAO", "DIBAO_EDGE", "RELAPSE_RISK"]))
+def test_invariants_over_random_bills(bill, med_type, lv, psn_type, region, insutype, filing, balance, visits,  # type: ignore[no-untyped-def]
+                                      cvlserv, hardship) -> None:
+    """No negative part, parts add up, no fund pays outside the compliant scope, and no annual cap
+    (pooled, critical, chronic, assistance) is exceeded over a year of claims."""
     p = pick_policy(REF.policies, region, insutype, __import__("datetime").date(2026, 3, 1))
     acc = Accumulators()
     rule = p.inpatient if med_type == "21" else p.outpatient
     for _ in range(visits):
         c = compute(p, bill, med_type=med_type, psn_type=psn_type, hosp_lv=lv, filing=filing, acc=acc,
-                    acct_balance=balance, use_account=insutype == "310")
-        for v in (c.hifp_pay, c.hifob_pay, c.hifmi_pay, c.acct_pay, c.psn_cash_pay, c.act_pay_dedc,
-                  c.preselfpay_amt, c.inscp_scp_amt, c.balc):
+                    acct_balance=balance, use_account=insutype == "310", cvlserv=cvlserv, hardship=hardship,
+                    dise_codg="M03900" if med_type == "14" else None)
+        for v in (c.hifp_pay, c.hifob_pay, c.hifmi_pay, c.cvlserv_pay, c.maf_pay, c.acct_pay, c.psn_cash_pay,
+                  c.act_pay_dedc, c.preselfpay_amt, c.inscp_scp_amt, c.balc):
             assert v >= 0
         assert c.fund_pay_sumamt + c.psn_part_amt == c.medfee_sumamt
+        assert c.fund_pay_sumamt <= c.inscp_scp_amt
         acc, balance = c.after, c.balc
         assert acc.hifp_paid_ip + acc.hifp_paid_op <= max(rule.annual_cap_fen.values())
         assert acc.critical_paid <= p.critical_cap_fen
+        assert acc.chronic_paid <= p.chronic["M03900"].annual_cap_fen
+        aid = p.assistance.get(hardship or "")
+        if aid is not None and aid.annual_cap_fen is not None:
+            assert acc.maf_paid <= aid.annual_cap_fen
+        if not (cvlserv and p.civil_servant_ratio):
+            assert c.cvlserv_pay == 0
+
+
+def test_supplementary_layers_in_order() -> None:
+    """公务员补助 then 医疗救助, each on the compliant self-pay the layers before left."""
+    p = pick_policy(REF.policies, "360100", "310", __import__("datetime").date(2026, 3, 1))
+    bill = [line("1", "10000")]
+    base = compute(p, bill, med_type="21", psn_type="11", hosp_lv="3", filing=None, acc=Accumulators(),
+                   acct_balance=0, use_account=False)
+    left = base.inscp_scp_amt - base.hifp_pay  # 800 deductible + 15 % of 9,200 = 2,180.00
+    assert left == fen("2180")
+    cvl = compute(p, bill, med_type="21", psn_type="11", hosp_lv="3", filing=None, acc=Accumulators(),
+                  acct_balance=0, use_account=False, cvlserv=True)
+    assert cvl.cvlserv_pay == fen("2092.80")  # 96 %
+    both = compute(p, bill, med_type="21", psn_type="11", hosp_lv="3", filing=None, acc=Accumulators(),
+                   acct_balance=0, use_account=False, cvlserv=True, hardship="DIBAO")
+    assert both.maf_pay == fen("65.40")  # 75 % of the 87.20 left
+    assert both.psn_part_amt == fen("21.80")
+    edge = compute(p, bill, med_type="21", psn_type="11", hosp_lv="3", filing=None, acc=Accumulators(),
+                   acct_balance=0, use_account=False, hardship="DIBAO_EDGE")
+    assert edge.maf_pay == fen("108.00") and edge.after.maf_dedc_used == fen("2000")  # 60 % over a 2,000 deductible
+
+
+def test_chronic_disease_outpatient() -> None:
+    p = pick_policy(REF.policies, "360100", "310", __import__("datetime").date(2026, 3, 1))
+    c = compute(p, [line("1", "1000")], med_type="14", psn_type="11", hosp_lv="3", filing=None,
+                acc=Accumulators(), acct_balance=0, use_account=False, dise_codg="M01600")
+    assert c.act_pay_dedc == 0 and c.hifp_pay == fen("700") and c.after.chronic_paid == fen("700")
+    capped = compute(p, [line("1", "1000")], med_type="14", psn_type="11", hosp_lv="3", filing=None,
+                     acc=replace(Accumulators(), chronic_paid=fen("3900")), acct_balance=0, use_account=False,
+                     dise_codg="M01600")
+    assert capped.hifp_pay == fen("100")  # the 4,000 limit of 糖尿病
+    with pytest.raises(benefits.PolicyError, match="dise_codg"):
+        compute(p, [line("1", "100")], med_type="14", psn_type="11", hosp_lv="3", filing=None,
+                acc=Accumulators(), acct_balance=0, use_account=False, dise_codg="M99999")
