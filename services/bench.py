@@ -17,6 +17,7 @@ import statistics
 import time
 from collections import defaultdict
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -92,22 +93,52 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
     return list(people)
 
 
-def claim(psn: str, region: str) -> dict[str, Any]:
+def _msgid(hosp: str) -> str:
+    return f"{hosp}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**4):04d}"
+
+
+def claim(psn: str, region: str, inpatient: bool = False) -> dict[str, Any]:
+    """2207 with 2–5 common lines, or (inpatient) 2304 with 30–200 lines from the whole catalogue."""
     hosp = random.choice(HOSPITALS)
     lines = []
-    for sn, (code, price) in enumerate(random.sample(LINES, random.randint(2, 5)), 1):
+    picks = (random.sample(CATALOGUE, random.randint(30, 200)) if inpatient
+             else random.sample(LINES, random.randint(2, 5)))
+    for sn, (code, price) in enumerate(picks, 1):
         cnt = random.randint(1, 3)
         lines.append({"feedetl_sn": str(sn), "med_list_codg": code, "cnt": cnt, "pric": price,
                       "det_item_fee_sumamt": str(round(float(price) * cnt, 2))})
-    return {"infno": "2207", "msgid": f"{hosp}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**4):04d}",
+    return {"infno": "2304" if inpatient else "2207", "msgid": _msgid(hosp),
             "mdtrtarea_admvs": "440100", "insuplc_admdvs": region, "fixmedins_code": hosp,
-            "input": {"data": {"psn_no": psn, "insutype": "310", "med_type": "11", "acct_used_flag": "1",
-                               "begntime": date.today().isoformat()}, "feedetail": lines}}
+            "input": {"data": {"psn_no": psn, "insutype": "310", "med_type": "21" if inpatient else "11",
+                               "acct_used_flag": "1", "begntime": date.today().isoformat()}, "feedetail": lines}}
+
+
+def reversal(hosp: str, psn: str, region: str, setl_id: str) -> dict[str, Any]:
+    return {"infno": "2208", "msgid": _msgid(hosp), "mdtrtarea_admvs": "440100", "insuplc_admdvs": region,
+            "fixmedins_code": hosp, "input": {"data": {"psn_no": psn, "setl_id": setl_id}}}
+
+
+def _catalogue() -> list[tuple[str, str]]:
+    """Catalogue items without conditions, with a price under their cap, for inpatient bills."""
+    from services.settle.refdata import Reference
+
+    out = []
+    for item in Reference.load().catalogue.values():
+        if item.lmt_gend or item.lmt_hosp_lv or item.lmt_scope or item.lmt_age_min or item.lmt_age_max:
+            continue
+        price = item.pric_uplmt_amt or Decimal(random.Random(item.code).randint(5, 500))
+        out.append((item.code, str(price)))
+    return out
+
+
+CATALOGUE = _catalogue()
+MIX = {"2207": 0.70, "2304": 0.25, "2208": 0.05}  # outpatient, inpatient (30–200 lines), reversals
 
 
 async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, concurrency: int,
-                warmup: float) -> dict[str, Any]:
+                warmup: float, mixed: bool = False) -> dict[str, Any]:
     latencies: list[float] = []
+    by_infno: dict[str, list[float]] = defaultdict(list)
     legs: dict[str, list[float]] = defaultdict(list)
     work: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
@@ -122,11 +153,17 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
             await visits(c)
 
     async def visits(c: httpx.AsyncClient) -> None:
+        settled: list[tuple[str, str, str, str]] = []  # (hospital, psn, region, setl_id) this client may reverse
         while (now := time.monotonic()) < end:
             psn, region = random.choice(people)
+            x = random.random()
+            if mixed and x < MIX["2208"] and settled:
+                body = reversal(*settled.pop(random.randrange(len(settled))))
+            else:
+                body = claim(psn, region, inpatient=mixed and x < MIX["2208"] + MIX["2304"])
             t0 = time.perf_counter()
             try:
-                r = await c.post(url, json=claim(psn, region))
+                r = await c.post(url, json=body)
                 ans = r.json()
             except (httpx.HTTPError, ValueError) as exc:
                 errors[type(exc).__name__] += 1
@@ -138,6 +175,9 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
                 errors[(ans.get("output") or {}).get("err_code") or f"http {r.status_code}"] += 1
                 continue
             latencies.append(ms)
+            by_infno[body["infno"]].append(ms)
+            if body["infno"] != "2208":
+                settled.append((body["fixmedins_code"], psn, region, ans["output"]["setlinfo"]["setl_id"]))
             trace = ans["output"]["hop_trace"]
             for i, h in enumerate(trace):
                 name = f"{i}:{h['level']}:{h['action']}"
@@ -154,6 +194,8 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
     return {
         "throughput_per_s": round(len(latencies) / seconds, 1), "settled": len(latencies),
         "latency_ms": summary(latencies), "errors": dict(errors),
+        "per_transaction": {k: {"count": len(v), "per_s": round(len(v) / seconds, 1)} | summary(v)
+                            for k, v in sorted(by_infno.items())},
         "per_hop_transit_ms": {k: summary(v) for k, v in legs.items()},
         "per_hop_work_ms": {k: summary(v) for k, v in work.items()},
     }
@@ -254,6 +296,14 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"  {k:<22} {e['p50']:>11} {e['p99']:>7}")
     if r["errors"]:
         print(f"errors: {r['errors']}")
+    m = r.get("mixed")
+    if m:
+        print(f"\nmixed workload: {m['throughput_per_s']}/s in all, errors {sum(m['errors'].values())}")
+        print(f"  {'infno':<8} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+        for k, v in m["per_transaction"].items():
+            print(f"  {k:<8} {v['count']:>7} {v['per_s']:>7} {v['p50']:>8} {v['p95']:>8} {v['p99']:>8}")
+        if m["errors"]:
+            print(f"  errors: {m['errors']}")
 
 
 def main() -> None:
@@ -273,6 +323,9 @@ def main() -> None:
         people = asyncio.run(enrol_population(p, population))
         progress(f"driving {concurrency} concurrent hospitals for {seconds:.0f} s (+{warmup:.0f} s warm-up)")
         result = asyncio.run(drive(p, people, seconds, concurrency, warmup))
+        progress(f"mixed workload for {seconds:.0f} s: 70 % outpatient, 25 % inpatient with 30–200 lines, "
+                 "5 % reversals")
+        result["mixed"] = asyncio.run(drive(p, people, seconds, concurrency, warmup, mixed=True))
         broker_uptime = round(time.monotonic() - t_start, 1)
     finally:
         p.stop()
