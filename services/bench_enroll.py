@@ -162,8 +162,9 @@ def main() -> None:
                 now = time.perf_counter() - t0
                 if consumed_s is None and lag <= 0:
                     consumed_s = now
-                if events >= len(records):
+                if events >= len(records):  # one event per record: everything was consumed too
                     events_s = now
+                    consumed_s = consumed_s if consumed_s is not None else now
                     break
                 progress(f"lag {lag:,} records, {events:,} events out, RSS {sampler.samples[-1]:.0f} MiB")
                 time.sleep(2)
