@@ -24,8 +24,9 @@ class ServiceRuntime:
         self.bus.on_new_epoch(self._republish)
 
     def add_worker(self, group: str, handlers: Mapping[str, Handler],
-                   on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None) -> Worker:
-        w = Worker(self.bus, group, handlers, on_give_up, on_dead_letter)
+                   on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None,
+                   slow: bool = False) -> Worker:
+        w = Worker(self.bus, group, handlers, on_give_up, on_dead_letter, slow)
         self.workers.append(w)
         return w
 

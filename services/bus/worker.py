@@ -82,9 +82,11 @@ class Worker:
     """One consumer group over some topics, plus its retry consumer."""
 
     def __init__(self, bus: Bus, group: str, handlers: Mapping[str, Handler],
-                 on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None) -> None:
+                 on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None,
+                 slow: bool = False) -> None:
         self.bus, self.group, self.handlers, self.on_give_up = bus, group, handlers, on_give_up
         self.on_dead_letter = on_dead_letter
+        self.slow = slow  # throughput over latency (bulk intake): a longer fetch wait, less broker load
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -93,7 +95,7 @@ class Worker:
 
     async def start(self) -> None:
         self._running = True
-        main = self.bus.consumer(*self.handlers, group_id=self.group)
+        main = self.bus.consumer(*self.handlers, group_id=self.group, slow=self.slow)
         retry = self.bus.consumer(*(t + RETRY_SUFFIX for t in self.handlers),
                                   group_id=self.group + ".retry", slow=True)
         await asyncio.gather(main.start(), retry.start())

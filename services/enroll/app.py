@@ -27,7 +27,8 @@ class EnrollService(Service):
         self.ctx = EnrollContext(self.engine, self.runtime.relay, EnrolmentRules.load(self.settings.rules_file))
         self.inbound = self.runtime.add_worker(
             "enroll", {"enroll.inbound": BatchHandler(partial(handle_batch, self.ctx))},
-            on_dead_letter=rejections.publisher(self.runtime.bus, "enroll.rejections", self.name))
+            on_dead_letter=rejections.publisher(self.runtime.bus, "enroll.rejections", self.name),
+            slow=True)  # provinces' bulk records: throughput, not latency
         self.reminders = Periodic("enroll-reminders", self.settings.reminder_interval_s,
                                   partial(scan_lapses, self.ctx), first_after_s=30)
         from services.enroll.api import create_api

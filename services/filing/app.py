@@ -27,7 +27,8 @@ class FilingService(Service):
         self.runtime.add_worker("filing", {"enroll.events": partial(apply_enrolment, self.ctx)})
         self.runtime.add_worker(
             "filing-inbound", {"filing.inbound": BatchHandler(partial(handle_batch, self.ctx))},
-            on_dead_letter=rejections.publisher(self.runtime.bus, "filing.rejections", self.name))
+            on_dead_letter=rejections.publisher(self.runtime.bus, "filing.rejections", self.name),
+            slow=True)  # provinces' bulk records: throughput, not latency
         self.expiry = Periodic("filing-expiry", self.settings.expiry_interval_s, partial(expire_due, self.ctx))
         from services.filing.api import create_api
 
