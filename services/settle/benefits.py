@@ -34,6 +34,23 @@ class EncounterRule:
     deductible_fen: dict[str, int]  # by hospital level
     ratio: dict[str, dict[str, Decimal]]  # psn_type → level → ratio
     annual_cap_fen: dict[str, int]  # psn_type → cap of the pooled fund
+    deductible_per: str = "year"  # "year": once a year; "admission": at every admission
+
+
+@dataclass(frozen=True)
+class CriticalTier:
+    above_fen: int  # of the compliant self-pay above the threshold
+    ratio: Decimal
+
+
+@dataclass(frozen=True)
+class HardshipCritical:
+    """困难群体 in the critical-illness layer: a lower threshold, a higher ratio, maybe no cap."""
+
+    classes: frozenset[str]
+    threshold_factor: Decimal
+    ratio_plus: Decimal
+    no_cap: bool
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,8 @@ class Policy:
     critical_threshold_fen: int
     critical_ratio: Decimal
     critical_cap_fen: int
+    critical_tiers: tuple[CriticalTier, ...] = ()  # rising ratios by amount over the threshold
+    critical_hardship: HardshipCritical | None = None
     civil_servant_ratio: Decimal = Decimal(0)  # 公务员医疗补助 on what is left after the basic and critical layers
     assistance: dict[str, AssistanceRule] = field(default_factory=dict)  # by HardshipType
     chronic: dict[str, ChronicRule] = field(default_factory=dict)  # by disease code (M + 5 digits)
@@ -78,6 +97,7 @@ class Policy:
                 deductible_fen={k: fen(v) for k, v in r["deductible"].items()},
                 ratio={pt: {lv: Decimal(x) for lv, x in m.items()} for pt, m in r["ratio"].items()},
                 annual_cap_fen={k: fen(v) for k, v in r["annual_cap"].items()},
+                deductible_per=r.get("deductible_per", "year"),
             )
         c = d["critical"]
         return cls(
@@ -87,6 +107,10 @@ class Policy:
             inpatient=rule(d["inpatient"]), outpatient=rule(d["outpatient"]), critical_fund=c["fund"],
             critical_threshold_fen=fen(c["threshold"]), critical_ratio=Decimal(c["ratio"]),
             critical_cap_fen=fen(c["cap"]),
+            critical_tiers=tuple(CriticalTier(fen(t["above"]), Decimal(t["ratio"])) for t in c.get("tiers", [])),
+            critical_hardship=HardshipCritical(
+                frozenset(c["hardship"]["classes"]), Decimal(c["hardship"]["threshold_factor"]),
+                Decimal(c["hardship"]["ratio_plus"]), bool(c["hardship"].get("no_cap"))) if c.get("hardship") else None,
             civil_servant_ratio=Decimal(d.get("civil_servant", {}).get("ratio", "0")),
             assistance={k: AssistanceRule(fen(v["deductible"]), Decimal(v["ratio"]),
                                           fen(v["annual_cap"]) if v.get("annual_cap") else None)
@@ -150,6 +174,23 @@ class Computation:
         assert self.fund_pay_sumamt <= self.inscp_scp_amt, "funds pay only within the compliant scope"
 
 
+def critical_pay(policy: Policy, acc: Accumulators, compliant: int, hardship: str | None) -> int:
+    """The critical-illness layer on this claim's compliant self-pay, by tiers over the yearly threshold."""
+    threshold, plus, capped = policy.critical_threshold_fen, Decimal(0), True
+    hc = policy.critical_hardship
+    if hc is not None and hardship in hc.classes:
+        threshold, plus, capped = mul(threshold, hc.threshold_factor), hc.ratio_plus, not hc.no_cap
+    lo = max(acc.compliant_selfpay - threshold, 0)
+    hi = max(acc.compliant_selfpay + compliant - threshold, 0)
+    tiers = policy.critical_tiers or (CriticalTier(0, policy.critical_ratio),)
+    pay = 0
+    for i, t in enumerate(tiers):
+        top = tiers[i + 1].above_fen if i + 1 < len(tiers) else hi
+        overlap = max(min(hi, top) - max(lo, t.above_fen), 0)
+        pay += mul(overlap, min(t.ratio + plus, Decimal(1)))
+    return min(pay, max(policy.critical_cap_fen - acc.critical_paid, 0)) if capped else pay
+
+
 def chronic_rule(policy: Policy, dise_codg: str | None) -> ChronicRule:
     rule = policy.chronic.get(dise_codg or "")
     if rule is None:
@@ -184,6 +225,8 @@ def compute(policy: Policy, lines: list[FeeSplit], *, med_type: str, psn_type: s
         ratio = max(ratio - reduction, Decimal(0))
 
     used = acc.dedc_used_ip if inpatient else acc.dedc_used_op
+    if rule.deductible_per == "admission":
+        used = 0  # 起付线 at every admission
     dedc = min(max(rule.deductible_fen[hosp_lv] - used, 0), inscp)
     paid = acc.hifp_paid_ip if inpatient else acc.hifp_paid_op
     cap_left = max(rule.annual_cap_fen.get(psn_type, rule.annual_cap_fen["11"]) - paid, 0)
@@ -195,10 +238,7 @@ def compute(policy: Policy, lines: list[FeeSplit], *, med_type: str, psn_type: s
 
     # critical-illness layer (职工大额 hifob / 居民大病 hifmi) on compliant self-pay over the threshold
     compliant = inscp - hifp
-    base_before = max(acc.compliant_selfpay - policy.critical_threshold_fen, 0)
-    base_after = max(acc.compliant_selfpay + compliant - policy.critical_threshold_fen, 0)
-    critical = min(mul(base_after - base_before, policy.critical_ratio),
-                   max(policy.critical_cap_fen - acc.critical_paid, 0)) if inpatient else 0
+    critical = critical_pay(policy, acc, compliant, hardship) if inpatient else 0
 
     # 公务员医疗补助, then 医疗救助, each on the compliant self-pay still left
     left = inscp - hifp - critical

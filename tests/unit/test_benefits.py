@@ -168,3 +168,28 @@ def test_chronic_disease_outpatient() -> None:
     with pytest.raises(benefits.PolicyError, match="dise_codg"):
         compute(p, [line("1", "100")], med_type="14", psn_type="11", hosp_lv="3", filing=None,
                 acc=Accumulators(), acct_balance=0, use_account=False, dise_codg="M99999")
+
+
+def test_resident_critical_illness_tiers_and_hardship() -> None:
+    """居民大病: 60 % up to 50,000 over the 17,000 threshold, 70 % above; 困难群体 half the threshold,
+    +5 points, no cap."""
+    p = pick_policy(REF.policies, "360100", "390", __import__("datetime").date(2026, 3, 1))
+    at = replace(Accumulators(), compliant_selfpay=fen("17000"))
+    assert benefits.critical_pay(p, at, fen("60000"), None) == fen("50000") * 60 // 100 + fen("10000") * 70 // 100
+    assert benefits.critical_pay(p, Accumulators(), fen("17000"), None) == 0  # below the threshold: nothing
+    # 低保: threshold 8,500, 65 % and 75 %, and the 300,000 cap does not apply
+    assert benefits.critical_pay(p, Accumulators(), fen("17000"), "DIBAO") == fen("8500") * 65 // 100
+    full = replace(Accumulators(), compliant_selfpay=fen("17000"), critical_paid=fen("300000"))
+    assert benefits.critical_pay(p, full, fen("1000"), None) == 0
+    assert benefits.critical_pay(p, full, fen("1000"), "DIBAO") > 0
+
+
+def test_deductible_per_admission_where_configured() -> None:
+    gz = pick_policy(REF.policies, "440100", "390", __import__("datetime").date(2026, 3, 1))
+    nc = pick_policy(REF.policies, "360100", "390", __import__("datetime").date(2026, 3, 1))
+    for policy, second in ((gz, fen("600")), (nc, 0)):
+        first = compute(policy, [line("1", "5000")], med_type="21", psn_type="11", hosp_lv="3", filing=None,
+                        acc=Accumulators(), acct_balance=0, use_account=False)
+        again = compute(policy, [line("1", "5000")], med_type="21", psn_type="11", hosp_lv="3", filing=None,
+                        acc=first.after, acct_balance=0, use_account=False)
+        assert first.act_pay_dedc == fen("600") and again.act_pay_dedc == second
