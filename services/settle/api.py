@@ -7,11 +7,13 @@ import secrets
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, FeeLine, SettlementResult
@@ -144,7 +146,7 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
                                      f"{e['insuplc_admdvs']} 不一致")
         return Claim(**base, fees=lines, psn_no=ref.psn_no, insutype=e["insutype"], med_type=e["med_type"],
                      mdtrt_cert_type=e["mdtrt_cert_type"], acct_used_flag=ref.acct_used_flag,
-                     begntime=encounters.begin_date(e), mdtrt_id=ref.mdtrt_id)
+                     begntime=encounters.begin_date(e), mdtrt_id=ref.mdtrt_id, dise_codg=e["dise_codg"])
     if req.infno in SETTLEMENT_INFNOS:
         inp = _input(SettleInput, req.input)
         return Claim(**base, fees=inp.feedetail, **inp.data.model_dump())
@@ -232,13 +234,8 @@ def create_api(svc: SettleService) -> FastAPI:
             if code not in known_regions:
                 raise HTTPException(400, f"{field} {code} is not a pooling region this platform knows "
                                          f"(known: {', '.join(sorted(known_regions))})")
-        if req.infno in RECONCILIATION:  # answered by the treatment city from its own records
-            return json_response(await asyncio.to_thread(reconciliation, req))
-        if req.infno in LOCAL_ENCOUNTER:
-            try:
-                return json_response(await asyncio.to_thread(encounter_request, req))
-            except encounters.EncounterError as exc:
-                raise HTTPException(422, f"{exc.code}: {exc}") from None
+        if req.infno in RECONCILIATION or req.infno in LOCAL_ENCOUNTER:  # the treatment city's own records
+            return await local_request(req)
         deadline = now_ms() + svc.settings.deadline_ms
         try:
             claim = await asyncio.to_thread(claim_of, req, deadline, svc.engine)
@@ -264,6 +261,23 @@ def create_api(svc: SettleService) -> FastAPI:
             return json_response(answer(req, None, pending_msg=(
                 f"结算超时：{svc.settings.deadline_ms} ms 内未完成，结果未知；请用 msgid {req.msgid} "
                 "查询 GET /claims/{msgid}，或发起 2601 冲正")))
+
+    async def local_request(req: FsiRequest) -> Response:
+        """Answered here, once per msgid: the same msgid again gets the first answer."""
+        first = await asyncio.to_thread(encounters.answered, svc.engine, req.msgid, req.fixmedins_code)
+        if first is not None:
+            return Response(first, media_type="application/json")
+        try:
+            out = await asyncio.to_thread(reconciliation if req.infno in RECONCILIATION else encounter_request, req)
+        except encounters.EncounterError as exc:
+            raise HTTPException(422, f"{exc.code}: {exc}") from None
+        body = orjson.dumps(out)
+        try:
+            await asyncio.to_thread(encounters.remember, svc.engine, req.msgid, req.fixmedins_code, req.infno, body)
+        except IntegrityError:  # the same msgid raced in: answer what was kept first
+            kept = await asyncio.to_thread(encounters.answered, svc.engine, req.msgid, req.fixmedins_code)
+            body = kept or body
+        return Response(body, media_type="application/json")
 
     def encounter_request(req: FsiRequest) -> dict[str, Any]:
         """2202, 2204/2301, 2205/2302: the treatment city's own records of an encounter."""

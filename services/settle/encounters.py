@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from schemas.events import Claim, FeeLine, FeeSplit
 from services.bus.envelope import now_ms
 from services.settle.domain import CatalogueItem, Hospital, split_line
-from services.settle.store import Encounter, EncounterFee
+from services.settle.store import Encounter, EncounterFee, LocalAnswer
 
 ENCOUNTERS = Encounter.__table__  # type: ignore[attr-defined]
 FEES = EncounterFee.__table__  # type: ignore[attr-defined]
@@ -45,7 +45,8 @@ def open_encounter(conn: Connection, c: Claim) -> str:
         conn.execute(insert(ENCOUNTERS).values(
             mdtrt_id=mdtrt_id, fixmedins_code=c.fixmedins_code, psn_no=c.psn_no, insuplc_admdvs=c.insuplc_admdvs,
             mdtrtarea_admvs=c.mdtrtarea_admvs, insutype=c.insutype, med_type=c.med_type,
-            mdtrt_cert_type=c.mdtrt_cert_type, begntime=c.begntime, status="open", created_ms=now_ms()))
+            mdtrt_cert_type=c.mdtrt_cert_type, dise_codg=c.dise_codg, begntime=c.begntime, status="open",
+            created_ms=now_ms()))
     return mdtrt_id
 
 
@@ -121,3 +122,20 @@ def mark_settled(conn: Connection, mdtrt_id: str) -> None:
 def begin_date(e: dict[str, object]) -> date:
     d = e["begntime"]
     return d if isinstance(d, date) else date.fromisoformat(str(d))
+
+
+LOCAL_ANSWERS = LocalAnswer.__table__  # type: ignore[attr-defined]
+
+
+def answered(engine: Engine, msgid: str, fixmedins_code: str) -> bytes | None:
+    """The answer already given to this msgid by this hospital, if any."""
+    with engine.connect() as conn:
+        row = conn.execute(select(LOCAL_ANSWERS.c.answer).where(
+            LOCAL_ANSWERS.c.msgid == msgid, LOCAL_ANSWERS.c.fixmedins_code == fixmedins_code)).first()
+    return bytes(row[0]) if row else None
+
+
+def remember(engine: Engine, msgid: str, fixmedins_code: str, infno: str, answer: bytes) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(LOCAL_ANSWERS).values(msgid=msgid, fixmedins_code=fixmedins_code, infno=infno,
+                                                  answer=answer, created_ms=now_ms()))

@@ -139,6 +139,7 @@ class Encounter(SQLModel, table=True):
     insutype: str = Field(max_length=3)
     med_type: str = Field(max_length=6)
     mdtrt_cert_type: str = Field(max_length=2)
+    dise_codg: str | None = Field(default=None, max_length=20)
     begntime: date
     status: str = Field(max_length=10)  # open | cancelled | settled
     created_ms: int = Field(sa_type=BigInteger)
@@ -153,6 +154,19 @@ class EncounterFee(SQLModel, table=True):
     feedetl_sn: str = Field(primary_key=True, max_length=30)
     line: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     split: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_ms: int = Field(sa_type=BigInteger)
+
+
+class LocalAnswer(SQLModel, table=True):
+    """The answer to a request the treatment city handles itself (2202, 2204/2205, 2301/2302, 3201/3202),
+    kept so that the same msgid again gets the same answer."""
+
+    __tablename__ = "settle_local_answer"
+
+    msgid: str = Field(primary_key=True, max_length=30)
+    fixmedins_code: str = Field(max_length=12)
+    infno: str = Field(max_length=5)
+    answer: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_ms: int = Field(sa_type=BigInteger)
 
 
@@ -197,7 +211,7 @@ class AdvanceFund(SQLModel, table=True):
 
 
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, AccumulatorRow, AccountRow,
-                                Encounter, EncounterFee, ClearingRun, ClearingStatement, AdvanceFund, InboxRecord,
+                                Encounter, EncounterFee, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund, InboxRecord,
                                 OutboxRow]
 
 

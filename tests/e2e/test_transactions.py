@@ -120,8 +120,8 @@ def lines(*sns: str) -> list[dict[str, Any]]:
              "det_item_fee_sumamt": catalogue[sn][1]} for sn in sns]
 
 
-async def request(stack: Stack, infno: str, inp: dict[str, Any]) -> Any:
-    body = {"infno": infno, "msgid": new_msgid(GZ), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
+async def request(stack: Stack, infno: str, inp: dict[str, Any], msgid: str | None = None) -> Any:
+    body = {"infno": infno, "msgid": msgid or new_msgid(GZ), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
             "fixmedins_code": GZ, "input": inp}
     return await stack.http["settle"].post("/fsi/callService", json=body, timeout=60)
 
@@ -137,8 +137,12 @@ async def test_register_upload_settle_an_encounter(stack: Stack) -> None:
     assert reg["infcode"] == 0, reg
     mdtrt_id = reg["output"]["mdtrt_id"]
 
-    up = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("1", "2", "3")})
+    first_msgid = new_msgid(GZ)
+    up = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("1", "2", "3")}, first_msgid)
     assert up.status_code == 200 and [x["chrgitm_lv"] for x in up.json()["output"]["result"]] == ["01", "02", "02"]
+    again = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("1", "2", "3")},
+                          first_msgid)
+    assert again.json() == up.json()  # the same msgid again: the first answer, nothing uploaded twice
     dup = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("3")})
     assert dup.status_code == 422 and "FEE_DUPLICATE" in dup.json()["err_msg"]
     back = await request(stack, "2205", {"data": {"psn_no": psn, "mdtrt_id": mdtrt_id, "feedetl_sn": "3"}})
@@ -193,3 +197,16 @@ async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack
     for topic in ("enroll.events", "settle.city", "settle.national"):  # the raw number never travels
         records = await read_topic(broker, topic, 10**6, timeout=3)  # everything there is
         assert records and all(certno.encode() not in (m.value or b"") for m in records)
+
+
+async def test_chronic_disease_encounter(stack: Stack) -> None:
+    psn = await stack.person()
+    await stack.file(psn, "440100")
+    reg = await call(stack, "2201", {"psn_no": psn, "insutype": "310", "med_type": "14", "dise_codg": "M01600",
+                                     "begntime": datetime_now()})
+    mdtrt_id = reg["output"]["mdtrt_id"]
+    await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("1")})
+    done = await call(stack, "2207", {"psn_no": psn, "mdtrt_id": mdtrt_id})
+    s = done["output"]["setlinfo"]
+    assert done["infcode"] == 0 and D(s["act_pay_dedc"]) == 0  # 门诊慢特病: no deductible
+    assert D(s["hifp_pay"]) > 0 and D(s["pool_prop_selfpay"]) == D("0.70")
