@@ -10,15 +10,14 @@ enroll.rejections. Replays change nothing (inbox by ce_id).
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from schemas.events import EnrolmentRecord, EnrolPerson, RegisterPerson, TransferEnrolment
-from services.bus.db import transaction
-from services.bus.envelope import Incoming, now_ms
-from services.bus.inbox import InboxRecord
+from services.bus.envelope import Incoming
+from services.bus.intake import apply_batch
 from services.bus.rejections import source_province
-from services.bus.worker import PermanentError
 from services.enroll.domain import EnrollRefusedError, InvalidCertnoError
 from services.enroll.handlers import (
     EnrollContext,
@@ -37,34 +36,15 @@ REFUSALS = (EnrollRefusedError, InvalidCertnoError, UnknownPersonError)
 
 
 async def handle_batch(ctx: EnrollContext, msgs: list[Incoming]) -> list[BaseException | None]:
-    results = await asyncio.to_thread(_apply_batch, ctx, msgs)
+    results = await asyncio.to_thread(apply_batch, ctx.engine, CONSUMER, msgs, partial(_dispatch, ctx), REFUSALS,
+                                      _prefetch, autoflush=False)
     ctx.relay.notify()
     return results
 
 
-def _apply_batch(ctx: EnrollContext, msgs: list[Incoming]) -> list[BaseException | None]:
-    out: list[BaseException | None] = []
-    with transaction(ctx.engine) as s, s.no_autoflush:
-        seen = _seen(s, [m.ce_id for m in msgs])
-        prefetch(s, [c for m in msgs if (c := getattr(m.event, "certno", None)) and len(c) == 18])
-        for m in msgs:
-            if m.ce_id in seen:
-                out.append(None)  # a replay: already applied
-                continue
-            seen.add(m.ce_id)
-            try:
-                _dispatch(ctx, s, m)
-            except REFUSALS as exc:
-                out.append(PermanentError(str(exc), getattr(exc, "code", "REFUSED")))
-                continue
-            s.add(InboxRecord(consumer=CONSUMER, msg_id=m.ce_id, processed_ms=now_ms()))
-            out.append(None)
-    return out
-
-
-def _seen(s: Session, ids: list[str]) -> set[str]:
-    q = select(InboxRecord.msg_id).where(InboxRecord.consumer == CONSUMER, col(InboxRecord.msg_id).in_(ids))
-    return set(s.exec(q).all())
+def _prefetch(s: Session, msgs: list[Incoming]) -> None:
+    """Persons and enrolments of the whole batch in a few queries; the handlers find them loaded."""
+    prefetch(s, [c for m in msgs if (c := getattr(m.event, "certno", None)) and len(c) == 18])
 
 
 def _dispatch(ctx: EnrollContext, s: Session, m: Incoming) -> None:

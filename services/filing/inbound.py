@@ -8,13 +8,14 @@ person's insured province. Refused records go to filing.inbound.dlq with their r
 from __future__ import annotations
 
 import asyncio
+from functools import partial
+
+from sqlmodel import Session
 
 from schemas.events import CancelFiling, ChangeFiling, FileTreatment
-from services.bus.db import transaction
-from services.bus.envelope import Incoming, now_ms
-from services.bus.inbox import InboxRecord
+from services.bus.envelope import Incoming
+from services.bus.intake import apply_batch
 from services.bus.rejections import source_province
-from services.bus.worker import PermanentError
 from services.filing.domain import FilingRefusedError
 from services.filing.handlers import (
     FilingContext,
@@ -28,33 +29,21 @@ CONSUMER = "filing.inbound"
 
 
 async def handle_batch(ctx: FilingContext, msgs: list[Incoming]) -> list[BaseException | None]:
-    results = await asyncio.to_thread(_apply_batch, ctx, msgs)
+    results = await asyncio.to_thread(apply_batch, ctx.engine, CONSUMER, msgs, partial(_dispatch, ctx),
+                                      (FilingRefusedError, UnknownFilingError))
     ctx.relay.notify()
     return results
 
 
-def _apply_batch(ctx: FilingContext, msgs: list[Incoming]) -> list[BaseException | None]:
-    out: list[BaseException | None] = []
-    with transaction(ctx.engine) as s:
-        for m in msgs:
-            if s.get(InboxRecord, (CONSUMER, m.ce_id)) is not None:
-                out.append(None)
-                continue
-            province = source_province(m.headers.get("ce_source"))
-            try:
-                if province is None:
-                    raise FilingRefusedError(f"ce_source {m.headers.get('ce_source')!r} 不是省级平台：应为 "
-                                             "/province/<省代码>", "UNKNOWN_SENDER")
-                ev = m.event
-                if isinstance(ev, FileTreatment):
-                    file_in(ctx, s, ev, province)
-                elif isinstance(ev, ChangeFiling):
-                    change_in(ctx, s, ev, province)
-                elif isinstance(ev, CancelFiling):
-                    cancel_in(ctx, s, ev, province)
-            except (FilingRefusedError, UnknownFilingError) as exc:
-                out.append(PermanentError(str(exc), getattr(exc, "code", "REFUSED")))
-                continue
-            s.add(InboxRecord(consumer=CONSUMER, msg_id=m.ce_id, processed_ms=now_ms()))
-            out.append(None)
-    return out
+def _dispatch(ctx: FilingContext, s: Session, m: Incoming) -> None:
+    province = source_province(m.headers.get("ce_source"))
+    if province is None:
+        raise FilingRefusedError(f"ce_source {m.headers.get('ce_source')!r} 不是省级平台：应为 /province/<省代码>",
+                                 "UNKNOWN_SENDER")
+    ev = m.event
+    if isinstance(ev, FileTreatment):
+        file_in(ctx, s, ev, province)
+    elif isinstance(ev, ChangeFiling):
+        change_in(ctx, s, ev, province)
+    elif isinstance(ev, CancelFiling):
+        cancel_in(ctx, s, ev, province)
