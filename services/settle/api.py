@@ -236,6 +236,9 @@ def create_api(svc: SettleService) -> FastAPI:
                                          f"(known: {', '.join(sorted(known_regions))})")
         if req.infno in RECONCILIATION or req.infno in LOCAL_ENCOUNTER:  # the treatment city's own records
             return await local_request(req)
+        known = await asyncio.to_thread(claim_status, svc.engine, req.msgid)
+        if known is not None and known.status != "pending" and known.fixmedins_code == req.fixmedins_code:
+            return json_response(answer(req, result_of(known)))  # the same msgid again: the first answer
         deadline = now_ms() + svc.settings.deadline_ms
         try:
             claim = await asyncio.to_thread(claim_of, req, deadline, svc.engine)
