@@ -67,6 +67,7 @@ class EnrolmentUpdated(Wire):
     death_date: date | None = None
     cert_digest: str | None = Field(None, description="HMAC-SHA256 of the ID number (never the number itself), "
                                                       "for 1101 at the insured city")
+    card_digest: str | None = Field(None, description="HMAC-SHA256 of the social-security card number and card_sn")
     change: str = Field("enrolled", description="enrolled | changed | transferred_out | transferred_in | "
                                                 "duplicate_ended | deceased")
     version: int = Field(1, description="increases with every change; older versions are ignored")
@@ -177,7 +178,8 @@ class Claim(BaseModel):
     fees: list[FeeLine] = []
     deadline_ms: int = Field(description="epoch milliseconds after which nobody waits")
     mdtrt_id: str | None = Field(None, description="the encounter (2201/2401) whose uploaded fees are settled")
-    cert_digest: str | None = Field(None, description="1101 by ID card: the keyed digest of the number presented")
+    cert_digest: str | None = Field(None, description="1101 by ID card or social-security card: the keyed digest "
+                                                      "of what was presented")
     orig_setl_id: str | None = Field(None, description="2208/2305: the settlement to reverse")
     orig_msgid: str | None = Field(None, description="2601 冲正: the request whose answer never arrived")
 
@@ -381,6 +383,8 @@ class EnrolmentFields(Command):
     acct_balc: Yuan = Field(Decimal("0"), ge=0)
     hardship: list[Hardship] = []
     death_date: date | None = None
+    card_no: str | None = Field(None, pattern=r"^[A-Z0-9]{9}$", description="社会保障卡号 (9 characters)")
+    card_sn: str | None = Field(None, pattern=r"^[0-9A-Za-z]{32}$", description="卡识别码 (32 characters)")
 
 
 class EnrolPerson(EnrolmentFields):

@@ -1,4 +1,4 @@
-"""The one form of an ID number that may leave the enroll service: a keyed digest.
+"""Credentials without raw identity numbers on the bus: keyed digests and e-voucher tokens.
 
 A hospital's 1101 presents a credential (身份证号码); the insured city must find the person without
 ever holding raw ID numbers. Enroll publishes HMAC-SHA256(key, certno) with each enrolment; the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 
 from services.settings import CommonSettings
 
@@ -18,3 +19,40 @@ from services.settings import CommonSettings
 def cert_digest(certno: str, key: str | None = None) -> str:
     k = key if key is not None else CommonSettings().cert_digest_key
     return hmac.new(k.encode(), certno.strip().upper().encode(), hashlib.sha256).hexdigest()
+
+
+def card_digest(card_no: str, card_sn: str, key: str | None = None) -> str:
+    """社会保障卡: the card number with its 32-character 卡识别码, digested like an ID number."""
+    return cert_digest(f"{card_no.strip().upper()}|{card_sn.strip().upper()}", key)
+
+
+class TokenError(ValueError):
+    """An e-voucher token that is malformed, forged or expired."""
+
+
+def issue_ectoken(psn_no: str, insuplc_admdvs: str, ttl_s: int = 300, key: str | None = None,
+                  now: float | None = None) -> tuple[str, int]:
+    """医保电子凭证 (01): a short-lived token the app shows as a QR code; the hospital's scanner
+    reads it and sends it as mdtrt_cert_no. Signed, so only enroll can issue and anyone holding
+    the key can check it; it names the person by psn_no only."""
+    exp = int((time.time() if now is None else now) + ttl_s)
+    body = f"{psn_no}.{insuplc_admdvs}.{exp}"
+    return f"{body}.{_sign(body, key)}", exp
+
+
+def read_ectoken(token: str, key: str | None = None, now: float | None = None) -> tuple[str, str]:
+    """(psn_no, insuplc_admdvs) of a valid token."""
+    parts = token.strip().split(".")
+    if len(parts) != 4 or not parts[2].isdigit():
+        raise TokenError("电子凭证令牌格式不对：请重新扫码")
+    body = ".".join(parts[:3])
+    if not hmac.compare_digest(_sign(body, key), parts[3]):
+        raise TokenError("电子凭证令牌校验失败：请重新扫码")
+    if int(parts[2]) < (time.time() if now is None else now):
+        raise TokenError("电子凭证令牌已过期：请刷新二维码后重新扫码")
+    return parts[0], parts[1]
+
+
+def _sign(body: str, key: str | None) -> str:
+    k = key if key is not None else CommonSettings().cert_digest_key
+    return hmac.new(("ectoken|" + k).encode(), body.encode(), hashlib.sha256).hexdigest()[:32]

@@ -32,6 +32,7 @@ from services.enroll.handlers import (
     scan_lapses,
     status_at,
     transfer,
+    voucher_token,
 )
 from services.enroll.store import Duplicate, Enrolment, Person
 from services.http import add_healthz, install_error_handlers, map_errors
@@ -95,6 +96,11 @@ def create_api(svc: EnrollService) -> FastAPI:
         """A person (ID number masked) and every enrolment they hold."""
         p, es = await asyncio.to_thread(get_person, svc.engine, psn_no)
         return person_json(p, es)
+
+    @app.post("/persons/{psn_no}/ectoken", tags=["persons"])
+    async def ectoken(psn_no: str) -> dict[str, Any]:
+        """医保电子凭证: a short-lived token (what the app's QR code carries) for 1101 with mdtrt_cert_type 01."""
+        return await asyncio.to_thread(voucher_token, svc.engine, psn_no)
 
     @app.get("/persons/{psn_no}/status", tags=["persons"])
     async def status(psn_no: str, on: date | None = None) -> dict[str, Any]:

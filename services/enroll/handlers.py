@@ -38,7 +38,7 @@ from services.bus import outbox
 from services.bus.db import transaction
 from services.bus.envelope import encode, now_ms
 from services.bus.outbox import OutboxRelay
-from services.credentials import cert_digest
+from services.credentials import card_digest, cert_digest, issue_ectoken
 from services.enroll.domain import (
     RULES_FILE,
     EnrollRefusedError,
@@ -178,6 +178,8 @@ def _enrol(ctx: EnrollContext, s: Session, person: Person, f: EnrolmentFields) -
         person.hardship = orjson.dumps([h.model_dump(mode="json") for h in f.hardship]).decode()
     if f.death_date:
         person.death_date = f.death_date
+    if f.card_no and f.card_sn:
+        person.card_no, person.card_sn = f.card_no, f.card_sn
     s.add(person)
     e = enrolments_of(s, person.psn_no).get((f.insuplc_admdvs, f.insutype))
     new = e is None
@@ -216,7 +218,8 @@ def _event(p: Person, e: Enrolment, change: str) -> EnrolmentUpdated:
         psn_insu_stas=e.psn_insu_stas, begndate=e.begndate, benefit_from=e.benefit_from,
         paid_through=e.paid_through, contrib_months=e.contrib_months, emp_no=e.emp_no,
         voucher_active=e.voucher_active, cvlserv_flag=e.cvlserv_flag, acct_balc=e.acct_balc,
-        hardship=hardship_of(p), death_date=p.death_date, cert_digest=cert_digest(p.certno), change=change,
+        hardship=hardship_of(p), death_date=p.death_date, cert_digest=cert_digest(p.certno),
+        card_digest=card_digest(p.card_no, p.card_sn) if p.card_no and p.card_sn else None, change=change,
         version=e.version,
     )
 
@@ -437,6 +440,19 @@ def get_person(engine: Engine, psn_no: str) -> tuple[Person, list[Enrolment]]:
         if p is None:
             raise UnknownPersonError(f"人员编号 {psn_no} 未登记")
         return p, list(s.exec(select(Enrolment).where(Enrolment.psn_no == psn_no)).all())
+
+
+def voucher_token(engine: Engine, psn_no: str) -> dict[str, Any]:
+    """医保电子凭证: a short-lived token for the person's active enrolment, when the voucher is activated."""
+    p, es = get_person(engine, psn_no)
+    active = [e for e in es if e.psn_insu_stas == "1"]
+    if not active:
+        raise EnrollRefusedError(f"人员 {psn_no} 没有正常参保的险种，不能生成医保电子凭证", "NOT_ACTIVE")
+    e = next((x for x in active if x.voucher_active), None)
+    if e is None:
+        raise EnrollRefusedError(f"人员 {psn_no} 的医保电子凭证未激活：请先在国家医保服务平台激活", "VOUCHER_INACTIVE")
+    token, exp = issue_ectoken(p.psn_no, e.insuplc_admdvs)
+    return {"ectoken": token, "insuplc_admdvs": e.insuplc_admdvs, "expires_at": exp}
 
 
 def find_person(engine: Engine, certno: str) -> tuple[Person, list[Enrolment]]:

@@ -24,6 +24,8 @@ class Person(SQLModel, table=True):
     admdvs: str = Field(max_length=6)
     death_date: date | None = None
     hardship: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON list
+    card_no: str | None = Field(default=None, max_length=9)  # 社会保障卡, with its 卡识别码
+    card_sn: str | None = Field(default=None, max_length=32)
     created_ms: int = Field(sa_type=BigInteger)
 
 

@@ -19,7 +19,7 @@ from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, FeeLine, SettlementResult
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
-from services.credentials import cert_digest
+from services.credentials import TokenError, card_digest, cert_digest, read_ectoken
 from services.http import add_healthz, install_error_handlers, json_response
 from services.settle import clearing, encounters, reconcile
 from services.settle.auth import AuthError, Gate
@@ -77,10 +77,12 @@ class SettleInput(BaseModel):
 
 
 class CredentialData(BaseModel):
-    """1101: who holds this credential? By ID card number (02) or by psn_no."""
+    """1101: who holds this credential? 01 e-voucher token, 02 ID card number, 03 social-security
+    card number with its card_sn, or psn_no."""
 
     mdtrt_cert_type: Literal["01", "02", "03"] = "02"
-    mdtrt_cert_no: str | None = Field(None, max_length=64)
+    mdtrt_cert_no: str | None = Field(None, max_length=128)
+    card_sn: str | None = Field(None, max_length=32)
     psn_no: str | None = Field(None, max_length=30)
 
 
@@ -155,13 +157,25 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
         return Claim(**base, **v.model_dump())
     if req.infno == "1101":
         cred = _input(CredentialData, data, "data")
+        person = dict(insutype="310", med_type="11", begntime=date.today())
         if cred.psn_no:
-            return Claim(**base, psn_no=cred.psn_no, insutype="310", med_type="11", begntime=date.today())
-        if cred.mdtrt_cert_type != "02" or not cred.mdtrt_cert_no:
-            raise HTTPException(422, "1101: give mdtrt_cert_type 02 with the ID card number in mdtrt_cert_no, or "
-                                     "psn_no; e-voucher tokens (01) and social-security cards (03) are not served yet")
-        return Claim(**base, psn_no="", insutype="310", med_type="11", begntime=date.today(),
-                     cert_digest=cert_digest(cred.mdtrt_cert_no))
+            return Claim(**base, psn_no=cred.psn_no, **person)
+        if not cred.mdtrt_cert_no:
+            raise HTTPException(422, "1101: give mdtrt_cert_no (01 e-voucher token, 02 ID card number, 03 card "
+                                     "number with card_sn) or psn_no")
+        if cred.mdtrt_cert_type == "01":
+            try:
+                psn_no, _ = read_ectoken(cred.mdtrt_cert_no)
+            except TokenError as exc:
+                raise HTTPException(422, str(exc)) from None
+            return Claim(**base, psn_no=psn_no, mdtrt_cert_type="01", **person)
+        if cred.mdtrt_cert_type == "03":
+            if not cred.card_sn:
+                raise HTTPException(422, "1101 with a social-security card (03): card_sn (卡识别码) is required "
+                                         "for cross-region use")
+            return Claim(**base, psn_no="", mdtrt_cert_type="03", cert_digest=card_digest(cred.mdtrt_cert_no,
+                                                                                          cred.card_sn), **person)
+        return Claim(**base, psn_no="", cert_digest=cert_digest(cred.mdtrt_cert_no), **person)
     ward = "21" if req.infno == "2305" else "11"
     if req.infno in ("2208", "2305"):
         r = _input(ReverseData, data, "data")

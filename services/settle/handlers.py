@@ -401,7 +401,7 @@ async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
 
 
 PERSON_FIELDS = ("psn_name", "gend", "brdy", "psn_type", "psn_insu_stas", "begndate", "benefit_from", "paid_through",
-                 "death_date", "voucher_active", "cvlserv_flag", "cert_digest", "version")
+                 "death_date", "voucher_active", "cvlserv_flag", "cert_digest", "card_digest", "version")
 FILING_FIELDS = ("psn_no", "fil_type", "target_admdvs", "begndate", "enddate", "status", "version")
 
 

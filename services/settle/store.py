@@ -50,6 +50,7 @@ class PersonView(SQLModel, table=True):
     voucher_active: bool = False
     cvlserv_flag: bool = False
     cert_digest: str | None = Field(default=None, max_length=64, index=True)
+    card_digest: str | None = Field(default=None, max_length=64, index=True)
     hardship: bytes = Field(default=b"[]", sa_column=Column(LargeBinary, nullable=False, default=b"[]"))
     acct_balc_fen: int = 0
     version: int = 0

@@ -116,7 +116,10 @@ def year_to_date(conn: Connection, c: Claim, enrolments: list[PersonState]) -> O
 def person_info(conn: Connection, c: Claim) -> Outcome:
     """1101: the person holding the presented credential, as the insured city knows them."""
     q = select(PERSONS).where(PERSONS.c.insuplc_admdvs == c.insuplc_admdvs)
-    q = q.where(PERSONS.c.cert_digest == c.cert_digest) if c.cert_digest else q.where(PERSONS.c.psn_no == c.psn_no)
+    if c.cert_digest:  # 02 ID card or 03 social-security card: matched by digest, never by the number
+        q = q.where((PERSONS.c.cert_digest == c.cert_digest) | (PERSONS.c.card_digest == c.cert_digest))
+    else:
+        q = q.where(PERSONS.c.psn_no == c.psn_no)
     rows = conn.execute(q).mappings().all()
     if not rows:
         raise refuse("PERSON_UNKNOWN", f"参保地 {c.insuplc_admdvs} 查无持此凭证的参保人员，请核对凭证和参保地")

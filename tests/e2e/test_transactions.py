@@ -183,7 +183,8 @@ async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack
     r = await stack.http["enroll"].post("/enrolments/records", json={
         "certno": certno, "psn_name": "凭证", "insuplc_admdvs": "360100", "insutype": "310",
         "begndate": "2015-01-01", "paid_through": f"{datetime.now().year}-12-31",
-        "hardship": [{"hardship_type": "DIBAO", "begndate": "2025-01-01"}]})
+        "hardship": [{"hardship_type": "DIBAO", "begndate": "2025-01-01"}],
+        "card_no": "A36010001", "card_sn": "360100D156000005" + "0123456789ABCDEF"})
     psn = r.json()["psn_no"]
     await wait_until(lambda: stack._settle_knows(psn), what="settle to see the person")
     ans = await call(stack, "1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": certno})
@@ -194,8 +195,19 @@ async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack
     assert out["idetinfo"] == [{"psn_idet_type": "DIBAO", "begntime": "2025-01-01", "endtime": None}]
     unknown = await call(stack, "1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": with_check_char("11010519900101123")})
     assert unknown["output"]["err_code"] == "PERSON_UNKNOWN"
-    r = await request(stack, "1101", {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": "token"}})
-    assert r.status_code == 422 and "02" in r.json()["err_msg"]
+    card = await call(stack, "1101", {"mdtrt_cert_type": "03", "mdtrt_cert_no": "A36010001",
+                                      "card_sn": "360100D156000005" + "0123456789ABCDEF"})
+    assert card["output"]["baseinfo"]["psn_no"] == psn
+    r = await request(stack, "1101", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": "A36010001"}})
+    assert r.status_code == 422 and "card_sn" in r.json()["err_msg"]
+    token = (await stack.http["enroll"].post(f"/persons/{psn}/ectoken")).json()["ectoken"]
+    scanned = await call(stack, "1101", {"mdtrt_cert_type": "01", "mdtrt_cert_no": token})
+    assert scanned["output"]["baseinfo"]["psn_no"] == psn
+    r = await request(stack, "1101", {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": token[:-1] + ("1" if token[-1] == "0" else "0")}})
+    assert r.status_code == 422 and "校验失败" in r.json()["err_msg"]
+    off = await stack.person(voucher=False)
+    r = await stack.http["enroll"].post(f"/persons/{off}/ectoken")
+    assert r.status_code == 422 and r.json()["code"] == "VOUCHER_INACTIVE"
     for topic in ("enroll.events", "settle.city", "settle.national"):  # the raw number never travels
         records = await read_topic(broker, topic, 10**6, timeout=3)  # everything there is
         assert records and all(certno.encode() not in (m.value or b"") for m in records)
