@@ -36,7 +36,7 @@ from services.enroll.domain import with_check_char
 
 ENROL = b"yibao.enroll.EnrolmentRecord.v1"
 DUP_EVERY = 50  # 2 %
-LAPSE_EVERY = 20  # 5 %
+LAPSE_EVERY = 20  # 5 %: half of them 居民, half 职工 (whose employers are reminded too)
 
 
 def progress(text: str) -> None:
@@ -59,7 +59,7 @@ def population(n: int) -> list[tuple[bytes, bytes, bytes]]:
         rec: dict[str, Any] = {
             "record_id": f"G{i}", "certno": certno, "psn_name": f"参保人{i}", "insuplc_admdvs": region,
             "insutype": "390" if resident else "310", "psn_type": "21" if j % 7 == 0 else "11",
-            "begndate": "2020-01-01", "paid_through": lapsed if i % LAPSE_EVERY == 0 else year_end,
+            "begndate": "2020-01-01", "paid_through": lapsed if i % (2 * LAPSE_EVERY) in (0, 7) else year_end,
             "contrib_months": 12 * (j % 30), "voucher_active": i % 3 != 0,
         }
         if not resident:
@@ -151,7 +151,9 @@ def main() -> None:
             records = population(n)
             sampler = RssSampler(proc.pid)
             sampler.start()
-            idle_rss = sampler.samples[-1] if sampler.samples else 0.0
+            while not sampler.samples:
+                time.sleep(0.1)
+            idle_rss = sampler.samples[-1]
             t0 = time.perf_counter()
             publish_s = asyncio.run(publish(bootstrap, records))
             progress(f"published {len(records):,} records in {publish_s:.1f} s; waiting for enroll to consume them")
@@ -191,7 +193,7 @@ def main() -> None:
         "duplicates_expected": expected_dups, "duplicates_detected_incrementally": check["incremental_open"],
         "duplicates_batch_check": check["batch"], "batch_check_consistent": check["consistent"],
         "batch_check_s": round(check_s, 1),
-        "lapsed_expected": sum(1 for i in range(n) if i % LAPSE_EVERY == 0), "reminders": reminded,
+        "lapsed_expected": sum(1 for i in range(n) if i % (2 * LAPSE_EVERY) in (0, 7)), "reminders": reminded,
         "reminder_scan_s": round(reminders_s, 1),
         "rss_mib": {"idle": round(idle_rss), "peak": round(max(sampler.samples)), "end": round(sampler.samples[-1])},
     }

@@ -108,3 +108,16 @@ def engine_factory(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no
         pg = next(gen)
         yield lambda _name: pg
         gen.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked one_database (authentication, streams, adapters: no SQL of their own) run on
+    SQLite only; everything that reads or writes a table runs on both databases."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_pg = callspec is not None and callspec.params.get("engine_factory") == "postgresql"
+        (drop if on_pg and item.get_closest_marker("one_database") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

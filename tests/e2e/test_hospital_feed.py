@@ -18,6 +18,7 @@ from tests.e2e.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 GZ, GZ2 = "H44010400001", "H44010600002"
+pytestmark = pytest.mark.one_database
 
 
 async def test_the_example_adapter_follows_only_its_hospital(stack: Stack, broker: str) -> None:

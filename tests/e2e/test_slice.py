@@ -152,6 +152,7 @@ async def test_the_raw_id_number_never_travels_on_the_bus(stack: Stack, broker: 
     assert all(raw.encode() not in v for r in events for _, v in r.headers)
 
 
+@pytest.mark.one_database
 async def test_hospitals_act_and_read_only_for_themselves(stack: Stack) -> None:
     psn = await stack.person()
     await stack.file(psn, "440100")

@@ -7,6 +7,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from services.enroll.domain import with_check_char
 from tests.e2e.stack import Stack, new_msgid
 from tests.helpers import read_topic, wait_until
@@ -74,6 +76,7 @@ async def test_pre_settle_settle_reverse_and_redo(stack: Stack) -> None:
     assert nothing["infcode"] == 0 and nothing["output"]["effect"] == "none"
 
 
+@pytest.mark.one_database
 async def test_wrong_transaction_inputs_say_what_to_fix(stack: Stack) -> None:
     r = await stack.http["settle"].post("/fsi/callService", json={
         "infno": "2208", "msgid": new_msgid(GZ), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
@@ -129,7 +132,7 @@ async def request(stack: Stack, infno: str, inp: dict[str, Any], msgid: str | No
 async def test_register_upload_settle_an_encounter(stack: Stack) -> None:
     psn = await stack.person()
     unfiled = await call(stack, "2201", {"psn_no": psn, "insutype": "310", "med_type": "11",
-                                         "begntime": "2026-11-23 09:00:00"})
+                                         "begntime": datetime_now()})
     assert unfiled["output"]["err_code"] == "NOT_FILED"  # the insured city decides at registration
     await stack.file(psn, "440100")
     visit = {"psn_no": psn, "insutype": "310", "med_type": "11", "begntime": datetime_now()}
