@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         sys.exit(f"yibao: {exc}")
     from services.settle.refdata import Reference
     ref = Reference.load()
-    print(f"  refdata   {len(ref.hospitals)} hospitals, {len(ref.catalogue)} catalogue items, "
+    print(f"  refdata   {len(ref.hospitals)} hospitals (schemas/refdata), {len(ref.catalogue)} catalogue items, "
           f"{len(ref.policies)} policies (services/settle/refdata)")
     for name in DEFAULT_PORTS:
         print(f"  {name:<9} {p.url(name)}   (docs {p.url(name)}/docs)")

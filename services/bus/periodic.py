@@ -32,7 +32,8 @@ class Periodic:
             try:
                 result = await asyncio.to_thread(self.job)
                 self.runs += 1
-                log.info("%s: %s", self.name, result)
+                quiet = isinstance(result, dict) and not any(result.values())
+                log.log(logging.DEBUG if quiet else logging.INFO, "%s: %s", self.name, result)
             except Exception:
                 log.exception("%s failed; next run in %.0f s", self.name, self.interval_s)
             await asyncio.sleep(self.interval_s)
