@@ -193,11 +193,16 @@ def _refmsgid(admdvs: str) -> str:
     return f"{admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
 
 
+def envelope(req: FsiRequest) -> dict[str, Any]:
+    """The platform's part of every 公共出参."""
+    t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
+    return {"inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t, "respond_time": t}
+
+
 def answer(req: FsiRequest, result: SettlementResult | None, pending_msg: str | None = None,
            timing: dict[str, int] | None = None) -> dict[str, Any]:
     """公共出参 around a settlement result (or a pending/timeout answer)."""
-    t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
-    base: dict[str, Any] = {"inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t, "respond_time": t}
+    base = envelope(req)
     if result is None:
         return base | {"infcode": -1, "err_msg": pending_msg, "output": {"status": "pending", "msgid": req.msgid}}
     o = result.outcome
@@ -250,13 +255,14 @@ def create_api(svc: SettleService) -> FastAPI:
                                          f"(known: {', '.join(sorted(known_regions))})")
         if req.infno in RECONCILIATION or req.infno in LOCAL_ENCOUNTER:  # the treatment city's own records
             return await local_request(req)
-        known = await asyncio.to_thread(claim_status, svc.engine, req.msgid)
-        if known is not None and known.status != "pending" and known.fixmedins_code == req.fixmedins_code:
-            return json_response(answer(req, result_of(known)))  # the same msgid again: the first answer
         deadline = now_ms() + svc.settings.deadline_ms
         try:
             claim = await asyncio.to_thread(claim_of, req, deadline, svc.engine)
         except encounters.EncounterError as exc:
+            # a settlement by mdtrt_id sent again after it settled the encounter: the first answer
+            known = await asyncio.to_thread(claim_status, svc.engine, req.msgid)
+            if known is not None and known.status != "pending" and known.fixmedins_code == req.fixmedins_code:
+                return json_response(answer(req, result_of(known)))
             raise HTTPException(422, f"{exc.code}: {exc}") from None
         assert svc.replies is not None
         fut = svc.replies.expect(claim.msgid)
@@ -314,12 +320,9 @@ def create_api(svc: SettleService) -> FastAPI:
             else:
                 n = encounters.cancel_fees(svc.engine, req.fixmedins_code, ref.mdtrt_id, ref.feedetl_sn)
                 out = {"mdtrt_id": ref.mdtrt_id, "cancelled_lines": n}
-        t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
-        return {"infcode": 0, "err_msg": None, "inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t,
-                "respond_time": t, "output": out}
+        return envelope(req) | {"infcode": 0, "err_msg": None, "output": out}
 
     def reconciliation(req: FsiRequest) -> dict[str, Any]:
-        t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
         if req.infno == "3201":
             out = reconcile.totals(svc.engine, req.fixmedins_code, _input(reconcile.Totals,
                                                                           _input(DataInput, req.input).data, "data"))
@@ -327,8 +330,7 @@ def create_api(svc: SettleService) -> FastAPI:
             data = _input(reconcile.Period, _input(DataInput, req.input).data, "data")
             rows = [_input(reconcile.DetailRow, r, "detail", str(i)) for i, r in enumerate(req.input.get("detail") or [])]
             out = reconcile.detail(svc.engine, req.fixmedins_code, data, rows)
-        return {"infcode": 0, "err_msg": None, "inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t,
-                "respond_time": t, "output": out}
+        return envelope(req) | {"infcode": 0, "err_msg": None, "output": out}
 
     @app.get("/claims/{msgid}", tags=["hospital"])
     async def get_claim(msgid: str, request: Request) -> dict[str, Any]:

@@ -21,6 +21,11 @@ def fen(yuan: Decimal | str | int) -> int:
     return int((Decimal(yuan) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def yuan_of(amount_fen: int) -> Decimal:
+    """Integer fen back to yuan with two decimals (what the wire carries)."""
+    return (Decimal(amount_fen) / 100).quantize(Decimal("0.01"))
+
+
 def mul(amount_fen: int, ratio: Decimal) -> int:
     return int((Decimal(amount_fen) * ratio).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from calendar import monthrange
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,8 @@ from sqlmodel import Session
 from schemas.events import AdvanceFundWarning
 from services.bus.db import transaction
 from services.bus.envelope import now_ms
+from services.settle.benefits import yuan_of
+from services.settle.domain import province_of
 from services.settle.store import LEDGER, AdvanceFund, ClearingRun, ClearingStatement
 
 ADVANCE_FILE = Path(__file__).parent / "refdata" / "advance_funds.json"
@@ -41,10 +42,6 @@ class ClearingError(ValueError):
     """The run cannot be made as asked; the message says why."""
 
 
-def province(admdvs: str) -> str:
-    return admdvs[:2] + "0000"
-
-
 def month_bounds_ms(period: str) -> tuple[int, int]:
     try:
         y, m = int(period[:4]), int(period[5:7])
@@ -54,7 +51,6 @@ def month_bounds_ms(period: str) -> tuple[int, int]:
         raise ClearingError(f"month {period!r}: use YYYY-MM, e.g. 2026-10") from None
     start = datetime(y, m, 1, tzinfo=UTC)
     end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
-    assert monthrange(y, m)
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
@@ -79,7 +75,7 @@ def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = N
         sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         ids = []
         for r in rows:
-            ins, trt = province(r.insuplc_admdvs), province(r.mdtrtarea_admvs)
+            ins, trt = province_of(r.insuplc_admdvs), province_of(r.mdtrtarea_admvs)
             if ins == trt:
                 continue  # 省内: cleared inside the province, not between provinces
             ids.append(r.setl_id)
@@ -116,16 +112,12 @@ def statements(engine: Engine, period: str, s: Session | None = None) -> list[di
         return read(sess)
 
 
-def _yuan(f: int) -> str:
-    return str((Decimal(f) / 100).quantize(Decimal("0.01")))
-
-
 def _json(r: ClearingStatement) -> dict[str, Any]:
     return {"period": r.period, "insured_prov": r.insured_prov, "treat_prov": r.treat_prov,
             "settlements": r.settlements, "reversals": r.reversals, "carried": r.carried,
-            "medfee_sumamt": _yuan(r.medfee_fen), "fund_pay_sumamt": _yuan(r.fund_fen),
-            "acct_pay": _yuan(r.acct_fen), "psn_cash_pay": _yuan(r.cash_fen),
-            "payable": f"{province_name(r.insured_prov)} 应付 {province_name(r.treat_prov)} {_yuan(r.fund_fen)} 元"}
+            "medfee_sumamt": str(yuan_of(r.medfee_fen)), "fund_pay_sumamt": str(yuan_of(r.fund_fen)),
+            "acct_pay": str(yuan_of(r.acct_fen)), "psn_cash_pay": str(yuan_of(r.cash_fen)),
+            "payable": f"{province_name(r.insured_prov)} 应付 {province_name(r.treat_prov)} {str(yuan_of(r.fund_fen))} 元"}
 
 
 def province_name(code: str) -> str:
@@ -172,7 +164,7 @@ def level_of(used: int, amount: int, t: Thresholds) -> str:
 
 def charge(conn: Connection, t: Thresholds, insuplc: str, treat: str, fund_fen: int) -> AdvanceFundWarning | None:
     """Charge (or credit) the advance with one settlement's fund share; a warning when the level changes."""
-    ins, trt = province(insuplc), province(treat)
+    ins, trt = province_of(insuplc), province_of(treat)
     if ins == trt or fund_fen == 0:
         return None
     table = AdvanceFund.__table__  # type: ignore[attr-defined]
@@ -197,6 +189,6 @@ def charge(conn: Connection, t: Thresholds, insuplc: str, treat: str, fund_fen: 
 def advance_funds(engine: Engine) -> list[dict[str, Any]]:
     with Session(engine) as s:
         rows = [r for (r,) in s.execute(select(AdvanceFund)).all()]
-    return [{"insured_prov": r.insured_prov, "treat_prov": r.treat_prov, "amount": _yuan(r.amount_fen),
-             "used": _yuan(r.used_fen), "used_ratio": str((Decimal(r.used_fen) / r.amount_fen).quantize(
+    return [{"insured_prov": r.insured_prov, "treat_prov": r.treat_prov, "amount": str(yuan_of(r.amount_fen)),
+             "used": str(yuan_of(r.used_fen)), "used_ratio": str((Decimal(r.used_fen) / r.amount_fen).quantize(
                  Decimal("0.0001"))) if r.amount_fen else "1", "level": r.level} for r in rows]

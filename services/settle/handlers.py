@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 import orjson
 from sqlalchemy import Connection, Engine, insert, update
@@ -306,23 +305,19 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
     return outcome
 
 
-def _y(f: int) -> Decimal:
-    return (Decimal(f) / 100).quantize(Decimal("0.01"))
-
-
 def _setlinfo(c: Claim, p: PersonState, comp: benefits.Computation, setl_id: str) -> Setlinfo:
     return Setlinfo(
         setl_id=setl_id, mdtrt_id=f"MD{setl_id[6:]}", psn_no=c.psn_no, psn_name=p.psn_name, gend=p.gend,
         insutype=c.insutype, psn_type=p.psn_type, med_type=c.med_type,
         setl_time=f"{datetime.now():%Y-%m-%d %H:%M:%S}",
-        medfee_sumamt=_y(comp.medfee_sumamt), fulamt_ownpay_amt=_y(comp.fulamt_ownpay_amt),
-        overlmt_selfpay=_y(comp.overlmt_selfpay), preselfpay_amt=_y(comp.preselfpay_amt),
-        inscp_scp_amt=_y(comp.inscp_scp_amt), act_pay_dedc=_y(comp.act_pay_dedc),
-        hifp_pay=_y(comp.hifp_pay), pool_prop_selfpay=comp.pool_prop, hifob_pay=_y(comp.hifob_pay),
-        hifmi_pay=_y(comp.hifmi_pay), cvlserv_pay=_y(comp.cvlserv_pay), maf_pay=_y(comp.maf_pay),
-        fund_pay_sumamt=_y(comp.fund_pay_sumamt),
-        psn_part_amt=_y(comp.psn_part_amt), acct_pay=_y(comp.acct_pay),
-        psn_cash_pay=_y(comp.psn_cash_pay), balc=_y(comp.balc), medins_setl_id=c.msgid,
+        medfee_sumamt=benefits.yuan_of(comp.medfee_sumamt), fulamt_ownpay_amt=benefits.yuan_of(comp.fulamt_ownpay_amt),
+        overlmt_selfpay=benefits.yuan_of(comp.overlmt_selfpay), preselfpay_amt=benefits.yuan_of(comp.preselfpay_amt),
+        inscp_scp_amt=benefits.yuan_of(comp.inscp_scp_amt), act_pay_dedc=benefits.yuan_of(comp.act_pay_dedc),
+        hifp_pay=benefits.yuan_of(comp.hifp_pay), pool_prop_selfpay=comp.pool_prop, hifob_pay=benefits.yuan_of(comp.hifob_pay),
+        hifmi_pay=benefits.yuan_of(comp.hifmi_pay), cvlserv_pay=benefits.yuan_of(comp.cvlserv_pay), maf_pay=benefits.yuan_of(comp.maf_pay),
+        fund_pay_sumamt=benefits.yuan_of(comp.fund_pay_sumamt),
+        psn_part_amt=benefits.yuan_of(comp.psn_part_amt), acct_pay=benefits.yuan_of(comp.acct_pay),
+        psn_cash_pay=benefits.yuan_of(comp.psn_cash_pay), balc=benefits.yuan_of(comp.balc), medins_setl_id=c.msgid,
         clr_optins=c.insuplc_admdvs, clr_type="21" if comp.inpatient else "11",
     )
 
@@ -337,8 +332,8 @@ def _setldetail(c: Claim, comp: benefits.Computation) -> list[Setldetail]:
         ("610100", "医疗救助基金", comp.maf_pay),
         ("310200", "职工基本医疗保险个人账户", comp.acct_pay),
     ]
-    return [Setldetail(fund_pay_type=t, fund_pay_type_name=n, inscp_scp_amt=_y(comp.inscp_scp_amt),
-                       fund_payamt=_y(a)) for t, n, a in rows if a]
+    return [Setldetail(fund_pay_type=t, fund_pay_type_name=n, inscp_scp_amt=benefits.yuan_of(comp.inscp_scp_amt),
+                       fund_payamt=benefits.yuan_of(a)) for t, n, a in rows if a]
 
 
 def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:

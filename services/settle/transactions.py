@@ -19,7 +19,7 @@ from sqlalchemy import Connection, insert, select, update
 from schemas.events import Claim, Outcome, Setlinfo
 from services.bus.envelope import now_ms
 from services.settle import benefits
-from services.settle.domain import PersonState, refuse
+from services.settle.domain import PersonState, age_on, refuse
 from services.settle.store import (
     ACC_FIELDS,
     ACCUMULATORS,
@@ -42,7 +42,7 @@ def new_setl_id(insuplc: str) -> str:
 def _negated(info: Setlinfo, setl_id: str, balc: int) -> Setlinfo:
     values: dict[str, Any] = {name: -value for name, value in info.model_dump().items()
                               if isinstance(value, Decimal) and name not in RATIOS}
-    values.update(setl_id=setl_id, balc=(Decimal(balc) / 100).quantize(Decimal("0.01")),
+    values.update(setl_id=setl_id, balc=benefits.yuan_of(balc),
                   setl_time=f"{datetime.now():%Y-%m-%d %H:%M:%S}")
     return info.model_copy(update=values)
 
@@ -107,8 +107,8 @@ def year_to_date(conn: Connection, c: Claim, enrolments: list[PersonState]) -> O
     rows = conn.execute(select(ACCUMULATORS).where(ACCUMULATORS.c.psn_no == c.psn_no,
                                                    ACCUMULATORS.c.year == year)).mappings().all()
     cum = [{"insutype": r["insutype"], "year": year,
-            **{f: str((Decimal(r[f]) / 100).quantize(Decimal("0.01"))) for f in ACC_FIELDS}} for r in rows]
-    balance = (Decimal(load_balance(conn, c.psn_no)) / 100).quantize(Decimal("0.01"))
+            **{f: str(benefits.yuan_of(r[f])) for f in ACC_FIELDS}} for r in rows]
+    balance = benefits.yuan_of(load_balance(conn, c.psn_no))
     return Outcome(infcode=0, data={"psn_no": c.psn_no, "cuminfo": cum, "acct_balc": str(balance)})
 
 
@@ -124,10 +124,9 @@ def person_info(conn: Connection, c: Claim) -> Outcome:
     if not rows:
         raise refuse("PERSON_UNKNOWN", f"参保地 {c.insuplc_admdvs} 查无持此凭证的参保人员，请核对凭证和参保地")
     p = rows[0]
-    today = datetime.now().date()
     brdy = p["brdy"]
-    age = None if brdy is None else today.year - brdy.year - ((today.month, today.day) < (brdy.month, brdy.day))
-    balance = (Decimal(load_balance(conn, p["psn_no"])) / 100).quantize(Decimal("0.01"))
+    age = None if brdy is None else age_on(brdy, datetime.now().date())
+    balance = benefits.yuan_of(load_balance(conn, p["psn_no"]))
     return Outcome(infcode=0, psn_gend=p["gend"], data={
         "baseinfo": {"psn_no": p["psn_no"], "psn_name": p["psn_name"], "gend": p["gend"],
                      "brdy": brdy.isoformat() if brdy else None, "age": age, "psn_cert_type": "01",
