@@ -24,11 +24,19 @@ from services.settings import CommonSettings
 
 log = logging.getLogger("yibao.platform")
 SERVICES = ("enroll", "filing", "settle", "monitor")
-# `yibao run` spreads settle over two processes: the API with the city hops (one SQLite writer),
-# and a worker for the relaying levels. YIBAO_SETTLE_EXTERNAL names levels left to a worker the
+# `yibao run` spreads settle over processes, so that no one event loop queues the others' work:
+# the API (hospital requests and their replies), YIBAO_SETTLE_CITY_WORKERS workers for the city
+# hops (split, the insured city's decision, finish; one consumer group, the cities' partitions
+# shared out; default 2, measured: one worker's queue was the slowest leg of the chain), and a
+# worker for the relaying levels. YIBAO_SETTLE_EXTERNAL names levels left to a worker the
 # operator runs (`yibao worker settle --level city`), to stop and restart it on its own.
-SETTLE_API_LEVELS = ("city",)
-SETTLE_RELAY_LEVELS = ("province", "national")
+SETTLE_API_LEVELS: tuple[str, ...] = ()
+
+
+def settle_workers(env: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    n = int(env.get("YIBAO_SETTLE_CITY_WORKERS", "2") or 2)
+    city = {f"settle-city-{i + 1}": ("city",) for i in range(max(n, 1))}
+    return city | {"settle-relay": ("province", "national")}
 DEFAULT_PORTS = {"enroll": 8101, "filing": 8102, "settle": 8103, "monitor": 8104}
 
 
@@ -125,10 +133,11 @@ class Platform:
             if name == "settle":
                 env["YIBAO_SETTLE_LEVELS"] = ",".join(lv for lv in SETTLE_API_LEVELS if lv not in external)
             self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
-        relay = ",".join(lv for lv in SETTLE_RELAY_LEVELS if lv not in external)
-        if relay:
-            self.procs["settle-relay"] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "worker", "settle", "--level", relay], env=base)
+        for proc_name, levels in settle_workers(base).items():
+            mine = ",".join(lv for lv in levels if lv not in external)
+            if mine:
+                self.procs[proc_name] = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", "worker", "settle", "--level", mine], env=base)
         if external:
             print(f"  settle    levels {', '.join(sorted(external))} left to `yibao worker settle --level ...`")
         self.wait_healthy(timeout)

@@ -23,25 +23,27 @@ Apply = Callable[[Session, Incoming], None]
 
 def apply_batch(engine: Engine, consumer: str, msgs: list[Incoming], apply: Apply,
                 refusals: tuple[type[Exception], ...], prepare: Callable[[Session, list[Incoming]], None] | None = None,
-                autoflush: bool = True) -> list[BaseException | None]:
-    """`prepare` may load what the whole batch needs; `autoflush=False` when it did (fewer statements)."""
+                autoflush: bool = True, inbox_key: Callable[[Incoming], str] = lambda m: m.ce_id,
+                ) -> list[BaseException | None]:
+    """`prepare` may load what the whole batch needs; `autoflush=False` when it did (fewer statements).
+    `inbox_key`: what makes two messages the same (the CloudEvents id unless the event has a better one)."""
     out: list[BaseException | None] = []
     with transaction(engine) as s, (nullcontext() if autoflush else s.no_autoflush):
-        ids = [m.ce_id for m in msgs]
+        ids = [inbox_key(m) for m in msgs]
         seen = set(s.exec(select(InboxRecord.msg_id).where(InboxRecord.consumer == consumer,
                                                            col(InboxRecord.msg_id).in_(ids))).all())
         if prepare is not None:
             prepare(s, msgs)
-        for m in msgs:
-            if m.ce_id in seen:
+        for m, key in zip(msgs, ids, strict=True):
+            if key in seen:
                 out.append(None)  # a replay: already applied
                 continue
-            seen.add(m.ce_id)
+            seen.add(key)
             try:
                 apply(s, m)
             except refusals as exc:
                 out.append(PermanentError(str(exc), str(getattr(exc, "code", "REFUSED"))))
                 continue
-            s.add(InboxRecord(consumer=consumer, msg_id=m.ce_id, processed_ms=now_ms()))
+            s.add(InboxRecord(consumer=consumer, msg_id=key, processed_ms=now_ms()))
             out.append(None)
     return out

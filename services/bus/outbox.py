@@ -6,11 +6,15 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Engine, Index, LargeBinary, insert, or_, select, update
+from sqlalchemy import BigInteger, Engine, Index, LargeBinary, event, insert, or_, select, update
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Column, Field, Session, SQLModel
 
 from services.bus.envelope import Headers, encode, make_headers, now_ms
@@ -39,41 +43,107 @@ class OutboxRow(SQLModel, table=True):
     lease_until: int | None = Field(default=None, sa_type=BigInteger)
 
 
+OUTBOX = OutboxRow.__table__  # type: ignore[attr-defined]
+INSERT = insert(OUTBOX)  # built once: a statement built per call costs more than the row (profiled)
+STAGED = "yibao.outbox.staged"  # session.info key: rows this transaction will hand to the relay
+
+
+@dataclass(frozen=True)
+class Staged:
+    id: int
+    topic: str
+    key: str | None
+    value: bytes
+    headers: Headers
+
+
+# The relay of each (engine, service) in this process: a commit hands its rows straight to it.
+_RELAYS: dict[tuple[int, str], OutboxRelay] = {}
+
+
 def add(session: Session, service: str, topic: str, key: str | None, event: BaseModel,
         headers: Headers | None = None, source: str | None = None, value: bytes | None = None,
         **header_args: object) -> None:
     """Stage an event in the caller's transaction; it is published only if that commits.
 
-    `value`: the event already encoded, when the caller needed the bytes too."""
+    `value`: the event already encoded, when the caller needed the bytes too. When this
+    process runs the service's relay, the row is leased to it and handed over at commit, so
+    it is published at once without being read back; otherwise the relay's poll finds it."""
     hs = headers if headers is not None else make_headers(
         event, source or f"/yibao/{service}", **header_args)  # type: ignore[arg-type]
-    # a Core insert: the ORM's unit of work costs more than the row itself on the hot path
-    session.connection().execute(insert(OUTBOX).values(
-        service=service, topic=topic, key=key, value=value if value is not None else encode(event),
-        headers=orjson.dumps([[k, v.decode()] for k, v in hs]), created_ms=now_ms(),
-    ))
+    body = value if value is not None else encode(event)
+    conn = session.connection()
+    relay = _RELAYS.get((id(conn.engine), service))
+    if relay is not None and relay.engine is not conn.engine:
+        relay = None
+    inserted = conn.execute(INSERT, {
+        "service": service, "topic": topic, "key": key, "value": body,
+        "headers": orjson.dumps([[k, v.decode()] for k, v in hs]), "created_ms": now_ms(),
+        "lease_owner": relay.owner if relay else None,
+        "lease_until": now_ms() + relay.lease_ms if relay else None,
+    })
+    if relay is not None:
+        row_id = inserted.inserted_primary_key[0]  # type: ignore[index]
+        session.info.setdefault(STAGED, []).append((relay, Staged(row_id, topic, key, body, hs)))
 
 
-OUTBOX = OutboxRow.__table__  # type: ignore[attr-defined]
+def _hand_over(session: OrmSession) -> None:
+    for relay, row in session.info.pop(STAGED, ()):
+        relay.hand_over(row)
+
+
+def _drop_staged(session: OrmSession, *_: object) -> None:
+    session.info.pop(STAGED, None)
+
+
+# Every ORM session (sqlmodel's included): committed rows go to the relay, rolled-back ones nowhere.
+event.listen(OrmSession, "after_commit", _hand_over)
+event.listen(OrmSession, "after_rollback", _drop_staged)
 
 
 class OutboxRelay:
-    """Publishes unsent rows in order and marks them sent; wakes at once when notified."""
+    """Publishes committed rows and marks them sent.
+
+    The fast path: a commit in this process hands its rows over (already leased to this relay)
+    and they are sent at once, without waiting for the acknowledgements of earlier sends;
+    acknowledged rows are marked sent in batches. The poll, twice a second and when notified,
+    publishes what the fast path did not: rows of other processes, rows whose send failed, rows
+    whose relay died (after its lease ran out), rows marked for re-publishing. After such a
+    failure, a row may go out after newer ones; consumers are idempotent and views versioned.
+    """
 
     def __init__(self, engine: Engine, service: str, bus: Bus, batch: int = 500,
-                 keep_sent_s: int = 600) -> None:
+                 keep_sent_s: int = 600, lease_ms: int = LEASE_MS) -> None:
         self.engine, self.service, self.bus, self.batch = engine, service, bus, batch
         self.keep_sent_s = keep_sent_s  # sent rows are kept this long, for a re-publish
-        self.gather_s = 0.003
+        self.lease_ms = lease_ms
+        self.poll_s = 0.5
         self._pruned = now_ms()
         self._wake = asyncio.Event()
+        self._poll_now = True
+        self._ready: list[Staged] = []
+        self._acked: list[int] = []
+        self._failed: list[int] = []
+        self._inflight: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self.owner = uuid.uuid4().hex[:16]
         self.published = 0
 
     def notify(self) -> None:
-        """Wake the relay; safe from the loop and from worker threads."""
+        """Ask for a poll of the table soon; safe from the loop and from worker threads."""
+        self._poll_now = True
+        self._call(self._wake.set)
+
+    def hand_over(self, row: Staged) -> None:
+        """A committed row leased to this relay: send it now (called at commit, any thread)."""
+        self._call(self._take, row)
+
+    def _take(self, row: Staged) -> None:
+        self._ready.append(row)
+        self._wake.set()
+
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
         loop = self._loop
         if loop is None:
             return
@@ -82,31 +152,46 @@ class OutboxRelay:
         except RuntimeError:
             running = None
         if running is loop:
-            self._wake.set()
+            fn(*args)
         else:
-            loop.call_soon_threadsafe(self._wake.set)
+            with contextlib.suppress(RuntimeError):  # loop closed: the poll finds the row after its lease
+                loop.call_soon_threadsafe(fn, *args)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        _RELAYS[(id(self.engine), self.service)] = self
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.service}")
 
     async def stop(self) -> None:
+        """Send what was handed over, wait for the acknowledgements, then publish what is left."""
+        _RELAYS.pop((id(self.engine), self.service), None)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        with contextlib.suppress(Exception):
+            await self._send_ready()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=10)
+        self._settle_acks()
         await self.drain_once()
+        self._loop = None
 
     async def _run(self) -> None:
+        last_poll = 0.0
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):  # no news: poll anyway
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            # Under load many commits notify within a few ms: gather them into one drain.
-            await asyncio.sleep(self.gather_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             self._wake.clear()
             try:
-                while await self.drain_once() == self.batch:
-                    pass
+                await self._send_ready()
+                self._settle_acks()
+                if self._poll_now or loop.time() - last_poll >= self.poll_s:
+                    self._poll_now = False
+                    last_poll = loop.time()
+                    while await self.drain_once() == self.batch:
+                        pass
                 if now_ms() - self._pruned > 60_000:
                     self.prune(self.keep_sent_s)
                     self._pruned = now_ms()
@@ -115,6 +200,41 @@ class OutboxRelay:
             except Exception:  # broker away or database busy: the rows stay, try again soon
                 log.warning("outbox relay for %s failed; will retry", self.service, exc_info=True)
                 await asyncio.sleep(0.5)
+
+    async def _send_ready(self) -> None:
+        rows, self._ready = self._ready, []
+        for i, r in enumerate(rows):
+            try:
+                fut = await self.bus.send_raw(r.topic, r.key, r.value, r.headers)
+            except Exception:
+                self._failed.extend(x.id for x in rows[i:])  # the poll sends them
+                self._poll_now = True
+                raise
+            fut.add_done_callback(partial(self._acknowledged, r.id))
+            self._inflight.add(fut)
+
+    def _acknowledged(self, row_id: int, fut: asyncio.Future[None]) -> None:
+        self._inflight.discard(fut)
+        if fut.cancelled() or fut.exception() is not None:
+            self._failed.append(row_id)
+            self._poll_now = True
+        else:
+            self._acked.append(row_id)
+        self._wake.set()
+
+    def _settle_acks(self) -> None:
+        """Mark acknowledged rows sent; give failed ones' leases back for the poll."""
+        acked, self._acked = self._acked, []
+        failed, self._failed = self._failed, []
+        if not acked and not failed:
+            return
+        with Session(self.engine) as s, s.begin():
+            c = s.connection()
+            for i in range(0, len(acked), 500):
+                c.execute(update(OUTBOX).where(OUTBOX.c.id.in_(acked[i:i + 500])).values(sent_ms=now_ms()))
+            if failed:
+                c.execute(update(OUTBOX).where(OUTBOX.c.id.in_(failed)).values(lease_until=None))
+        self.published += len(acked)
 
     async def drain_once(self) -> int:
         """Lease a batch of unsent rows, publish them in order, mark them sent.
@@ -136,7 +256,7 @@ class OutboxRelay:
             leased = {r[0] for r in c.execute(
                 update(OUTBOX)
                 .where(OUTBOX.c.id.in_([r.id for r in candidates]), OUTBOX.c.sent_ms.is_(None), free)
-                .values(lease_owner=self.owner, lease_until=now + LEASE_MS)
+                .values(lease_owner=self.owner, lease_until=now + self.lease_ms)
                 .returning(OUTBOX.c.id))}
         rows = [r for r in candidates if r.id in leased]  # another relay may hold the rest
         if not rows:
@@ -146,17 +266,12 @@ class OutboxRelay:
             hs = [(k, v.encode()) for k, v in orjson.loads(r.headers)]
             futures.append(await self.bus.send_raw(r.topic, r.key, r.value, hs))
         results = await asyncio.gather(*futures, return_exceptions=True)
-        sent = [r.id for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
-        with Session(self.engine) as s, s.begin():
-            if sent:
-                s.connection().execute(update(OUTBOX).where(OUTBOX.c.id.in_(sent)).values(sent_ms=now_ms()))
-            failed = [r.id for r in rows if r.id not in set(sent)]
-            if failed:  # give the lease back at once: the next round retries them
-                s.connection().execute(update(OUTBOX).where(OUTBOX.c.id.in_(failed)).values(lease_until=None))
-        self.published += len(sent)
-        if len(sent) < len(rows):
-            first = next(res for res in results if isinstance(res, BaseException))
-            raise RuntimeError(f"{len(rows) - len(sent)} of {len(rows)} sends failed: {first!r}")
+        for r, res in zip(rows, results, strict=True):
+            (self._failed if isinstance(res, BaseException) else self._acked).append(r.id)
+        self._settle_acks()
+        failures = [res for res in results if isinstance(res, BaseException)]
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(rows)} sends failed: {failures[0]!r}")
         return len(rows)
 
     def republish_recent(self, window_s: int) -> int:

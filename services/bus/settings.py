@@ -17,6 +17,9 @@ class BusSettings(BaseSettings):
     session_timeout_ms: int = 2000
     heartbeat_interval_ms: int = 500
     max_poll_records: int = 500
+    # A worker marked slow (bulk intake, monitoring) fetches when this much has piled up or its
+    # longer wait ends: a handful of big batches a second instead of a fetch per record or two.
+    bulk_fetch_min_bytes: int = 256 * 1024
     linger_ms: int = 2
     max_batch_size: int = 256 * 1024
     retry_attempts: int = 5

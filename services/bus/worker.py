@@ -78,6 +78,51 @@ class DeadLetter:
 OnDeadLetter = Callable[[DeadLetter], Awaitable[None]]
 
 
+class Committer:
+    """Commits a consumer's offsets behind its loop: once what the handled messages sent is
+    acknowledged (a producer flush), never before. The loop fetches the next batch meanwhile
+    instead of waiting a flush and a commit round trip per batch."""
+
+    def __init__(self, bus: Bus, consumer: AIOKafkaConsumer, group: str) -> None:
+        self.bus, self.consumer, self.group = bus, consumer, group
+        self._pending: dict[TopicPartition, int] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name=f"{group}-commit")
+
+    def add(self, done: dict[TopicPartition, int]) -> None:
+        if done:
+            self._pending.update(done)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._commit()
+
+    async def _commit(self) -> None:
+        offsets, self._pending = self._pending, {}
+        if not offsets:
+            return
+        try:
+            await self.bus.flush()
+            await self.consumer.commit(offsets)
+        except Exception:
+            log.warning("%s: commit failed; messages may be handled again", self.group, exc_info=True)
+
+    async def close(self) -> None:
+        """Let a commit under way finish, then commit what is left (when the loop ends)."""
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._task, timeout=10)
+        except BaseException:  # cancelled or stuck: what stays uncommitted is handled again
+            self._task.cancel()
+            raise
+        await self._commit()
+
+
 class Worker:
     """One consumer group over some topics, plus its retry consumer."""
 
@@ -95,7 +140,8 @@ class Worker:
 
     async def start(self) -> None:
         self._running = True
-        main = self.bus.consumer(*self.handlers, group_id=self.group, slow=self.slow)
+        bulk = {"fetch_min_bytes": self.bus.settings.bulk_fetch_min_bytes} if self.slow else {}
+        main = self.bus.consumer(*self.handlers, group_id=self.group, slow=self.slow, **bulk)
         retry = self.bus.consumer(*(t + RETRY_SUFFIX for t in self.handlers),
                                   group_id=self.group + ".retry", slow=True)
         await asyncio.gather(main.start(), retry.start())
@@ -132,34 +178,32 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------
 
     async def _loop(self, consumer: AIOKafkaConsumer, retry: bool) -> None:
-        while self._running:
-            try:
-                batches = await consumer.getmany(timeout_ms=200)
-            except Exception:
-                log.warning("%s: fetch failed; retrying", self.group, exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            done: dict[TopicPartition, int] = {}
-            for tp, records in batches.items():
-                if not retry and isinstance(self.handlers.get(tp.topic), BatchHandler):
-                    await self._process_batch(tp.topic, records)
-                    done[tp] = records[-1].offset + 1
-                    continue
-                for rec in records:
-                    if retry and not await self._wait_due(rec):
-                        break  # stopping: leave it uncommitted for the next owner
-                    await self._process(rec, retry)
-                    done[tp] = rec.offset + 1
-                else:
-                    continue
-                break
-            if done:
+        offsets = Committer(self.bus, consumer, self.group)
+        try:
+            while self._running:
                 try:
-                    await self.bus.flush()
-                    await consumer.commit(done)
+                    batches = await consumer.getmany(timeout_ms=200)
                 except Exception:
-                    log.warning("%s: commit failed; messages may be handled again", self.group,
-                                exc_info=True)
+                    log.warning("%s: fetch failed; retrying", self.group, exc_info=True)
+                    await asyncio.sleep(0.5)
+                    continue
+                done: dict[TopicPartition, int] = {}
+                for tp, records in batches.items():
+                    if not retry and isinstance(self.handlers.get(tp.topic), BatchHandler):
+                        await self._process_batch(tp.topic, records)
+                        done[tp] = records[-1].offset + 1
+                        continue
+                    for rec in records:
+                        if retry and not await self._wait_due(rec):
+                            break  # stopping: leave it uncommitted for the next owner
+                        await self._process(rec, retry)
+                        done[tp] = rec.offset + 1
+                    else:
+                        continue
+                    break
+                offsets.add(done)
+        finally:
+            await offsets.close()
 
     async def _wait_due(self, rec: ConsumerRecord[Any, Any]) -> bool:
         hd = header_dict(rec.headers)

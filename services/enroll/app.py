@@ -24,7 +24,7 @@ class EnrollService(Service):
         super().__init__(bootstrap, **kw)
         self.settings = settings or EnrollSettings()
         self.port = self.settings.port
-        self.ctx = EnrollContext(self.engine, self.runtime.relay, EnrolmentRules.load(self.settings.rules_file))
+        self.ctx = EnrollContext(self.engine, EnrolmentRules.load(self.settings.rules_file))
         self.inbound = self.runtime.add_worker(
             "enroll", {"enroll.inbound": BatchHandler(partial(handle_batch, self.ctx))},
             on_dead_letter=rejections.publisher(self.runtime.bus, "enroll.rejections", self.name),

@@ -37,7 +37,6 @@ from schemas.regions import pooling_regions
 from services.bus import outbox
 from services.bus.db import transaction
 from services.bus.envelope import encode, now_ms
-from services.bus.outbox import OutboxRelay
 from services.credentials import card_digest, cert_digest, issue_ectoken
 from services.enroll.domain import (
     RULES_FILE,
@@ -88,7 +87,6 @@ class UnknownDuplicateError(LookupError):
 @dataclass
 class EnrollContext:
     engine: Engine
-    relay: OutboxRelay
     rules: dict[str, EnrolmentRules] = field(default_factory=lambda: EnrolmentRules.load(RULES_FILE))
     today: Callable[[], date] = date.today
 
@@ -142,7 +140,6 @@ def enrol_person(ctx: EnrollContext, cmd: EnrolPerson) -> Enrolment:
         if person is None:
             raise UnknownPersonError(f"人员编号 {cmd.psn_no} 未登记，请先登记人员 (POST /persons)")
         e = _enrol(ctx, s, person, cmd)
-    ctx.relay.notify()
     return e
 
 
@@ -150,7 +147,6 @@ def apply_record(ctx: EnrollContext, cmd: EnrolmentRecord, province: str | None 
     """A provincial record, from the REST API or from enroll.inbound."""
     with transaction(ctx.engine) as s:
         e = apply_record_in(ctx, s, cmd, province)
-    ctx.relay.notify()
     return e
 
 
@@ -245,7 +241,6 @@ def _save(s: Session, person: Person, e: Enrolment, change: str, effective: date
 def transfer(ctx: EnrollContext, cmd: TransferEnrolment, province: str | None = None) -> Enrolment:
     with transaction(ctx.engine) as s:
         e = transfer_in(ctx, s, cmd, province)
-    ctx.relay.notify()
     return e
 
 
@@ -354,7 +349,6 @@ def resolve_duplicate(ctx: EnrollContext, key: str, end_admdvs: str, reason: str
         _resolve_for(s, d.psn_no, f"终止 {end_admdvs} 的参保：{reason or '重复参保处理'}")
         s.flush()
         s.refresh(d)
-    ctx.relay.notify()
     return d
 
 
@@ -427,7 +421,6 @@ def scan_lapses(ctx: EnrollContext, today: date | None = None) -> dict[str, int]
                 message=f"单位 {emp} 有 {count} 名职工 {period} 期医保费未缴（应于 {due_day} 前缴纳），请及时足额缴纳"),
                 source=f"/yibao/enroll/{adm}")
             n_emp += 1
-    ctx.relay.notify()
     return {"persons_reminded": persons, "employers_reminded": n_emp}
 
 

@@ -38,7 +38,6 @@ REFUSALS = (EnrollRefusedError, InvalidCertnoError, UnknownPersonError)
 async def handle_batch(ctx: EnrollContext, msgs: list[Incoming]) -> list[BaseException | None]:
     results = await asyncio.to_thread(apply_batch, ctx.engine, CONSUMER, msgs, partial(_dispatch, ctx), REFUSALS,
                                       _prefetch, autoflush=False)
-    ctx.relay.notify()
     return results
 
 

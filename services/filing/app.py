@@ -23,7 +23,7 @@ class FilingService(Service):
         super().__init__(bootstrap, **kw)
         self.settings = settings or FilingSettings()
         self.port = self.settings.port
-        self.ctx = FilingContext(self.engine, self.runtime.relay)
+        self.ctx = FilingContext(self.engine)
         self.runtime.add_worker("filing", {"enroll.events": partial(apply_enrolment, self.ctx)})
         self.runtime.add_worker(
             "filing-inbound", {"filing.inbound": BatchHandler(partial(handle_batch, self.ctx))},

@@ -30,7 +30,6 @@ from schemas.regions import designated_hospitals, pooling_regions, provinces
 from services.bus import outbox
 from services.bus.db import transaction
 from services.bus.envelope import Incoming, now_ms
-from services.bus.outbox import OutboxRelay
 from services.bus.views import apply_state
 from services.filing.domain import (
     Decision,
@@ -52,7 +51,6 @@ class UnknownFilingError(LookupError):
 @dataclass
 class FilingContext:
     engine: Engine
-    relay: OutboxRelay
     rules: FilingRules = field(default_factory=FilingRules.load)
     today: Callable[[], date] = date.today
 
@@ -81,7 +79,6 @@ def _decide(ctx: FilingContext, insured: EnrolmentView, fil_type: FilingType, ta
 def file_treatment(ctx: FilingContext, cmd: FileTreatment, province: str | None = None) -> tuple[Filing, str | None]:
     with transaction(ctx.engine) as s:
         out = file_in(ctx, s, cmd, province)
-    ctx.relay.notify()
     return out
 
 
@@ -118,7 +115,6 @@ def _active(s: Session, fil_id: str, province: str | None) -> Filing:
 def change_filing(ctx: FilingContext, cmd: ChangeFiling, province: str | None = None) -> tuple[Filing, str | None]:
     with transaction(ctx.engine) as s:
         out = change_in(ctx, s, cmd, province)
-    ctx.relay.notify()
     return out
 
 
@@ -144,7 +140,6 @@ def change_in(ctx: FilingContext, s: Session, cmd: ChangeFiling, province: str |
 def cancel_filing(ctx: FilingContext, cmd: CancelFiling, province: str | None = None) -> Filing:
     with transaction(ctx.engine) as s:
         f = cancel_in(ctx, s, cmd, province)
-    ctx.relay.notify()
     return f
 
 
@@ -169,7 +164,6 @@ def expire_due(ctx: FilingContext, today: date | None = None) -> dict[str, int]:
             s.add(f)
             _publish(s, f)
     if due:
-        ctx.relay.notify()
         log.info("%d filings expired on %s", len(due), day)
     return {"expired": len(due)}
 

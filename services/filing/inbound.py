@@ -31,7 +31,6 @@ CONSUMER = "filing.inbound"
 async def handle_batch(ctx: FilingContext, msgs: list[Incoming]) -> list[BaseException | None]:
     results = await asyncio.to_thread(apply_batch, ctx.engine, CONSUMER, msgs, partial(_dispatch, ctx),
                                       (FilingRefusedError, UnknownFilingError))
-    ctx.relay.notify()
     return results
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from services.monitor.handlers import MonitorContext, check_settlement
+from services.bus.worker import BatchHandler
+from services.monitor.handlers import MonitorContext, check_batch
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import TABLES
 from services.service import Service
@@ -19,8 +20,10 @@ class MonitorService(Service):
         super().__init__(bootstrap, **kw)
         self.settings = settings or MonitorSettings()
         self.port = self.settings.port
-        self.ctx = MonitorContext(self.engine, self.runtime.relay)
-        self.runtime.add_worker("monitor", {"settle.completed": partial(check_settlement, self.ctx)})
+        self.ctx = MonitorContext(self.engine)
+        # alerts are for supervisors, seconds are fine: batches (one transaction each), fewer fetches
+        self.runtime.add_worker("monitor", {"settle.completed": BatchHandler(partial(check_batch, self.ctx))},
+                                slow=True)
         from services.monitor.api import create_api
 
         self.app = create_api(self)

@@ -33,7 +33,7 @@ class SettleService(Service):
         super().__init__(bootstrap, **kw)
         self.settings = settings or SettleSettings()
         self.port = self.settings.port
-        self.ctx = SettleContext(self.engine, self.runtime.bus, self.runtime.relay,
+        self.ctx = SettleContext(self.engine, self.runtime.bus,
                                  Reference.load(advance_file=self.settings.advance_funds_file),
                                  Faults.parse(self.settings.faults))
         levels = self.settings.level_list

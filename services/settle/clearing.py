@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlmodel import Session
 
 from schemas.events import AdvanceFundWarning
@@ -162,23 +162,29 @@ def level_of(used: int, amount: int, t: Thresholds) -> str:
     return "red" if ratio >= t.red else "yellow" if ratio >= t.yellow else "normal"
 
 
+ADVANCE = AdvanceFund.__table__  # type: ignore[attr-defined]
+_ADV_KEY = (ADVANCE.c.insured_prov == bindparam("k_ins"), ADVANCE.c.treat_prov == bindparam("k_trt"))
+_ADV_LOAD = select(ADVANCE).where(*_ADV_KEY)
+_ADV_UPDATE = update(ADVANCE).where(*_ADV_KEY)
+_ADV_INSERT = insert(ADVANCE)
+
+
 def charge(conn: Connection, t: Thresholds, insuplc: str, treat: str, fund_fen: int) -> AdvanceFundWarning | None:
     """Charge (or credit) the advance with one settlement's fund share; a warning when the level changes."""
     ins, trt = province_of(insuplc), province_of(treat)
     if ins == trt or fund_fen == 0:
         return None
-    table = AdvanceFund.__table__  # type: ignore[attr-defined]
-    row = conn.execute(select(table).where(table.c.insured_prov == ins, table.c.treat_prov == trt)).mappings().first()
+    row = conn.execute(_ADV_LOAD, {"k_ins": ins, "k_trt": trt}).mappings().first()
     amount = row["amount_fen"] if row else t.amount(ins, trt)
     used = (row["used_fen"] if row else 0) + fund_fen
     before = row["level"] if row else "normal"
     level = level_of(used, amount, t)
     if row is None:
-        conn.execute(insert(table).values(insured_prov=ins, treat_prov=trt, amount_fen=amount, used_fen=used,
-                                          level=level, updated_ms=now_ms()))
+        conn.execute(_ADV_INSERT, {"insured_prov": ins, "treat_prov": trt, "amount_fen": amount, "used_fen": used,
+                                   "level": level, "updated_ms": now_ms()})
     else:
-        conn.execute(update(table).where(table.c.insured_prov == ins, table.c.treat_prov == trt)
-                     .values(used_fen=used, level=level, updated_ms=now_ms()))
+        conn.execute(_ADV_UPDATE, {"k_ins": ins, "k_trt": trt, "used_fen": used, "level": level,
+                                   "updated_ms": now_ms()})
     if level == before:
         return None
     return AdvanceFundWarning(insured_prov=ins, treat_prov=trt, level=level,

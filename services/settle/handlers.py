@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy import Connection, Engine, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -31,9 +31,8 @@ from schemas.events import (
 from services.bus import outbox
 from services.bus.client import Bus
 from services.bus.db import transaction
-from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, now_ms
+from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, now_ms
 from services.bus.faults import Faults
-from services.bus.outbox import OutboxRelay
 from services.bus.views import apply_state
 from services.bus.worker import PermanentError
 from services.settle import benefits
@@ -55,7 +54,7 @@ from services.settle.encounters import REGISTRATIONS, mark_settled, mdtrt_id_of,
 from services.settle.refdata import Reference
 from services.settle.store import (
     ACC_FIELDS,
-    LEDGER,
+    LEDGER_INSERT,
     AccountRow,
     AccumulatorRow,
     ClaimRecord,
@@ -79,7 +78,9 @@ from services.settle.transactions import (
 )
 
 log = logging.getLogger("yibao.settle")
-CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]  # Core statements on the hot path
+CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]  # Core statements on the hot path, built once
+CLAIM_INSERT = insert(CLAIMS)
+CLAIM_ANSWER = (update(CLAIMS).where(CLAIMS.c.msgid == bindparam("k_msgid"), CLAIMS.c.status == "pending"))
 SERVICE = "settle"
 
 
@@ -89,7 +90,6 @@ class SettleContext:
 
     engine: Engine
     bus: Bus
-    relay: OutboxRelay
     ref: Reference
     faults: Faults
 
@@ -112,16 +112,15 @@ def submit_claim(ctx: SettleContext, claim: Claim, reply_to: str | None) -> Clai
     t = now_ms()
     try:
         with transaction(ctx.engine) as s:
-            s.connection().execute(insert(CLAIMS).values(
-                msgid=claim.msgid, infno=claim.infno, fixmedins_code=claim.fixmedins_code,
-                insuplc_admdvs=claim.insuplc_admdvs, psn_no=claim.psn_no, status="pending",
-                created_ms=t, updated_ms=t))
+            s.connection().execute(CLAIM_INSERT, {
+                "msgid": claim.msgid, "infno": claim.infno, "fixmedins_code": claim.fixmedins_code,
+                "insuplc_admdvs": claim.insuplc_admdvs, "psn_no": claim.psn_no, "status": "pending",
+                "created_ms": t, "updated_ms": t})
             outbox.add(s, SERVICE, hop_topic(route[0].level), route[0].admdvs, hop,
                        source=f"/yibao/hospital/{claim.fixmedins_code}", correlation_id=claim.msgid,
                        deadline_ms=claim.deadline_ms, reply_to=reply_to)
     except IntegrityError:  # the same msgid again
         return claim_status(ctx.engine, claim.msgid)
-    ctx.relay.notify()
     log.info("claim %s from %s accepted: %s route, %d legs", claim.msgid, claim.fixmedins_code,
              route_kind(claim.mdtrtarea_admvs, claim.insuplc_admdvs).value, len(route))
     return None
@@ -233,7 +232,6 @@ def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: in
         nxt = hop.route[hop.pos]
         outbox.add(s, SERVICE, hop_topic(nxt.level), nxt.admdvs, hop,
                    source=f"/yibao/settle/city/{c.insuplc_admdvs}", **_next_headers(msg, hop))  # type: ignore[arg-type]
-    ctx.relay.notify()
     log.info("claim %s decided at %s: infcode %s %s", c.msgid, c.insuplc_admdvs, hop.outcome.infcode,
              hop.outcome.err_code or "")
 
@@ -295,13 +293,13 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
     save_accumulators(conn, c.psn_no, year, c.insutype, comp.after, existed=acc is not None)
     if comp.acct_pay:
         save_balance(conn, c.psn_no, comp.balc)
-    conn.execute(insert(LEDGER).values(
-        setl_id=setl_id, msgid=c.msgid, psn_no=c.psn_no, insuplc_admdvs=c.insuplc_admdvs,
-        mdtrtarea_admvs=c.mdtrtarea_admvs, fixmedins_code=c.fixmedins_code, year=year,
-        medfee_fen=comp.medfee_sumamt, fund_fen=comp.fund_pay_sumamt, hifp_fen=comp.hifp_pay,
-        acct_fen=comp.acct_pay, cash_fen=comp.psn_cash_pay, insutype=c.insutype, acc_delta=orjson.dumps(delta),
-        outcome=outcome.model_dump_json().encode(), created_ms=now_ms(),
-    ))
+    conn.execute(LEDGER_INSERT, {
+        "setl_id": setl_id, "msgid": c.msgid, "psn_no": c.psn_no, "insuplc_admdvs": c.insuplc_admdvs,
+        "mdtrtarea_admvs": c.mdtrtarea_admvs, "fixmedins_code": c.fixmedins_code, "year": year,
+        "medfee_fen": comp.medfee_sumamt, "fund_fen": comp.fund_pay_sumamt, "hifp_fen": comp.hifp_pay,
+        "acct_fen": comp.acct_pay, "cash_fen": comp.psn_cash_pay, "insutype": c.insutype,
+        "acc_delta": orjson.dumps(delta), "outcome": outcome.model_dump_json().encode(), "created_ms": now_ms(),
+    })
     return outcome
 
 
@@ -349,13 +347,11 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     )
     src = f"/yibao/settle/city/{c.mdtrtarea_admvs}"
     hdr = dict(correlation_id=c.msgid, traceparent=msg.headers.get("traceparent"))
+    body = encode(result)  # one encoding for the claim record and every topic it goes to
     with transaction(ctx.engine) as s:
-        changed = s.connection().execute(
-            update(CLAIMS)
-            .where(CLAIMS.c.msgid == c.msgid, CLAIMS.c.status == "pending")
-            .values(status="settled" if outcome.infcode == 0 else "failed",
-                    result=result.model_dump_json().encode(), updated_ms=now_ms())
-        ).rowcount
+        changed = s.connection().execute(CLAIM_ANSWER, {
+            "k_msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
+            "updated_ms": now_ms()}).rowcount
         if not changed:
             return  # answered before (a redelivery), or never submitted here
         if outcome.infcode == 0 and c.infno in REGISTRATIONS:
@@ -366,13 +362,14 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
         if outcome.infcode == 0 and reversed_msgid:  # the original request's status: reversed
             s.connection().execute(update(CLAIMS).where(CLAIMS.c.msgid == reversed_msgid)
                                    .values(status="reversed", updated_ms=now_ms()))
-        outbox.add(s, SERVICE, "settle.hospital", c.fixmedins_code, result, source=src, **hdr)  # type: ignore[arg-type]
+        targets = [("settle.hospital", c.fixmedins_code)]
         if outcome.infcode == 0:
-            outbox.add(s, SERVICE, "settle.completed", c.psn_no, result, source=src, **hdr)  # type: ignore[arg-type]
+            targets.append(("settle.completed", c.psn_no))
         reply_to = msg.headers.get(REPLY_TO)
         if reply_to:
-            outbox.add(s, SERVICE, reply_to, c.msgid, result, source=src, **hdr)  # type: ignore[arg-type]
-    ctx.relay.notify()
+            targets.append((reply_to, c.msgid))
+        for topic, key in targets:
+            outbox.add(s, SERVICE, topic, key, result, source=src, value=body, **hdr)  # type: ignore[arg-type]
     log.info("claim %s answered to %s: infcode %s %s (%d hops, %d ms)", c.msgid, c.fixmedins_code,
              outcome.infcode, outcome.err_code or "", len(hop.trace), now_ms() - (hop.trace[0].received_ms if hop.trace else now_ms()))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import BigInteger, Connection, LargeBinary, insert, select, update
+from sqlalchemy import BigInteger, Connection, LargeBinary, bindparam, insert, select, update
 from sqlmodel import Column, Field, SQLModel
 
 from schemas.common import FilingType
@@ -227,8 +227,24 @@ ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "c
               "chronic_paid", "maf_dedc_used", "maf_paid")
 
 
+# Statements built once, executed with parameters: building a statement per call cost more than
+# running it (profiled at ~45 µs a statement on the insured city's hot path).
+_ENROLMENTS = select(PERSONS).where(PERSONS.c.psn_no == bindparam("psn_no"))
+_FILINGS = select(FILINGS).where(FILINGS.c.psn_no == bindparam("psn_no"))
+_LEDGER_HAS = select(LEDGER.c.setl_id).where(LEDGER.c.msgid == bindparam("msgid"))
+_ACC_KEY = (ACCUMULATORS.c.psn_no == bindparam("k_psn_no"), ACCUMULATORS.c.year == bindparam("k_year"),
+            ACCUMULATORS.c.insutype == bindparam("k_insutype"))
+_ACC_LOAD = select(*(ACCUMULATORS.c[f] for f in ACC_FIELDS)).where(*_ACC_KEY)
+_ACC_UPDATE = update(ACCUMULATORS).where(*_ACC_KEY)
+_ACC_INSERT = insert(ACCUMULATORS)
+_BALANCE = select(ACCOUNTS.c.balance_fen).where(ACCOUNTS.c.psn_no == bindparam("psn_no"))
+_BALANCE_UPDATE = update(ACCOUNTS).where(ACCOUNTS.c.psn_no == bindparam("k_psn_no"))
+_ACCOUNT_INSERT = insert(ACCOUNTS)
+LEDGER_INSERT = insert(LEDGER)
+
+
 def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
-    rows = c.execute(select(PERSONS).where(PERSONS.c.psn_no == psn_no)).mappings().all()
+    rows = c.execute(_ENROLMENTS, {"psn_no": psn_no}).mappings().all()
     return [PersonState(psn_no=r["psn_no"], psn_name=r["psn_name"], gend=r["gend"],
                         insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
                         psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
@@ -238,38 +254,34 @@ def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
 
 
 def filings_of(c: Connection, psn_no: str) -> list[FilingState]:
-    rows = c.execute(select(FILINGS).where(FILINGS.c.psn_no == psn_no)).mappings().all()
+    rows = c.execute(_FILINGS, {"psn_no": psn_no}).mappings().all()
     return [FilingState(fil_id=r["fil_id"], fil_type=FilingType(r["fil_type"]), target_admdvs=r["target_admdvs"],
                         begndate=r["begndate"], enddate=r["enddate"], status=r["status"]) for r in rows]
 
 
 def ledger_has(c: Connection, msgid: str) -> bool:
-    return c.execute(select(LEDGER.c.setl_id).where(LEDGER.c.msgid == msgid)).first() is not None
+    return c.execute(_LEDGER_HAS, {"msgid": msgid}).first() is not None
 
 
 def load_accumulators(c: Connection, psn_no: str, year: int, insutype: str) -> Accumulators | None:
-    r = c.execute(select(*(ACCUMULATORS.c[f] for f in ACC_FIELDS)).where(
-        ACCUMULATORS.c.psn_no == psn_no, ACCUMULATORS.c.year == year,
-        ACCUMULATORS.c.insutype == insutype)).mappings().first()
+    r = c.execute(_ACC_LOAD, {"k_psn_no": psn_no, "k_year": year, "k_insutype": insutype}).mappings().first()
     return Accumulators(**r) if r is not None else None
 
 
 def save_accumulators(c: Connection, psn_no: str, year: int, insutype: str, acc: Accumulators,
                       existed: bool) -> None:
-    values = {f: getattr(acc, f) for f in ACC_FIELDS}
+    values: dict[str, object] = {f: getattr(acc, f) for f in ACC_FIELDS}
     if existed:
-        c.execute(update(ACCUMULATORS).where(
-            ACCUMULATORS.c.psn_no == psn_no, ACCUMULATORS.c.year == year,
-            ACCUMULATORS.c.insutype == insutype).values(**values))
+        c.execute(_ACC_UPDATE, values | {"k_psn_no": psn_no, "k_year": year, "k_insutype": insutype})
     else:
-        c.execute(insert(ACCUMULATORS).values(psn_no=psn_no, year=year, insutype=insutype, **values))
+        c.execute(_ACC_INSERT, values | {"psn_no": psn_no, "year": year, "insutype": insutype})
 
 
 def load_balance(c: Connection, psn_no: str) -> int:
-    r = c.execute(select(ACCOUNTS.c.balance_fen).where(ACCOUNTS.c.psn_no == psn_no)).first()
+    r = c.execute(_BALANCE, {"psn_no": psn_no}).first()
     return int(r[0]) if r is not None else 0
 
 
 def save_balance(c: Connection, psn_no: str, balance_fen: int) -> None:
-    if not c.execute(update(ACCOUNTS).where(ACCOUNTS.c.psn_no == psn_no).values(balance_fen=balance_fen)).rowcount:
-        c.execute(insert(ACCOUNTS).values(psn_no=psn_no, balance_fen=balance_fen))
+    if not c.execute(_BALANCE_UPDATE, {"k_psn_no": psn_no, "balance_fen": balance_fen}).rowcount:
+        c.execute(_ACCOUNT_INSERT, {"psn_no": psn_no, "balance_fen": balance_fen})

@@ -159,6 +159,38 @@ async def test_outbox_publishes_what_commits_and_nothing_that_rolls_back(broker:
     await bus.stop()
 
 
+async def test_outbox_rows_the_fast_path_missed_are_published_by_the_poll(broker: str, bus_settings: BusSettings,
+                                                                          engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """Rows committed where no relay runs (another process) and rows whose send failed still go out."""
+    engine = engine_factory("outbox-poll")
+    create_tables(engine, [OutboxRow])
+    bus = await started_bus(bus_settings, broker)
+    await bus.create_topic("t.outbox.poll", 1)
+    with transaction(engine) as s:  # no relay in this process yet: the row is not leased
+        outbox.add(s, "t-poll", "t.outbox.poll", "P1", filing_event(1))
+    relay = OutboxRelay(engine, "t-poll", bus)
+    relay.start()
+    await wait_until(lambda: relay.published == 1, what="the poll to publish the unleased row")
+    real_send, failures = bus.send_raw, []
+
+    async def failing_once(*args, **kw):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(args[0])
+            raise ConnectionError("broker away")
+        return await real_send(*args, **kw)
+
+    bus.send_raw = failing_once  # type: ignore[method-assign]
+    with transaction(engine) as s:  # handed over at commit; its send fails; the lease is given back
+        outbox.add(s, "t-poll", "t.outbox.poll", "P2", filing_event(2))
+    await wait_until(lambda: relay.published == 2, what="the failed row to be sent again")
+    records = await read_topic(broker, "t.outbox.poll", 2, timeout=3)
+    assert [orjson.loads(r.value)["fil_id"] for r in records] == ["F1", "F2"] and failures
+    with transaction(engine) as s:
+        assert all(r.sent_ms is not None for r in s.exec(select(OutboxRow)).all())
+    await relay.stop()
+    await bus.stop()
+
+
 def test_inbox_records_once(engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = engine_factory("inbox")
     create_tables(engine, [InboxRecord])
