@@ -355,14 +355,14 @@ def print_report(r: dict[str, Any]) -> None:
 
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
-    concurrency = int(os.environ.get("BENCH_CONCURRENCY", "48"))
+    concurrency = int(os.environ.get("BENCH_CONCURRENCY", "64"))
     population = int(os.environ.get("BENCH_PERSONS", "120"))
     warmup = float(os.environ.get("BENCH_WARMUP", "3"))
     var = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
     run_dir = var / f"bench-{datetime.now():%Y%m%d%H%M%S}"
     progress(f"starting a fresh broker and {len(SERVICES)} services on free ports (state in {run_dir})")
     p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=free_port(), var_dir=run_dir,
-                 env={"YIBAO_LOG_LEVEL": "WARNING"})
+                 env={"YIBAO_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")})
     t_start = time.monotonic()
     p.start(timeout=120)
     try:

@@ -118,6 +118,7 @@ class OutboxRelay:
         self.keep_sent_s = keep_sent_s  # sent rows are kept this long, for a re-publish
         self.lease_ms = lease_ms
         self.poll_s = 0.5
+        self.mark_s = 0.05
         self._pruned = now_ms()
         self._wake = asyncio.Event()
         self._poll_now = True
@@ -178,15 +179,18 @@ class OutboxRelay:
         self._loop = None
 
     async def _run(self) -> None:
-        last_poll = 0.0
+        last_poll = marked = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            with contextlib.suppress(TimeoutError):  # with acks to mark, come back for them soon
+                await asyncio.wait_for(self._wake.wait(), timeout=self.mark_s if self._acked else self.poll_s)
             self._wake.clear()
             try:
                 await self._send_ready()
-                self._settle_acks()
+                # one UPDATE per mark_s for the rows acknowledged meanwhile, not one per wake-up
+                if self._failed or len(self._acked) >= self.batch or loop.time() - marked >= self.mark_s:
+                    self._settle_acks()
+                    marked = loop.time()
                 if self._poll_now or loop.time() - last_poll >= self.poll_s:
                     self._poll_now = False
                     last_poll = loop.time()

@@ -12,7 +12,7 @@ class BusSettings(BaseSettings):
     embedded_port: int = 9092
     # Consumer tuning for the embedded broker (reference/broker-notes.md items 2 and 3):
     # new data does not wake a waiting fetch, and every group join waits session/2.
-    fetch_max_wait_ms: int = 20
+    fetch_max_wait_ms: int = 10
     fetch_min_bytes: int = 1
     session_timeout_ms: int = 2000
     heartbeat_interval_ms: int = 500
@@ -20,7 +20,7 @@ class BusSettings(BaseSettings):
     # A worker marked slow (bulk intake, monitoring) fetches when this much has piled up or its
     # longer wait ends: a handful of big batches a second instead of a fetch per record or two.
     bulk_fetch_min_bytes: int = 256 * 1024
-    linger_ms: int = 2
+    linger_ms: int = 8
     max_batch_size: int = 256 * 1024
     retry_attempts: int = 5
     retry_backoff_ms: int = 200

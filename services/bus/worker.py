@@ -37,6 +37,7 @@ log = logging.getLogger("yibao.bus.worker")
 
 Handler = Callable[[Incoming], Awaitable[None]]
 GiveUp = Callable[[Incoming, str], Awaitable[None]]
+YIELD_AFTER_S = 0.004  # the longest a batch holds the loop; yielding after every message fetched too often
 BatchFn = Callable[[list[Incoming]], Awaitable[list[BaseException | None]]]
 
 
@@ -179,6 +180,7 @@ class Worker:
 
     async def _loop(self, consumer: AIOKafkaConsumer, retry: bool) -> None:
         offsets = Committer(self.bus, consumer, self.group)
+        loop = asyncio.get_running_loop()
         try:
             while self._running:
                 try:
@@ -188,6 +190,7 @@ class Worker:
                     await asyncio.sleep(0.5)
                     continue
                 done: dict[TopicPartition, int] = {}
+                yielded = loop.time()
                 for tp, records in batches.items():
                     if not retry and isinstance(self.handlers.get(tp.topic), BatchHandler):
                         await self._process_batch(tp.topic, records)
@@ -198,6 +201,11 @@ class Worker:
                             break  # stopping: leave it uncommitted for the next owner
                         await self._process(rec, retry)
                         done[tp] = rec.offset + 1
+                        if loop.time() - yielded > YIELD_AFTER_S:
+                            # a long batch of synchronous (SQLite) work: let the outbox relay and
+                            # the producer send what the first messages produced meanwhile
+                            await asyncio.sleep(0)
+                            yielded = loop.time()
                     else:
                         continue
                     break

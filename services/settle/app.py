@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from schemas.events import FaultsChanged, SettlementResult
+import orjson
+
+from schemas.events import FaultsChanged
 from services.bus.broadcast import Broadcast
 from services.bus.faults import Fault, Faults
 from services.bus.reply import ReplyListener
@@ -47,7 +49,7 @@ class SettleService(Service):
         group = "settle" if levels == ALL_LEVELS else "settle-" + "-".join(levels)
         self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx))
                        if handlers else None)  # no levels: an API-only process
-        self.replies = ReplyListener(self.runtime.bus, SettlementResult.model_validate_json) if with_api else None
+        self.replies = ReplyListener(self.runtime.bus, orjson.loads) if with_api else None  # answered as JSON
         # fault changes reach every settle process, whichever one's ops API was called
         self.fault_feed = Broadcast(self.runtime.bus, "ops.faults", lambda m: self.ctx.faults.replace(
             [Fault.model_validate(f) for f in m.event.faults]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, update
@@ -428,5 +429,6 @@ def person_status(engine: Engine, psn_no: str, year: int) -> dict[str, object] |
                 "accumulators_fen": acc, "acct_balance_fen": account.balance_fen if account else 0}
 
 
-def result_of(rec: ClaimRecord) -> SettlementResult | None:
-    return SettlementResult.model_validate(orjson.loads(rec.result)) if rec.result else None
+def result_of(rec: ClaimRecord) -> dict[str, Any] | None:
+    """The stored SettlementResult in its JSON form (as it went to the hospital's topics)."""
+    return orjson.loads(rec.result) if rec.result else None
