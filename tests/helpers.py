@@ -50,5 +50,18 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 20
         await c.stop()
 
 
+async def read_until(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 20.0,
+                     what: str = "the records") -> list[Any]:
+    """Every record of `topic` once `done(records)` holds: what was just published may still be on
+    its way (the outbox relay and the producer's linger), so read again until it is there."""
+    end = time.monotonic() + timeout
+    while True:
+        records = await read_topic(bootstrap, topic, 10**6, timeout=0.5)  # everything there is
+        if done(records):
+            return records
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting on {topic} for {what}")
+
+
 def headers_of(record: Any) -> dict[str, str]:
     return {k: v.decode() for k, v in record.headers or ()}

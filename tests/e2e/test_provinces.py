@@ -15,7 +15,7 @@ import pytest
 
 from services.enroll.domain import with_check_char
 from tests.e2e.stack import YEAR_END, Stack
-from tests.helpers import headers_of, read_topic, wait_until
+from tests.helpers import headers_of, read_topic, read_until, wait_until
 
 TODAY = date.today()
 
@@ -158,8 +158,11 @@ async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(sta
     assert scan["persons_reminded"] >= 1 and scan["employers_reminded"] >= 1
     assert (await enroll.post("/ops/reminders/scan", params={"on": "2026-11-17"})).json() == \
         {"persons_reminded": 0, "employers_reminded": 0}
-    reminders = [json.loads(m.value) for m in await read_topic(broker, "enroll.reminders", 2)]
-    assert {m["kind"] for m in reminders if m.get("emp_no") == "E360100009"} == {"person", "employer"}
+    def kinds(records: list[Any]) -> set[str]:
+        return {m["kind"] for m in map(lambda r: json.loads(r.value), records) if m.get("emp_no") == "E360100009"}
+
+    reminders = await read_until(broker, "enroll.reminders", lambda rs: len(kinds(rs)) == 2, what="both reminders")
+    assert kinds(reminders) == {"person", "employer"}
 
     # filing lifecycle: long-term within the holding period cannot be cancelled; temporary expires on time
     await wait_until(lambda: stack._settle_knows(psn), what="settle to see the transferred person")
@@ -180,8 +183,11 @@ async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(sta
     assert (await filing.post("/ops/expire", params={"on": (end + timedelta(days=1)).isoformat()})).json()[
         "expired"] >= 1
     assert (await filing.get(f"/filings/{temp['fil_id']}")).json()["status"] == "expired"
-    events = [json.loads(m.value) for m in await read_topic(broker, "filing.events", 3)]
-    assert [e["change"] for e in events if e["fil_id"] == temp["fil_id"]] == ["approved", "changed", "expired"]
+    def changes(records: list[Any]) -> list[str]:
+        return [e["change"] for e in map(lambda m: json.loads(m.value), records) if e["fil_id"] == temp["fil_id"]]
+
+    events = await read_until(broker, "filing.events", lambda rs: "expired" in changes(rs), what="the expiry")
+    assert changes(events) == ["approved", "changed", "expired"]
 
 
 async def test_a_reported_death_ends_every_enrolment_and_settlement_says_why(stack: Stack) -> None:
