@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.common import (
     Admdvs,
@@ -301,6 +301,20 @@ class SettlementHop(Wire):
     trace: list[HopStamp] = []
 
 
+class SettlementHopInTransit(Wire):
+    """How a relay (province, national) reads a SettlementHop: the same ce_type and the same bytes,
+    but only the routing fields are validated; claim, split and outcome pass through exactly as they
+    came (kept as parsed JSON) and the next city hop validates them in full. A relay does not look
+    inside the claim, so validating a 200-line claim at each of its six legs only cost CPU."""
+
+    model_config = ConfigDict(extra="allow")
+
+    route: list[RouteStep]
+    pos: int = Field(ge=0)
+    outcome: dict[str, Any] | None = None
+    trace: list[HopStamp] = []
+
+
 class SettlementResult(Wire):
     """The final answer for one hospital request (settle.hospital, settle.completed, replies)."""
 
@@ -475,6 +489,7 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     "yibao.filing.CancelFiling.v1": CancelFiling,
 }
 _TYPE_OF = {model: name for name, model in EVENT_TYPES.items()}
+_TYPE_OF[SettlementHopInTransit] = _TYPE_OF[SettlementHop]  # a reading of that type, not a type of its own
 
 
 def event_type_of(model: type[BaseModel] | BaseModel) -> str:

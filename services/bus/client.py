@@ -92,7 +92,7 @@ class Bus:
         cfg: dict[str, Any] = dict(
             bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-{group_id or 'solo'}",
             group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=(s.fetch_max_wait_ms * 10 if slow else s.fetch_max_wait_ms),
+            fetch_max_wait_ms=s.slow_fetch_max_wait_ms if slow else s.fetch_max_wait_ms,
             fetch_min_bytes=s.fetch_min_bytes, max_poll_records=s.max_poll_records,
             session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
             request_timeout_ms=max(40_000, s.session_timeout_ms * 2),

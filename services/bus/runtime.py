@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from services.bus.client import Bus
@@ -25,8 +26,8 @@ class ServiceRuntime:
 
     def add_worker(self, group: str, handlers: Mapping[str, Handler],
                    on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None,
-                   slow: bool = False) -> Worker:
-        w = Worker(self.bus, group, handlers, on_give_up, on_dead_letter, slow)
+                   slow: bool = False, read_as: Mapping[str, type[BaseModel]] | None = None) -> Worker:
+        w = Worker(self.bus, group, handlers, on_give_up, on_dead_letter, slow, read_as)
         self.workers.append(w)
         return w
 

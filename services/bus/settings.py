@@ -12,7 +12,12 @@ class BusSettings(BaseSettings):
     embedded_port: int = 9092
     # Consumer tuning for the embedded broker (reference/broker-notes.md items 2 and 3):
     # new data does not wake a waiting fetch, and every group join waits session/2.
+    # The hop workers and the API's reply listener. 5 ms measured no better with one settle worker
+    # (~175/s either way, 4 runs each) and idle consumers then ask the broker 200 times a second.
     fetch_max_wait_ms: int = 10
+    # Workers marked slow (bulk intake, monitoring), retry consumers and broadcast feeds: an idle
+    # consumer asks the broker this often, and the broker charges per request.
+    slow_fetch_max_wait_ms: int = 100
     fetch_min_bytes: int = 1
     session_timeout_ms: int = 2000
     heartbeat_interval_ms: int = 500
@@ -21,7 +26,8 @@ class BusSettings(BaseSettings):
     # longer wait ends: a handful of big batches a second instead of a fetch per record or two.
     bulk_fetch_min_bytes: int = 256 * 1024
     # Fewer, bigger batches: the broker charges per request and per record batch (measured on the
-    # settlement bench: linger 2 → 8 ms and fetch wait 20 → 10 ms, ~170 → ~195 settlements/s).
+    # settlement bench: linger 2 → 8 ms and fetch wait 20 → 10 ms, ~170 → ~195 settlements/s, with
+    # the earlier layout of two city workers and a relay worker; with one worker, 4 ms did no better).
     linger_ms: int = 8
     max_batch_size: int = 256 * 1024
     retry_attempts: int = 5

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, RETRY_SUFFIX
 from services.bus.client import Bus
@@ -129,9 +130,10 @@ class Worker:
 
     def __init__(self, bus: Bus, group: str, handlers: Mapping[str, Handler],
                  on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None,
-                 slow: bool = False) -> None:
+                 slow: bool = False, read_as: Mapping[str, type[BaseModel]] | None = None) -> None:
         self.bus, self.group, self.handlers, self.on_give_up = bus, group, handlers, on_give_up
         self.on_dead_letter = on_dead_letter
+        self.read_as = dict(read_as or {})  # topic → a lighter view of its type (a relay's view of a hop)
         self.slow = slow  # throughput over latency (bulk intake): a longer fetch wait, less broker load
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -231,7 +233,7 @@ class Worker:
             return
         headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]
         try:
-            msg = decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset)
+            msg = decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset, self.read_as.get(topic))
         except BadMessageError as exc:
             await self._dead_letter(rec, topic, headers, exc, attempts=1)
             return
@@ -255,7 +257,8 @@ class Worker:
         for rec in records:
             headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]
             try:
-                valid.append((rec, decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset)))
+                valid.append((rec, decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset,
+                                          self.read_as.get(topic))))
             except BadMessageError as exc:
                 await self._dead_letter(rec, topic, headers, exc, attempts=1)
         if not valid:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from schemas.events import FaultsChanged
+from schemas.events import FaultsChanged, SettlementHopInTransit
 from services.bus.broadcast import Broadcast
 from services.bus.faults import Fault, Faults
 from services.bus.reply import ReplyListener
@@ -18,6 +18,7 @@ from services.settle.handlers import (
     apply_filing,
     give_up,
     handle_hop,
+    relay_hop,
 )
 from services.settle.refdata import Reference
 from services.settle.settings import SettleSettings
@@ -42,12 +43,14 @@ class SettleService(Service):
         unknown = set(levels) - set(ALL_LEVELS)
         if unknown:
             raise ValueError(f"unknown hop level(s) {sorted(unknown)}: use {ALL_LEVELS}")
-        handlers = {f"settle.{lvl}": partial(handle_hop, self.ctx) for lvl in levels}
+        handlers = {f"settle.{lvl}": partial(handle_hop if lvl == "city" else relay_hop, self.ctx) for lvl in levels}
         if "city" in levels:  # the insured city decides from its own views
             handlers["enroll.events"] = partial(apply_enrolment, self.ctx)
             handlers["filing.events"] = partial(apply_filing, self.ctx)
         group = "settle" if levels == ALL_LEVELS else "settle-" + "-".join(levels)
-        self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx))
+        relays = {f"settle.{lvl}": SettlementHopInTransit for lvl in levels if lvl != "city"}
+        self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx),
+                                               read_as=relays)
                        if handlers else None)  # no levels: an API-only process
         self.replies = ReplyListener(self.runtime.bus, orjson.loads) if with_api else None  # answered as JSON
         # fault changes reach every settle process, whichever one's ops API was called

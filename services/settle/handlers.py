@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -24,9 +25,11 @@ from schemas.events import (
     HopAction,
     HopStamp,
     Outcome,
+    RouteStep,
     Setldetail,
     Setlinfo,
     SettlementHop,
+    SettlementHopInTransit,
     SettlementResult,
 )
 from services.bus import outbox
@@ -135,14 +138,33 @@ def claim_status(engine: Engine, msgid: str) -> ClaimRecord | None:
 # --- the hops ------------------------------------------------------------------------------
 
 
-async def handle_hop(ctx: SettleContext, msg: Incoming) -> None:
-    hop: SettlementHop = msg.event
+AnyHop = SettlementHop | SettlementHopInTransit  # the full hop, or a relay's reading of it
+
+
+async def _arrive(ctx: SettleContext, msg: Incoming, hop: AnyHop) -> RouteStep:
+    """The step this message asks of us, once it is ours and our hop is up."""
     if hop.pos >= len(hop.route):
         raise PermanentError(f"hop position {hop.pos} is beyond a route of {len(hop.route)} steps")
     step = hop.route[hop.pos]
     if hop_topic(step.level) != msg.topic:
         raise PermanentError(f"step {hop.pos} belongs on {hop_topic(step.level)}, not {msg.topic}")
     await ctx.faults.check(step.level, step.admdvs)
+    return step
+
+
+async def relay_hop(ctx: SettleContext, msg: Incoming) -> None:
+    """Province and national hops: pass the claim on, read as SettlementHopInTransit."""
+    hop: SettlementHopInTransit = msg.event
+    step = await _arrive(ctx, msg, hop)
+    if step.action is not HopAction.RELAY:
+        raise PermanentError(f"step {hop.pos} at {step.level} {step.admdvs} is {step.action}, not a relay")
+    _stamp(hop, now_ms(), msg.attempt)
+    await _forward(ctx, msg, hop)
+
+
+async def handle_hop(ctx: SettleContext, msg: Incoming) -> None:
+    hop: SettlementHop = msg.event
+    step = await _arrive(ctx, msg, hop)
     received = now_ms()
     if step.action is HopAction.SPLIT:
         await _split(ctx, msg, hop, received)
@@ -156,13 +178,13 @@ async def handle_hop(ctx: SettleContext, msg: Incoming) -> None:
         await _forward(ctx, msg, hop)
 
 
-def _stamp(hop: SettlementHop, received: int, attempt: int) -> None:
+def _stamp(hop: AnyHop, received: int, attempt: int) -> None:
     step = hop.route[hop.pos]
     hop.trace.append(HopStamp(level=step.level, admdvs=step.admdvs, action=step.action,
                               received_ms=received, sent_ms=now_ms(), attempt=attempt))
 
 
-def _next_headers(msg: Incoming, hop: SettlementHop) -> dict[str, object]:
+def _next_headers(msg: Incoming, hop: AnyHop) -> dict[str, object]:
     # Once the insured city has decided, the answer must travel back whatever the deadline.
     deadline = msg.deadline_ms if hop.outcome is None else None
     trace = ">".join(f"{t.level}:{t.admdvs}" for t in hop.trace)
@@ -171,7 +193,7 @@ def _next_headers(msg: Incoming, hop: SettlementHop) -> dict[str, object]:
                 hoptrace=trace)
 
 
-async def _forward(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
+async def _forward(ctx: SettleContext, msg: Incoming, hop: AnyHop) -> None:
     hop.pos += 1
     step = hop.route[hop.pos]
     src = f"/yibao/settle/{hop.trace[-1].level}/{hop.trace[-1].admdvs}"
@@ -377,9 +399,17 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
 
 async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
     """A hop gave up (budget or deadline): the hospital gets an answer now, not never."""
-    if not isinstance(msg.event, SettlementHop):
+    if isinstance(msg.event, SettlementHopInTransit):  # a relay gave up: the answer needs the whole hop
+        try:
+            hop = SettlementHop.model_validate_json(msg.value)
+        except ValidationError:
+            log.warning("claim %s: gave up at a relay and its hop is not valid; no answer sent",
+                        msg.correlation_id)
+            return
+    elif isinstance(msg.event, SettlementHop):
+        hop = msg.event
+    else:
         return
-    hop: SettlementHop = msg.event
     if hop.outcome is None:
         step = hop.route[min(hop.pos, len(hop.route) - 1)]
         code = "DEADLINE" if "deadline" in reason else "HOP_DOWN"

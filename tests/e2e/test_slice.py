@@ -176,3 +176,36 @@ async def test_hospitals_act_and_read_only_for_themselves(stack: Stack) -> None:
         assert (await stack.http["settle"].get(f"/claims/{ans['msgid']}")).json()["status"] == "settled"
     finally:
         await bare.aclose()
+
+
+async def test_relays_pass_the_claim_on_unread_and_the_next_city_hop_rejects_a_bad_one(stack: Stack,
+                                                                                      broker: str) -> None:
+    """Province and national hops read only the route (SettlementHopInTransit): a claim they pass on
+    arrives intact, and one that breaks the contract is dead-lettered by the next city hop."""
+    psn = await stack.person("360100")
+    await stack.file(psn, "440100", "REFERRAL")
+    ans = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100")
+    assert ans["infcode"] == 0, ans
+
+    def mine(records: list[Any]) -> list[Any]:
+        return [r for r in records if headers_of(r).get("ce_correlationid") == ans["msgid"]]
+
+    legs = mine(await read_until(broker, "settle.province", lambda rs: len(mine(rs)) >= 4, what="the province legs"))
+    first, last = orjson.loads(legs[0].value), orjson.loads(legs[-1].value)
+    assert first["pos"] == 1 and last["pos"] == 7
+    assert last["claim"] == first["claim"]  # three relays and the insured city later: the claim as it left
+
+    bad = first | {"claim": first["claim"] | {"msgid": ans["msgid"] + "X",
+                                              "fees": [first["claim"]["fees"][0] | {"cnt": "-1"}]}}
+    headers = [(k, v) for k, v in legs[0].headers if k not in ("ce_id", "ce_correlationid", "ce_deadline")]
+    headers += [("ce_id", b"relay-test-" + ans["msgid"].encode()), ("ce_correlationid", (ans["msgid"] + "X").encode())]
+    await stack.settle.runtime.bus.send_raw("settle.province", "440000", orjson.dumps(bad), headers)
+
+    def dead(records: list[Any]) -> list[Any]:
+        return [r for r in records if headers_of(r).get("ce_correlationid") == ans["msgid"] + "X"]
+
+    got = dead(await read_until(broker, "settle.city.dlq", lambda rs: bool(dead(rs)), what="the bad claim's dead letter"))
+    h = headers_of(got[0])
+    assert h["dlq-original-topic"] == "settle.city" and "claim.fees.0.cnt" in h["dlq-error-message"], h
+    hop = orjson.loads(got[0].value)
+    assert hop["pos"] == 4 and [t["level"] for t in hop["trace"]][-3:] == ["province", "national", "province"]
