@@ -66,11 +66,13 @@ def topic(name: str) -> TopicSpec:
     return TOPICS[base]
 
 
-def all_topic_names() -> list[tuple[str, int]]:
-    """Every topic to create at start-up, with its partition count."""
+def all_topic_names(partitions: int | None = None) -> list[tuple[str, int]]:
+    """Every topic to create at start-up, with its partition count: the registry's, or a
+    deployment's `partitions` for every topic the registry gives more than one."""
     out: list[tuple[str, int]] = []
     for spec in TOPICS.values():
-        out.append((spec.name, spec.partitions))
+        n = partitions if partitions and spec.partitions > 1 else spec.partitions
+        out.append((spec.name, n))
         if spec.consumed:
-            out += [(spec.retry, spec.partitions), (spec.dlq, spec.partitions)]
+            out += [(spec.retry, n), (spec.dlq, n)]
     return out

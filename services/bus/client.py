@@ -107,7 +107,7 @@ class Bus:
 
     async def ensure_topics(self, extra: Iterable[tuple[str, int]] = ()) -> list[str]:
         """Create every registry topic (and .retry/.dlq) that does not exist; return the new ones."""
-        wanted = dict(all_topic_names()) | {EPOCH_TOPIC: 1} | dict(extra)
+        wanted = dict(all_topic_names(self.settings.partitions)) | {EPOCH_TOPIC: 1} | dict(extra)
         admin = self.admin()
         await admin.start()
         try:

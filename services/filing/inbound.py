@@ -3,6 +3,11 @@
 Same handlers as the REST API; the sender (`ce_source` = `/province/<admdvs>`) must be the
 person's insured province. Refused records go to filing.inbound.dlq with their reason and a
 `RecordRejected` on filing.rejections; replays change nothing (inbox by ce_id).
+
+A filing for a person with no enrolment in this service's view is retried (the bus's retry
+topic, backoff and budget) before it is refused: a province that publishes an enrolment and a
+filing together has them on two topics, and the enrolment reaches this view through the enroll
+service, so the filing may well arrive first.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from schemas.events import CancelFiling, ChangeFiling, FileTreatment
 from services.bus.envelope import Incoming
 from services.bus.intake import apply_batch
 from services.bus.rejections import source_province
+from services.bus.worker import PermanentError
 from services.filing.domain import FilingRefusedError
 from services.filing.handlers import (
     FilingContext,
@@ -26,12 +32,22 @@ from services.filing.handlers import (
 )
 
 CONSUMER = "filing.inbound"
+NOT_SEEN_YET = frozenset({"NOT_ENROLLED"})  # refusals the enrolment view may still catch up with
+
+
+class EnrolmentNotSeenError(Exception):
+    """Not enrolled as far as this view knows yet: retried; refused with `code` once the budget is spent."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 async def handle_batch(ctx: FilingContext, msgs: list[Incoming]) -> list[BaseException | None]:
     results = await asyncio.to_thread(apply_batch, ctx.engine, CONSUMER, msgs, partial(_dispatch, ctx),
                                       (FilingRefusedError, UnknownFilingError))
-    return results
+    return [EnrolmentNotSeenError(str(r), r.code) if isinstance(r, PermanentError) and r.code in NOT_SEEN_YET
+            else r for r in results]
 
 
 def _dispatch(ctx: FilingContext, s: Session, m: Incoming) -> None:

@@ -364,7 +364,7 @@ def create_api(svc: SettleService) -> FastAPI:
         if fixmedins_code not in svc.ctx.ref.hospitals:
             raise HTTPException(404, f"{fixmedins_code} 不是已登记的定点医药机构")
         try:
-            resume_offset(last_event_id, partition_of(fixmedins_code))
+            resume_offset(last_event_id, await partition_of(svc.runtime.bus, fixmedins_code))
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         return StreamingResponse(results(svc.runtime.bus, fixmedins_code, last_event_id),

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from schemas.topics import TOPICS
 from services.bus.client import Bus
 
 log = logging.getLogger("yibao.settle.stream")
@@ -23,9 +22,11 @@ TOPIC = "settle.hospital"
 KEEPALIVE_MS = 15_000
 
 
-def partition_of(fixmedins_code: str) -> int:
-    """The partition the producer's default partitioner puts this hospital's results in."""
-    parts = list(range(TOPICS[TOPIC].partitions))
+async def partition_of(bus: Bus, fixmedins_code: str) -> int:
+    """The partition the producer's default partitioner puts this hospital's results in, over the
+    partitions the topic has on this broker (the registry's count, or the deployment's)."""
+    assert bus.producer, "Bus.start() first"
+    parts = sorted(await bus.producer.partitions_for(TOPIC))
     return int(DefaultPartitioner()(fixmedins_code.encode(), parts, parts))
 
 
@@ -40,7 +41,7 @@ def resume_offset(last_event_id: str | None, partition: int) -> int | None:
 
 
 async def results(bus: Bus, fixmedins_code: str, last_event_id: str | None) -> AsyncIterator[bytes]:
-    partition = partition_of(fixmedins_code)
+    partition = await partition_of(bus, fixmedins_code)
     start = resume_offset(last_event_id, partition)
     tp = TopicPartition(TOPIC, partition)
     consumer = bus.consumer(group_id=None)

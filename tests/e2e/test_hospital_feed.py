@@ -54,7 +54,7 @@ async def test_the_results_stream_resumes_after_the_last_event(stack: Stack) -> 
     assert (await anext(stream)).startswith(b": results of")  # subscribed: from now on
     first = await stack.settle_claim(psn, GZ, "440100", "360100")
     event_id, data = await asyncio.wait_for(next_event(stream), 20)
-    assert data["msgid"] == first["msgid"] and event_id.startswith(f"{partition_of(GZ)}:")
+    assert data["msgid"] == first["msgid"] and event_id.startswith(f"{await partition_of(bus, GZ)}:")
     await stream.aclose()
     second = await stack.settle_claim(psn, GZ, "440100", "360100")  # while disconnected
     resumed = results(bus, GZ, event_id)

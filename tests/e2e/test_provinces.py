@@ -111,6 +111,46 @@ async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: str
     assert res["infcode"] == -1 and res["output"]["err_code"] == "INSURANCE_TERMINATED", res
 
 
+async def test_a_filing_ahead_of_its_enrolment_is_retried_until_the_enrolment_arrives(stack: Stack, broker: str) -> None:
+    """A province publishes the filing before the enrolment has reached the filing service: the
+    filing waits on the retry topic and is approved once the enrolment is there; a filing for a
+    person who never enrols is refused NOT_ENROLLED when the retries are spent."""
+    pytest.importorskip("confluent_kafka")
+    enroll, filing = stack.http["enroll"], stack.http["filing"]
+    psn = {}
+    for tag, digits in (("LATE", "36010219850101707"), ("NEVER", "36010219850101808")):
+        r = await enroll.post("/persons", json={"certno": with_check_char(digits), "psn_name": tag, "admdvs": "360100"})
+        assert r.status_code == 201, r.text
+        psn[tag] = r.json()["psn_no"]
+    body = {"insuplc_admdvs": "360100", "fil_type": "REFERRAL", "target_admdvs": "440100",
+            "begndate": TODAY.isoformat(), "referral_fixmedins_code": "H36010200001"}
+    await asyncio.to_thread(publish, broker, "filing.inbound", [
+        (p, "/province/360000", FILE, json.dumps(body | {"psn_no": p, "record_id": f"F-{tag}"}).encode())
+        for tag, p in psn.items()])
+
+    def retried(records: list[Any]) -> set[str]:
+        return {json.loads(r.value)["record_id"] for r in records}
+    await read_until(broker, "filing.inbound.retry", lambda rs: retried(rs) >= {"F-LATE", "F-NEVER"},
+                     what="both filings to be put back for a retry")
+    r = await enroll.post("/enrolments", json={"psn_no": psn["LATE"], "insuplc_admdvs": "360100", "insutype": "310",
+                                               "paid_through": YEAR_END})
+    assert r.status_code == 201, r.text
+
+    async def filed() -> Any:
+        r = await filing.get(f"/persons/{psn['LATE']}/filings")
+        return r.json() if r.status_code == 200 and r.json() else None
+    assert [f["fil_type"] for f in await wait_until(filed, what="the late filing to be approved")] == ["REFERRAL"]
+
+    def refused(records: list[Any]) -> dict[str, str]:
+        return {m["record_id"]: m["reason_code"] for m in (json.loads(r.value) for r in records)
+                if m["record_id"] in ("F-LATE", "F-NEVER")}
+    rej = await read_until(broker, "filing.rejections", lambda rs: "F-NEVER" in refused(rs),
+                           what="the filing of a person never enrolled to be refused")
+    assert refused(rej) == {"F-NEVER": "NOT_ENROLLED"}
+    dlq = await read_until(broker, "filing.inbound.dlq", lambda rs: len(rs) >= 1, what="the dead letter")
+    assert [headers_of(r)["dlq-attempts"] for r in dlq] == ["5"]
+
+
 async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(stack: Stack, broker: str) -> None:
     enroll, filing = stack.http["enroll"], stack.http["filing"]
 
