@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from tests.e2e.stack import YEAR_END, Stack
 from tests.helpers import headers_of, read_topic, read_until, wait_until
@@ -41,6 +42,13 @@ def record(certno: str, region: str, **kw: Any) -> bytes:
 
 ENROL = "yibao.enroll.EnrolmentRecord.v1"
 FILE = "yibao.filing.FileTreatment.v1"
+
+
+@pytest.fixture
+def bus_settings(bus_settings: BusSettings) -> BusSettings:
+    # a retry budget of some seconds (not ~2), so that a filing waiting for its enrolment does not
+    # run out of attempts while this test is still noticing the first retry
+    return bus_settings.model_copy(update={"retry_attempts": 8})
 
 
 async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: str) -> None:
@@ -148,7 +156,7 @@ async def test_a_filing_ahead_of_its_enrolment_is_retried_until_the_enrolment_ar
                            what="the filing of a person never enrolled to be refused")
     assert refused(rej) == {"F-NEVER": "NOT_ENROLLED"}
     dlq = await read_until(broker, "filing.inbound.dlq", lambda rs: len(rs) >= 1, what="the dead letter")
-    assert [headers_of(r)["dlq-attempts"] for r in dlq] == ["5"]
+    assert [headers_of(r)["dlq-attempts"] for r in dlq] == ["8"]
 
 
 async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(stack: Stack, broker: str) -> None:
