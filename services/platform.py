@@ -148,14 +148,15 @@ class Platform:
         else:
             print(f"  broker    {self.bootstrap}  (external cluster)")
         base = dict(os.environ, **self.env, YIBAO_KAFKA_BOOTSTRAP=self.bootstrap, YIBAO_VAR_DIR=str(self.var_dir))
+        workers = settle_workers(base)
         partitions = topic_partitions(base, embedded=self.broker is not None)
         if partitions:  # the services re-create topics after a broker restart: the same count
             base["YIBAO_PARTITIONS"] = str(partitions)
         made = asyncio.run(create_topics(self.bootstrap, partitions))
         print(f"  topics    {len(made)} created from the registry in schemas/topics.py"
               + (f", {partitions} partition(s) each" if partitions else ""))
-        if partitions and partitions < len(settle_workers(base)):
-            print(f"  note      {len(settle_workers(base))} settle workers share {partitions} partition(s) per topic:"
+        if partitions and partitions < len(workers):
+            print(f"  note      {len(workers)} settle workers share {partitions} partition(s) per topic:"
                   " the extra workers stay idle")
         external = {x.strip() for x in base.get("YIBAO_SETTLE_EXTERNAL", "").split(",") if x.strip()}
         for name in SERVICES:
@@ -163,7 +164,7 @@ class Platform:
             if name == "settle":
                 env["YIBAO_SETTLE_LEVELS"] = ",".join(lv for lv in SETTLE_API_LEVELS if lv not in external)
             self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
-        for proc_name, levels in settle_workers(base).items():
+        for proc_name, levels in workers.items():
             mine = ",".join(lv for lv in levels if lv not in external)
             if mine:
                 self.procs[proc_name] = subprocess.Popen(

@@ -2,7 +2,9 @@
 
 Each record is applied once (the inbox by ce_id); a record the handler refuses (one of
 `refusals`, raised before it wrote anything) becomes a PermanentError with the refusal's code,
-so the worker dead-letters it and tells the sender, and the rest of the batch commits.
+so the worker dead-letters it and tells the sender, and the rest of the batch commits. A refusal
+whose code is in `retry_codes` (a view that may still catch up) is retried first, and keeps its
+code when it is dead-lettered after the budget.
 """
 
 from __future__ import annotations
@@ -21,10 +23,18 @@ from services.bus.worker import PermanentError
 Apply = Callable[[Session, Incoming], None]
 
 
+class NotYetError(Exception):
+    """A refusal this consumer's view may still catch up with: retried, dead-lettered with `code`."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def apply_batch(engine: Engine, consumer: str, msgs: list[Incoming], apply: Apply,
                 refusals: tuple[type[Exception], ...], prepare: Callable[[Session, list[Incoming]], None] | None = None,
                 autoflush: bool = True, inbox_key: Callable[[Incoming], str] = lambda m: m.ce_id,
-                ) -> list[BaseException | None]:
+                retry_codes: frozenset[str] = frozenset()) -> list[BaseException | None]:
     """`prepare` may load what the whole batch needs; `autoflush=False` when it did (fewer statements).
     `inbox_key`: what makes two messages the same (the CloudEvents id unless the event has a better one)."""
     out: list[BaseException | None] = []
@@ -42,7 +52,8 @@ def apply_batch(engine: Engine, consumer: str, msgs: list[Incoming], apply: Appl
             try:
                 apply(s, m)
             except refusals as exc:
-                out.append(PermanentError(str(exc), str(getattr(exc, "code", "REFUSED"))))
+                code = str(getattr(exc, "code", "REFUSED"))
+                out.append(NotYetError(str(exc), code) if code in retry_codes else PermanentError(str(exc), code))
                 continue
             s.add(InboxRecord(consumer=consumer, msg_id=key, processed_ms=now_ms()))
             out.append(None)

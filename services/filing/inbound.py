@@ -21,7 +21,6 @@ from schemas.events import CancelFiling, ChangeFiling, FileTreatment
 from services.bus.envelope import Incoming
 from services.bus.intake import apply_batch
 from services.bus.rejections import source_province
-from services.bus.worker import PermanentError
 from services.filing.domain import FilingRefusedError
 from services.filing.handlers import (
     FilingContext,
@@ -35,19 +34,9 @@ CONSUMER = "filing.inbound"
 NOT_SEEN_YET = frozenset({"NOT_ENROLLED"})  # refusals the enrolment view may still catch up with
 
 
-class EnrolmentNotSeenError(Exception):
-    """Not enrolled as far as this view knows yet: retried; refused with `code` once the budget is spent."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 async def handle_batch(ctx: FilingContext, msgs: list[Incoming]) -> list[BaseException | None]:
-    results = await asyncio.to_thread(apply_batch, ctx.engine, CONSUMER, msgs, partial(_dispatch, ctx),
-                                      (FilingRefusedError, UnknownFilingError))
-    return [EnrolmentNotSeenError(str(r), r.code) if isinstance(r, PermanentError) and r.code in NOT_SEEN_YET
-            else r for r in results]
+    return await asyncio.to_thread(partial(apply_batch, retry_codes=NOT_SEEN_YET), ctx.engine, CONSUMER, msgs,
+                                   partial(_dispatch, ctx), (FilingRefusedError, UnknownFilingError))
 
 
 def _dispatch(ctx: FilingContext, s: Session, m: Incoming) -> None:
