@@ -35,7 +35,7 @@ class BusSettings(BaseSettings):
     # No linger: aiokafka keeps one produce request in flight per broker, and what is sent meanwhile
     # waits for it and goes out as one batch, so batches still grow with the load. Measured on the
     # settlement bench (one settle worker, one partition per topic, 2026-12-02): 0 ms against 8 ms
-    # better in 10 of 13 alternate pairs (mean ~212 against ~191/s, p99 down ~50 ms), the broker
+    # better in 10 of 13 alternate pairs (mean ~216 against ~199/s, p99 down ~50 ms), the broker
     # 3-4 % of a core busier; 2 ms no different from 0. (8 ms had paid with two city workers and a
     # relay worker, when the broker's CPU was the limit: linger 2 → 8 ms, ~170 → ~195/s.)
     linger_ms: int = 0
