@@ -25,8 +25,11 @@ def follow(bootstrap: str, hospital: str, group: str | None = None, from_start: 
            idle_s: float | None = None) -> Iterator[dict[str, Any]]:
     """Yield this hospital's results (SettlementResult as a dict, with its CloudEvents headers under
     `_headers`) as they arrive; stop after `idle_s` seconds without any record, if given."""
+    # A 6 s session (the least a Kafka broker accepts by default): the embedded broker makes every
+    # group join wait half the session, 22 s with librdkafka's default of 45 s.
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group or f"adapter-{hospital}",
-                  "auto.offset.reset": "earliest" if from_start else "latest", "enable.auto.commit": True})
+                  "auto.offset.reset": "earliest" if from_start else "latest", "enable.auto.commit": True,
+                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 1500})
     assigned: list[object] = []
     c.subscribe(["settle.hospital"], on_assign=lambda _c, parts: assigned.append(parts))
     idle = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -34,8 +35,8 @@ class ServiceRuntime:
     async def start(self, watch_epoch: bool = True) -> None:
         await self.bus.start()
         self.relay.start()
-        for w in self.workers:
-            await w.start()
+        # each consumer's group join waits on the broker (session/2): join them all at once
+        await asyncio.gather(*(w.start() for w in self.workers))
         if watch_epoch:
             self.bus.watch_epoch()
 
@@ -44,8 +45,7 @@ class ServiceRuntime:
             await w.wait_assigned(timeout)
 
     async def stop(self) -> None:
-        for w in self.workers:
-            await w.stop()
+        await asyncio.gather(*(w.stop() for w in self.workers))  # each finishes its batch in hand
         await self.relay.stop()
         await self.bus.stop()
 

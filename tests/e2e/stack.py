@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +30,7 @@ class Stack:
     http: dict[str, httpx.AsyncClient] = field(default_factory=dict)
 
     async def start(self) -> None:
-        for s in self.services.values():
-            await s.start()
+        await asyncio.gather(*(s.start() for s in self.services.values()))  # the group joins overlap
         for s in self.services.values():
             await s.wait_ready()
         self.http = {n: httpx.AsyncClient(transport=httpx.ASGITransport(app=s.app), base_url=f"http://{n}",
@@ -40,8 +40,7 @@ class Stack:
     async def stop(self) -> None:
         for c in self.http.values():
             await c.aclose()
-        for s in self.services.values():
-            await s.stop()
+        await asyncio.gather(*(s.stop() for s in self.services.values()))
 
     @property
     def settle(self) -> Any:
