@@ -33,6 +33,7 @@ from services.enroll.domain import with_check_char
 from services.platform import SERVICES, Platform
 from services.settle.auth import SigningAuth, hospital_headers
 
+TICK_S = 10.0  # a progress line, and a point of the time series in bench.json, every TICK_S seconds
 LEGS = 10  # a cross-province claim: 9 hop legs plus the reply
 INSURED = ["360100", "360400", "330100", "330200", "110000", "310000"]
 HOSPITALS = ["H44010400001", "H44010600002", "H44011100003"]  # 广州, levels 3/2/1, enabled
@@ -224,8 +225,26 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
         await asyncio.sleep(seconds)
         return cpu_share(pids, seconds, before)
 
+    intervals: list[dict[str, float]] = []
+
+    async def tick() -> None:
+        """Every TICK_S, the rate and p99 of the claims answered since the last tick: shows drift."""
+        await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
+        seen, t = 0, 0.0
+        while (left := end - time.monotonic()) > 0.5:
+            step = min(TICK_S, left)
+            await asyncio.sleep(step)
+            t, fresh, seen = t + step, latencies[seen:], len(latencies)
+            point = {"t_s": round(t, 1), "per_s": round(len(fresh) / step, 1), "p99_ms": pct(fresh, 99),
+                     "errors": sum(errors.values())}
+            intervals.append(point)
+            progress(f"  {point['t_s']:>5.0f} s  {point['per_s']:>6}/s  p99 {point['p99_ms']} ms  "
+                     f"errors so far {point['errors']}")
+
     cpu = asyncio.create_task(sample_cpu())
+    ticker = asyncio.create_task(tick())
     await asyncio.gather(*(hospital() for _ in range(concurrency)))
+    await ticker
     return {
         "throughput_per_s": round(len(latencies) / seconds, 1), "settled": len(latencies),
         "latency_ms": summary(latencies), "errors": dict(errors),
@@ -234,6 +253,7 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
         "per_hop_transit_ms": {k: summary(v) for k, v in legs.items()},
         "per_hop_work_ms": {k: summary(v) for k, v in work.items()},
         "cpu_percent_of_one_core": await cpu,
+        "intervals": intervals,
     }
 
 
