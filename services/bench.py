@@ -231,7 +231,7 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
         """Every TICK_S, the rate and p99 of the claims answered since the last tick: shows drift."""
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
         seen, t = 0, 0.0
-        while (left := end - time.monotonic()) > 0.5:
+        while (left := end - time.monotonic()) > 0.05:
             step = min(TICK_S, left)
             await asyncio.sleep(step)
             t, fresh, seen = t + step, latencies[seen:], len(latencies)
