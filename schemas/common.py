@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import secrets
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
@@ -83,3 +86,15 @@ class FilingType(StrEnum):
 LONG_TERM_FILINGS = frozenset(
     {FilingType.RETIRED_RELOCATED, FilingType.LONG_TERM_RESIDENT, FilingType.WORKING_REMOTE}
 )
+
+
+_MSG_SEQ: dict[str, itertools.count[int]] = {}
+
+
+def new_msgid(fixmedins_code: str) -> str:
+    """发送方报文ID as a hospital makes it: fixmedins_code(12) + yyyyMMddHHmmss(14) + seq(4).
+
+    The sequence counts per hospital in this process, so two requests of one second differ
+    (random digits collided about once per bench run)."""
+    seq = next(_MSG_SEQ.setdefault(fixmedins_code, itertools.count(secrets.randbelow(10**4))))
+    return f"{fixmedins_code}{datetime.now():%Y%m%d%H%M%S}{seq % 10**4:04d}"

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import random
-import secrets
 import statistics
 import time
 from collections import defaultdict
@@ -27,6 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from schemas.common import new_msgid
 from services.bus.broker import EmbeddedBroker, free_port
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
@@ -109,10 +109,6 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
     return list(people)
 
 
-def _msgid(hosp: str) -> str:
-    return f"{hosp}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**4):04d}"
-
-
 def claim(psn: str, region: str, inpatient: bool = False) -> dict[str, Any]:
     """2207 with 2–5 common lines, or (inpatient) 2304 with 30–200 lines from the whole catalogue."""
     hosp = random.choice(HOSPITALS)
@@ -123,14 +119,14 @@ def claim(psn: str, region: str, inpatient: bool = False) -> dict[str, Any]:
         cnt = random.randint(1, 3)
         lines.append({"feedetl_sn": str(sn), "med_list_codg": code, "cnt": cnt, "pric": price,
                       "det_item_fee_sumamt": str(round(float(price) * cnt, 2))})
-    return {"infno": "2304" if inpatient else "2207", "msgid": _msgid(hosp),
+    return {"infno": "2304" if inpatient else "2207", "msgid": new_msgid(hosp),
             "mdtrtarea_admvs": "440100", "insuplc_admdvs": region, "fixmedins_code": hosp,
             "input": {"data": {"psn_no": psn, "insutype": "310", "med_type": "21" if inpatient else "11",
                                "acct_used_flag": "1", "begntime": date.today().isoformat()}, "feedetail": lines}}
 
 
 def reversal(hosp: str, psn: str, region: str, setl_id: str) -> dict[str, Any]:
-    return {"infno": "2208", "msgid": _msgid(hosp), "mdtrtarea_admvs": "440100", "insuplc_admdvs": region,
+    return {"infno": "2208", "msgid": new_msgid(hosp), "mdtrtarea_admvs": "440100", "insuplc_admdvs": region,
             "fixmedins_code": hosp, "input": {"data": {"psn_no": psn, "setl_id": setl_id}}}
 
 

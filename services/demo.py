@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from schemas.common import new_msgid
 from services.enroll.domain import with_check_char
 from services.platform import DEFAULT_PORTS
 from services.settle.auth import SigningAuth
@@ -18,10 +19,6 @@ HOSPITAL = "H44010400001"  # 广州市第一人民医院, 三级, cross-province
 
 def say(text: str) -> None:
     print(f"\n▶ {text}")
-
-
-def msgid(fixmedins_code: str) -> str:
-    return f"{fixmedins_code}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**4):04d}"
 
 
 def wait_for(what: str, probe: Any, timeout: float = 15.0) -> Any:
@@ -78,7 +75,7 @@ def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
         (r := c.get(f"{url['settle']}/persons/{psn['psn_no']}/status")).status_code == 200 and r.json()["filings"]))
 
     say(f"3. 门诊结算 (2207) at {HOSPITAL} 广州市第一人民医院 — the claim crosses every hop")
-    req = {"infno": "2207", "msgid": msgid(HOSPITAL), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
+    req = {"infno": "2207", "msgid": new_msgid(HOSPITAL), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
            "fixmedins_code": HOSPITAL, "fixmedins_name": "广州市第一人民医院", "infver": "V1.0",
            "opter_type": "1", "opter": "0001", "opter_name": "收费员",
            "inf_time": f"{datetime.now():%Y-%m-%d %H:%M:%S}",

@@ -25,6 +25,7 @@ from services.settle import clearing, encounters, reconcile
 from services.settle.auth import AuthError, Gate
 from services.settle.clearing import ClearingError, advance_funds
 from services.settle.handlers import claim_status, result_of, submit_claim
+from services.settle.store import ClaimRecord
 from services.settle.stream import partition_of, results, resume_offset
 
 if TYPE_CHECKING:
@@ -205,6 +206,22 @@ def envelope(req: FsiRequest) -> dict[str, Any]:
     return {"inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t, "respond_time": t}
 
 
+REPLAY_FIELDS = ("infno", "psn_no", "insuplc_admdvs")
+
+
+def msgid_clash(first: ClaimRecord, claim: Claim) -> str | None:
+    """Why a request with a msgid already received is not a replay of it (None: it is). The first
+    answer goes only to the same hospital's same request, never another person's or hospital's."""
+    fresh = "请为本次交易生成新的报文ID（fixmedins_code + yyyyMMddHHmmss + 4 位顺序号）"
+    if first.fixmedins_code != claim.fixmedins_code:
+        return f"msgid {claim.msgid} 已被使用，不能重复；{fresh}"
+    differ = [f for f in REPLAY_FIELDS if getattr(first, f) != getattr(claim, f)]
+    if differ:
+        return (f"msgid {claim.msgid} 已用于本机构的另一笔交易（{'、'.join(differ)} 不同），"
+                f"同一 msgid 只能重发同一笔交易；{fresh}")
+    return None
+
+
 def answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | None = None,
            timing: dict[str, int] | None = None) -> dict[str, Any]:
     """公共出参 around a settlement result in its JSON form (or a pending/timeout answer).
@@ -278,6 +295,10 @@ def create_api(svc: SettleService) -> FastAPI:
         # On the loop, not in a thread: the hop workers of this process write the same SQLite
         # file, and a writer in another thread makes them wait on its lock with the loop blocked.
         existing = submit_claim(svc.ctx, claim, svc.replies.topic)
+        if existing is not None and (clash := msgid_clash(existing, claim)):
+            if existing.status != "pending":  # else the first request still waits for this reply
+                svc.replies.forget(claim.msgid)
+            raise HTTPException(409, clash)
         if existing is not None and existing.status != "pending":
             svc.replies.forget(claim.msgid)
             return json_response(answer(req, result_of(existing)))  # the same msgid twice: the first answer

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
+from schemas.common import new_msgid
 from schemas.regions import designated_hospitals
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
@@ -93,10 +94,6 @@ class Stack:
 def referral_hospital(region: str) -> str:
     """A hospital of the insured region allowed to issue referrals (level 2 or 3)."""
     return next(code for code, h in designated_hospitals().items() if h["admdvs"] == region and h["hosp_lv"] >= "2")
-
-
-def new_msgid(hospital: str) -> str:
-    return f"{hospital}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**4):04d}"
 
 
 DEFAULT_LINES = [

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from schemas.common import new_msgid
 from services.bus.settings import BusSettings
 from services.settle import clearing
 from services.settle.settings import SettleSettings
 from services.settle.store import LEDGER
-from tests.e2e.stack import Stack, new_msgid, start_stack
+from tests.e2e.stack import Stack, start_stack
 from tests.helpers import read_topic
 
 GZ = "H44010400001"

@@ -174,8 +174,34 @@ async def test_hospitals_act_and_read_only_for_themselves(stack: Stack) -> None:
         r = await bare.get(f"/claims/{ans['msgid']}", headers=other)
         assert r.status_code == 404  # another hospital's request does not exist for it
         assert (await stack.http["settle"].get(f"/claims/{ans['msgid']}")).json()["status"] == "settled"
+        # its msgid again from another hospital: refused, and nothing of the first answer shown
+        reuse = claim_body(psn, "H44010600002", "440100", "360100", msgid=ans["msgid"])
+        other = hospital_headers("H44010600002", designated_hospitals()["H44010600002"]["key"])  # a fresh nonce
+        r = await bare.post("/fsi/callService", json=reuse, headers=other)
+        assert r.status_code == 409 and r.json()["infcode"] == -1 and "已被使用" in r.json()["err_msg"]
+        assert ans["output"]["setlinfo"]["setl_id"] not in r.text and psn not in r.text
     finally:
         await bare.aclose()
+
+
+async def test_a_msgid_answers_again_only_the_request_it_was_first_used_for(stack: Stack) -> None:
+    first, second = await stack.person(), await stack.person()
+    for p in (first, second):
+        await stack.file(p, "440100")
+    ans = await stack.settle_claim(first, GZ_HOSPITAL, "440100", "360100")
+    assert ans["infcode"] == 0
+    # the same hospital sends the msgid again for another person: told to make a new one
+    body = claim_body(second, GZ_HOSPITAL, "440100", "360100", msgid=ans["msgid"])
+    r = await stack.http["settle"].post("/fsi/callService", json=body)
+    assert r.status_code == 409 and "psn_no 不同" in r.json()["err_msg"]
+    assert ans["output"]["setlinfo"]["setl_id"] not in r.text
+    # and with another transaction code for the same person
+    body = claim_body(first, GZ_HOSPITAL, "440100", "360100", msgid=ans["msgid"], infno="2206")
+    r = await stack.http["settle"].post("/fsi/callService", json=body)
+    assert r.status_code == 409 and "infno 不同" in r.json()["err_msg"]
+    # the second person's claim under a new msgid settles, and the first has one ledger entry
+    assert (await stack.settle_claim(second, GZ_HOSPITAL, "440100", "360100"))["infcode"] == 0
+    assert len(ledger_rows(stack, ans["msgid"])) == 1
 
 
 async def test_relays_pass_the_claim_on_unread_and_the_next_city_hop_rejects_a_bad_one(stack: Stack,

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from schemas.common import new_msgid
 from services.enroll.domain import with_check_char
-from tests.e2e.stack import Stack, new_msgid
+from tests.e2e.stack import Stack
 from tests.helpers import read_topic, wait_until
 
 GZ, GZ2 = "H44010400001", "H44010600002"

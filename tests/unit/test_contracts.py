@@ -6,6 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from schemas.common import new_msgid
 from schemas.events import EVENT_TYPES
 from schemas.export import JSON_DIR, render
 from schemas.topics import TOPICS, all_topic_names, topic
@@ -60,3 +61,10 @@ def test_a_relay_reads_a_hop_as_the_same_type_and_passes_the_rest_on_as_it_came(
     assert SettlementHopInTransit.model_validate(broken).model_extra["claim"]["fees"][0]["cnt"] == "-1"
     with pytest.raises(ValidationError):
         SettlementHop.model_validate(broken)
+
+
+def test_msgids_of_one_hospital_in_one_second_differ_and_keep_the_national_format() -> None:
+    ids = [new_msgid("H44010400001") for _ in range(5000)]
+    assert len(set(ids)) == len(ids)  # 5,000 in well under a second: the sequence, not chance
+    assert all(len(m) == 30 and m.startswith("H44010400001") and m[12:].isdigit() for m in ids)
+    assert new_msgid("H36010200001") != new_msgid("H36010200001")
