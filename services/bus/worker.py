@@ -237,10 +237,7 @@ class Worker:
         except BadMessageError as exc:
             await self._dead_letter(rec, topic, headers, exc, attempts=1)
             return
-        deadline = msg.deadline_ms
-        if deadline is not None and now_ms() > deadline:
-            await self._give_up(rec, topic, msg, "deadline passed before this hop could act",
-                                TimeoutError("deadline passed"))
+        if await self._expired(rec, topic, msg):
             return
         try:
             await self.handlers[topic](msg)
@@ -257,10 +254,12 @@ class Worker:
         for rec in records:
             headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]
             try:
-                valid.append((rec, decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset,
-                                          self.read_as.get(topic))))
+                msg = decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset, self.read_as.get(topic))
             except BadMessageError as exc:
                 await self._dead_letter(rec, topic, headers, exc, attempts=1)
+                continue
+            if not await self._expired(rec, topic, msg):
+                valid.append((rec, msg))
         if not valid:
             return
         try:
@@ -275,6 +274,13 @@ class Worker:
             else:
                 await self._retry_or_give_up(rec, topic, msg, err if isinstance(err, Exception) else
                                              RuntimeError(str(err)))
+
+    async def _expired(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming) -> bool:
+        """Its deadline passed: given up (dead-lettered, the sender told) instead of handled."""
+        if msg.deadline_ms is None or now_ms() <= msg.deadline_ms:
+            return False
+        await self._give_up(rec, topic, msg, "deadline passed before this hop could act", TimeoutError("deadline passed"))
+        return True
 
     async def _retry_or_give_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming,
                                 exc: Exception) -> None:

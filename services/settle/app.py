@@ -11,13 +11,14 @@ from schemas.events import FaultsChanged, SettlementHopInTransit
 from services.bus.broadcast import Broadcast
 from services.bus.faults import Fault, Faults
 from services.bus.reply import ReplyListener
+from services.bus.worker import BatchHandler, Handler
 from services.service import Service
 from services.settle.handlers import (
     SettleContext,
     apply_enrolment,
     apply_filing,
+    city_hops,
     give_up,
-    handle_hop,
     relay_hop,
 )
 from services.settle.refdata import Reference
@@ -43,7 +44,9 @@ class SettleService(Service):
         unknown = set(levels) - set(ALL_LEVELS)
         if unknown:
             raise ValueError(f"unknown hop level(s) {sorted(unknown)}: use {ALL_LEVELS}")
-        handlers = {f"settle.{lvl}": partial(handle_hop if lvl == "city" else relay_hop, self.ctx) for lvl in levels}
+        handlers: dict[str, Handler] = {
+            f"settle.{lvl}": BatchHandler(partial(city_hops, self.ctx)) if lvl == "city" else partial(relay_hop, self.ctx)
+            for lvl in levels}
         if "city" in levels:  # the insured city decides from its own views
             handlers["enroll.events"] = partial(apply_enrolment, self.ctx)
             handlers["filing.events"] = partial(apply_filing, self.ctx)

@@ -6,6 +6,7 @@ inbox record and outbox rows in one transaction; pure pass-through hops send dir
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,7 @@ from services.bus.db import transaction
 from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, now_ms
 from services.bus.faults import Faults
 from services.bus.views import apply_state
-from services.bus.worker import PermanentError
+from services.bus.worker import YIELD_AFTER_S, PermanentError
 from services.settle import benefits
 from services.settle.clearing import charge
 from services.settle.domain import (
@@ -162,20 +163,63 @@ async def relay_hop(ctx: SettleContext, msg: Incoming) -> None:
     await _forward(ctx, msg, hop)
 
 
-async def handle_hop(ctx: SettleContext, msg: Incoming) -> None:
-    hop: SettlementHop = msg.event
-    step = await _arrive(ctx, msg, hop)
-    received = now_ms()
-    if step.action is HopAction.SPLIT:
-        await _split(ctx, msg, hop, received)
-    elif step.action is HopAction.COMPUTE:
-        _compute(ctx, msg, hop, received)
-    elif step.action is HopAction.FINISH:
-        _stamp(hop, received, msg.attempt)
-        _finish(ctx, msg, hop)
-    else:
-        _stamp(hop, received, msg.attempt)
-        await _forward(ctx, msg, hop)
+LogLine = tuple[str, tuple[object, ...]]  # written once the transaction that it tells of commits
+WRITES = (HopAction.COMPUTE, HopAction.FINISH)
+
+
+async def city_hops(ctx: SettleContext, msgs: list[Incoming]) -> list[BaseException | None]:
+    """settle.city, one fetched batch: splits go on as they come; the insured city's decisions and
+    the treatment city's answers share transactions (one commit for the claims of a few ms instead
+    of one each), and a transaction that fails is done again claim by claim, each on its own.
+    Answers, per message, None (done) or what it raised."""
+    errors: list[BaseException | None] = [None] * len(msgs)
+    writes: list[tuple[int, Incoming, int]] = []
+    for i, msg in enumerate(msgs):
+        try:
+            hop: SettlementHop = msg.event
+            step = await _arrive(ctx, msg, hop)
+            if step.action in WRITES:
+                writes.append((i, msg, now_ms()))
+            elif step.action is HopAction.SPLIT:
+                await _split(ctx, msg, hop, now_ms())
+            else:
+                _stamp(hop, now_ms(), msg.attempt)
+                await _forward(ctx, msg, hop)
+        except Exception as exc:
+            errors[i] = exc
+    loop = asyncio.get_running_loop()
+    while writes:
+        started, taken, lines = loop.time(), 0, []
+        try:
+            with transaction(ctx.engine) as s:
+                for _, msg, received in writes:
+                    taken += 1
+                    lines.append(_write(s, ctx, msg, msg.event, received))
+                    if loop.time() - started > YIELD_AFTER_S:
+                        break
+        except Exception:
+            log.warning("a shared transaction of %d claims failed; each is done again on its own", taken,
+                        exc_info=True)
+            lines = []
+            for i, msg, received in writes[:taken]:  # from the message as it came: the first try changed the hop
+                try:
+                    with transaction(ctx.engine) as s:
+                        lines.append(_write(s, ctx, msg, SettlementHop.model_validate_json(msg.value), received))
+                except Exception as exc:
+                    errors[i] = exc
+        for fmt, args in lines:
+            log.info(fmt, *args)
+        writes = writes[taken:]
+        if writes:
+            await asyncio.sleep(0)  # let the relay send what committed
+    return errors
+
+
+def _write(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> LogLine:
+    if hop.route[hop.pos].action is HopAction.COMPUTE:
+        return _compute(s, ctx, msg, hop, received)
+    _stamp(hop, received, msg.attempt)
+    return _finish_in(s, msg, hop)
 
 
 def _stamp(hop: AnyHop, received: int, attempt: int) -> None:
@@ -226,37 +270,35 @@ async def _split(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received
     await _forward(ctx, msg, hop)
 
 
-def _compute(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> None:
+def _compute(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> LogLine:
     """Insured city: eligibility, benefits, ledger and accumulators, exactly once per msgid."""
     c = hop.claim
-    with transaction(ctx.engine) as s:
-        conn = s.connection()
-        if ledger_has(conn, c.msgid):
-            log.info("claim %s already settled at %s: redelivery ignored", c.msgid, c.insuplc_admdvs)
-            return
-        enrolments = load_enrolments(conn, c.psn_no)
-        try:
-            hop.outcome = _decide(ctx, conn, hop, enrolments)
-        except (SettlementRefusedError, benefits.PolicyError) as e:
-            code = e.code if isinstance(e, SettlementRefusedError) else "NO_POLICY"
-            hop.outcome = failure(code, str(e))
-            hop.outcome.psn_gend = enrolments[0].gend if enrolments else None
-        info = hop.outcome.setlinfo
-        if info is not None and c.infno not in PRE_SETTLEMENTS:  # 预付金: charged by settlements, credited by reversals
-            warning = charge(conn, ctx.ref.advance, c.insuplc_admdvs, c.mdtrtarea_admvs,
-                             benefits.fen(info.fund_pay_sumamt))
-            if warning is not None:
-                outbox.add(s, SERVICE, "settle.advance", f"{warning.insured_prov}-{warning.treat_prov}", warning,
-                           source=f"/yibao/settle/city/{c.insuplc_admdvs}")
-                log.warning("预付金 %s→%s %s: %s of %s used", warning.insured_prov, warning.treat_prov,
-                            warning.level, warning.used, warning.amount)
-        _stamp(hop, received, msg.attempt)
-        hop.pos += 1
-        nxt = hop.route[hop.pos]
-        outbox.add(s, SERVICE, hop_topic(nxt.level), nxt.admdvs, hop,
-                   source=f"/yibao/settle/city/{c.insuplc_admdvs}", **_next_headers(msg, hop))  # type: ignore[arg-type]
-    log.info("claim %s decided at %s: infcode %s %s", c.msgid, c.insuplc_admdvs, hop.outcome.infcode,
-             hop.outcome.err_code or "")
+    conn = s.connection()
+    if ledger_has(conn, c.msgid):
+        return "claim %s already settled at %s: redelivery ignored", (c.msgid, c.insuplc_admdvs)
+    enrolments = load_enrolments(conn, c.psn_no)
+    try:
+        hop.outcome = _decide(ctx, conn, hop, enrolments)
+    except (SettlementRefusedError, benefits.PolicyError) as e:
+        code = e.code if isinstance(e, SettlementRefusedError) else "NO_POLICY"
+        hop.outcome = failure(code, str(e))
+        hop.outcome.psn_gend = enrolments[0].gend if enrolments else None
+    info = hop.outcome.setlinfo
+    if info is not None and c.infno not in PRE_SETTLEMENTS:  # 预付金: charged by settlements, credited by reversals
+        warning = charge(conn, ctx.ref.advance, c.insuplc_admdvs, c.mdtrtarea_admvs,
+                         benefits.fen(info.fund_pay_sumamt))
+        if warning is not None:
+            outbox.add(s, SERVICE, "settle.advance", f"{warning.insured_prov}-{warning.treat_prov}", warning,
+                       source=f"/yibao/settle/city/{c.insuplc_admdvs}")
+            log.warning("预付金 %s→%s %s: %s of %s used", warning.insured_prov, warning.treat_prov,
+                        warning.level, warning.used, warning.amount)
+    _stamp(hop, received, msg.attempt)
+    hop.pos += 1
+    nxt = hop.route[hop.pos]
+    outbox.add(s, SERVICE, hop_topic(nxt.level), nxt.admdvs, hop,
+               source=f"/yibao/settle/city/{c.insuplc_admdvs}", **_next_headers(msg, hop))  # type: ignore[arg-type]
+    return ("claim %s decided at %s: infcode %s %s",
+            (c.msgid, c.insuplc_admdvs, hop.outcome.infcode, hop.outcome.err_code or ""))
 
 
 PRE_SETTLEMENTS = {"2206": "门诊预结算", "2303": "住院预结算"}
@@ -358,6 +400,13 @@ def _setldetail(c: Claim, comp: benefits.Computation) -> list[Setldetail]:
 
 
 def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
+    """Treatment city, in a transaction of its own: record the answer and publish it, once."""
+    with transaction(ctx.engine) as s:
+        fmt, args = _finish_in(s, msg, hop)
+    log.info(fmt, *args)
+
+
+def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     """Treatment city: record the answer and publish it to the hospital, once."""
     c = hop.claim
     outcome = hop.outcome or failure("NO_DECISION", "结算链路未返回结果")
@@ -371,30 +420,30 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     src = f"/yibao/settle/city/{c.mdtrtarea_admvs}"
     hdr = dict(correlation_id=c.msgid, traceparent=msg.headers.get("traceparent"))
     body = encode(result)  # one encoding for the claim record and every topic it goes to
-    with transaction(ctx.engine) as s:
-        changed = s.connection().execute(CLAIM_ANSWER, {
-            "k_msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
-            "updated_ms": now_ms()}).rowcount
-        if not changed:
-            return  # answered before (a redelivery), or never submitted here
-        if outcome.infcode == 0 and c.infno in REGISTRATIONS:
-            open_encounter(s.connection(), c)
-        if outcome.infcode == 0 and c.mdtrt_id and c.infno in ("2207", "2304"):
-            mark_settled(s.connection(), c.mdtrt_id)
-        reversed_msgid = (outcome.data or {}).get("reversed_msgid")
-        if outcome.infcode == 0 and reversed_msgid:  # the original request's status: reversed
-            s.connection().execute(update(CLAIMS).where(CLAIMS.c.msgid == reversed_msgid)
-                                   .values(status="reversed", updated_ms=now_ms()))
-        targets = [("settle.hospital", c.fixmedins_code)]
-        if outcome.infcode == 0:
-            targets.append(("settle.completed", c.psn_no))
-        reply_to = msg.headers.get(REPLY_TO)
-        if reply_to:
-            targets.append((reply_to, c.msgid))
-        for topic, key in targets:
-            outbox.add(s, SERVICE, topic, key, result, source=src, value=body, **hdr)  # type: ignore[arg-type]
-    log.info("claim %s answered to %s: infcode %s %s (%d hops, %d ms)", c.msgid, c.fixmedins_code,
-             outcome.infcode, outcome.err_code or "", len(hop.trace), now_ms() - (hop.trace[0].received_ms if hop.trace else now_ms()))
+    conn = s.connection()
+    changed = conn.execute(CLAIM_ANSWER, {
+        "k_msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
+        "updated_ms": now_ms()}).rowcount
+    if not changed:  # answered before (a redelivery), or never submitted here
+        return "claim %s: no pending request to answer (answered before, or not sent here)", (c.msgid,)
+    if outcome.infcode == 0 and c.infno in REGISTRATIONS:
+        open_encounter(conn, c)
+    if outcome.infcode == 0 and c.mdtrt_id and c.infno in ("2207", "2304"):
+        mark_settled(conn, c.mdtrt_id)
+    reversed_msgid = (outcome.data or {}).get("reversed_msgid")
+    if outcome.infcode == 0 and reversed_msgid:  # the original request's status: reversed
+        conn.execute(update(CLAIMS).where(CLAIMS.c.msgid == reversed_msgid).values(status="reversed", updated_ms=now_ms()))
+    targets = [("settle.hospital", c.fixmedins_code)]
+    if outcome.infcode == 0:
+        targets.append(("settle.completed", c.psn_no))
+    reply_to = msg.headers.get(REPLY_TO)
+    if reply_to:
+        targets.append((reply_to, c.msgid))
+    for topic, key in targets:
+        outbox.add(s, SERVICE, topic, key, result, source=src, value=body, **hdr)  # type: ignore[arg-type]
+    return ("claim %s answered to %s: infcode %s %s (%d hops, %d ms)",
+            (c.msgid, c.fixmedins_code, outcome.infcode, outcome.err_code or "", len(hop.trace),
+             now_ms() - (hop.trace[0].received_ms if hop.trace else now_ms())))
 
 
 async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
