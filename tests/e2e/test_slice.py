@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from sqlmodel import Session, select
 
 from schemas.regions import designated_hospitals
+from services.bus.faults import Fault
 from services.settle.auth import hospital_headers
 from services.settle.store import LedgerEntry
 from tests.e2e.stack import DEFAULT_LINES, FEMALE_ONLY_LINE, Stack, claim_body
@@ -202,6 +204,32 @@ async def test_a_msgid_answers_again_only_the_request_it_was_first_used_for(stac
     # the second person's claim under a new msgid settles, and the first has one ledger entry
     assert (await stack.settle_claim(second, GZ_HOSPITAL, "440100", "360100"))["infcode"] == 0
     assert len(ledger_rows(stack, ans["msgid"])) == 1
+
+
+async def test_a_reused_msgid_refused_while_the_first_request_is_in_flight_leaves_it_its_answer(
+        stack: Stack) -> None:
+    first, second = await stack.person(), await stack.person()
+    for p in (first, second):
+        await stack.file(p, "440100")
+    stack.settle.ctx.faults.set(Fault(level="city", region="360100", slow_ms=1500))  # the first stays pending
+    try:
+        body = claim_body(first, GZ_HOSPITAL, "440100", "360100")
+        pending = asyncio.create_task(stack.http["settle"].post("/fsi/callService", json=body, timeout=60))
+        await wait_until(lambda: _status(stack, body["msgid"]), what="the first request on its way")
+        reuse = claim_body(second, GZ_HOSPITAL, "440100", "360100", msgid=body["msgid"])
+        r = await stack.http["settle"].post("/fsi/callService", json=reuse)
+        assert r.status_code == 409 and "psn_no 不同" in r.json()["err_msg"]
+        assert not pending.done()
+    finally:
+        stack.settle.ctx.faults.replace([])
+    ans = (await pending).json()
+    assert ans["infcode"] == 0 and ans["output"]["setlinfo"]["psn_no"] == first  # answered in time, not from the record
+    assert ans["output"]["api_timing"] is not None
+
+
+async def _status(stack: Stack, msgid: str) -> str | None:
+    r = await stack.http["settle"].get(f"/claims/{msgid}")
+    return r.json()["status"] if r.status_code == 200 else None
 
 
 async def test_relays_pass_the_claim_on_unread_and_the_next_city_hop_rejects_a_bad_one(stack: Stack,
