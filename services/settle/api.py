@@ -295,13 +295,13 @@ def create_api(svc: SettleService) -> FastAPI:
         # On the loop, not in a thread: the hop workers of this process write the same SQLite
         # file, and a writer in another thread makes them wait on its lock with the loop blocked.
         existing = submit_claim(svc.ctx, claim, svc.replies.topic)
-        if existing is not None and (clash := msgid_clash(existing, claim)):
+        if existing is not None:  # the msgid was received before
             if existing.status != "pending":  # else the first request still waits for this reply
                 svc.replies.forget(claim.msgid)
-            raise HTTPException(409, clash)
-        if existing is not None and existing.status != "pending":
-            svc.replies.forget(claim.msgid)
-            return json_response(answer(req, result_of(existing)))  # the same msgid twice: the first answer
+            if clash := msgid_clash(existing, claim):
+                raise HTTPException(409, clash)
+            if existing.status != "pending":
+                return json_response(answer(req, result_of(existing)))  # the same request again: the first answer
         wait_s = (deadline - now_ms() + svc.settings.reply_grace_ms) / 1000
         try:
             result = await asyncio.wait_for(asyncio.shield(fut), timeout=max(wait_s, 0.1))

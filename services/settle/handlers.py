@@ -164,6 +164,7 @@ async def relay_hop(ctx: SettleContext, msg: Incoming) -> None:
 
 
 LogLine = tuple[str, tuple[object, ...]]  # written once the transaction that it tells of commits
+Write = tuple[int, Incoming, int]  # a city hop that writes: (index in its batch, message, received_ms)
 WRITES = (HopAction.COMPUTE, HopAction.FINISH)
 
 
@@ -173,7 +174,7 @@ async def city_hops(ctx: SettleContext, msgs: list[Incoming]) -> list[BaseExcept
     of one each), and a transaction that fails is done again claim by claim, each on its own.
     Answers, per message, None (done) or what it raised."""
     errors: list[BaseException | None] = [None] * len(msgs)
-    writes: list[tuple[int, Incoming, int]] = []
+    writes: list[Write] = []
     for i, msg in enumerate(msgs):
         try:
             hop: SettlementHop = msg.event
@@ -189,30 +190,45 @@ async def city_hops(ctx: SettleContext, msgs: list[Incoming]) -> list[BaseExcept
             errors[i] = exc
     loop = asyncio.get_running_loop()
     while writes:
-        started, taken, lines = loop.time(), 0, []
-        try:
-            with transaction(ctx.engine) as s:
-                for _, msg, received in writes:
-                    taken += 1
-                    lines.append(_write(s, ctx, msg, msg.event, received))
-                    if loop.time() - started > YIELD_AFTER_S:
-                        break
-        except Exception:
-            log.warning("a shared transaction of %d claims failed; each is done again on its own", taken,
-                        exc_info=True)
-            lines = []
-            for i, msg, received in writes[:taken]:  # from the message as it came: the first try changed the hop
-                try:
-                    with transaction(ctx.engine) as s:
-                        lines.append(_write(s, ctx, msg, SettlementHop.model_validate_json(msg.value), received))
-                except Exception as exc:
-                    errors[i] = exc
-        for fmt, args in lines:
-            log.info(fmt, *args)
+        taken, committed = _write_together(ctx, writes, loop.time() + YIELD_AFTER_S)
+        if not committed:  # each claim of the failed transaction again, on its own
+            _write_alone(ctx, writes[:taken], errors)
         writes = writes[taken:]
         if writes:
             await asyncio.sleep(0)  # let the relay send what committed
     return errors
+
+
+def _write_together(ctx: SettleContext, writes: list[Write], until: float) -> tuple[int, bool]:
+    """One transaction for the first claims of `writes`, until the loop time `until`: how many it
+    took, and whether it committed (if not, nothing of it did)."""
+    loop, taken, lines = asyncio.get_running_loop(), 0, []
+    try:
+        with transaction(ctx.engine) as s:
+            for _, msg, received in writes:
+                taken += 1
+                lines.append(_write(s, ctx, msg, msg.event, received))
+                if loop.time() > until:
+                    break
+    except Exception:
+        log.warning("a shared transaction of %d claims failed; each is done again on its own", taken,
+                    exc_info=True)
+        return taken, False
+    for fmt, args in lines:
+        log.info(fmt, *args)
+    return taken, True
+
+
+def _write_alone(ctx: SettleContext, writes: list[Write], errors: list[BaseException | None]) -> None:
+    """Each claim in a transaction of its own, from the message as it came (a failed shared
+    transaction changed the hops it read); a claim that fails again is answered with its error."""
+    for i, msg, received in writes:
+        try:
+            with transaction(ctx.engine) as s:
+                fmt, args = _write(s, ctx, msg, SettlementHop.model_validate_json(msg.value), received)
+            log.info(fmt, *args)
+        except Exception as exc:
+            errors[i] = exc
 
 
 def _write(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> LogLine:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Engine
+from sqlmodel import Session, select
 
 from schemas.common import new_msgid
 from schemas.regions import designated_hospitals
@@ -20,6 +21,7 @@ from services.platform import build_service
 from services.service import Service
 from services.settle.auth import SigningAuth
 from services.settle.settings import SettleSettings
+from services.settle.store import LedgerEntry
 from tests.helpers import wait_until
 
 YEAR_END = f"{date.today().year}-12-31"
@@ -128,3 +130,12 @@ async def start_stack(broker: str, engine_factory: Callable[[str], Engine], bus_
     stack = Stack(services)
     await stack.start()
     return stack
+
+
+GZ_HOSPITAL = "H44010400001"  # 广州, 三级, cross-province enabled
+
+
+def ledger_rows(stack: Stack, msgid: str) -> list[LedgerEntry]:
+    """The insured city's ledger entries of one claim (exactly one once it settled)."""
+    with Session(stack.settle.engine) as s:
+        return list(s.exec(select(LedgerEntry).where(LedgerEntry.msgid == msgid)).all())

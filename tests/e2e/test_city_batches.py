@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import pytest
-from sqlmodel import Session, select
 
 from schemas.events import HopAction, SettlementHop
 from services.bus.envelope import decode, encode, make_headers, now_ms
@@ -14,11 +13,9 @@ from services.bus.worker import PermanentError
 from services.settle import handlers
 from services.settle.api import FsiRequest, claim_of
 from services.settle.domain import plan_route, split_line
-from services.settle.store import LedgerEntry
-from tests.e2e.stack import Stack, claim_body
+from tests.e2e.stack import GZ_HOSPITAL, Stack, claim_body, ledger_rows
 
 pytestmark = pytest.mark.integration
-GZ_HOSPITAL = "H44010400001"
 
 
 def at_the_insured_city(stack: Stack, psn: str) -> Any:
@@ -32,11 +29,6 @@ def at_the_insured_city(stack: Stack, psn: str) -> Any:
                         split=[split_line(line, ref.catalogue.get(line.med_list_codg), "3", claim.med_type)
                                for line in claim.fees])
     return decode("settle.city", b"360100", encode(hop), make_headers(hop, "/test", correlation_id=claim.msgid))
-
-
-def ledger(stack: Stack, msgid: str) -> list[LedgerEntry]:
-    with Session(stack.settle.engine) as s:
-        return list(s.exec(select(LedgerEntry).where(LedgerEntry.msgid == msgid)).all())
 
 
 async def test_a_claim_that_fails_inside_a_shared_transaction_is_redone_alone(
@@ -59,13 +51,13 @@ async def test_a_claim_that_fails_inside_a_shared_transaction_is_redone_alone(
         errors = await handlers.city_hops(stack.settle.ctx, msgs)
     assert "a shared transaction of 3 claims failed" in caplog.text  # it failed at the third
     assert [type(e).__name__ if e else None for e in errors] == [None, None, "RuntimeError", None]
-    assert [len(ledger(stack, m.event.claim.msgid)) for m in msgs] == [1, 1, 0, 1]
+    assert [len(ledger_rows(stack, m.event.claim.msgid)) for m in msgs] == [1, 1, 0, 1]
 
     # the worker retries it, the others come again (a redelivery): each is settled once
     monkeypatch.setattr(handlers, "_decide", decide)
     again = [decode(m.topic, b"360100", m.value, m.raw_headers) for m in msgs]  # the same messages again
     assert await handlers.city_hops(stack.settle.ctx, again) == [None] * 4
-    assert [len(ledger(stack, m.event.claim.msgid)) for m in msgs] == [1, 1, 1, 1]
+    assert [len(ledger_rows(stack, m.event.claim.msgid)) for m in msgs] == [1, 1, 1, 1]
 
 
 async def test_a_city_batch_answers_each_message_for_itself(stack: Stack) -> None:
@@ -76,4 +68,4 @@ async def test_a_city_batch_answers_each_message_for_itself(stack: Stack) -> Non
     wrong.event.pos = len(wrong.event.route)  # beyond the route: retrying cannot help
     errors = await handlers.city_hops(stack.settle.ctx, [wrong, good])
     assert isinstance(errors[0], PermanentError) and "beyond a route" in str(errors[0])
-    assert errors[1] is None and len(ledger(stack, good.event.claim.msgid)) == 1
+    assert errors[1] is None and len(ledger_rows(stack, good.event.claim.msgid)) == 1

@@ -15,19 +15,18 @@ from schemas.regions import designated_hospitals
 from services.bus.faults import Fault
 from services.settle.auth import hospital_headers
 from services.settle.store import LedgerEntry
-from tests.e2e.stack import DEFAULT_LINES, FEMALE_ONLY_LINE, Stack, claim_body
+from tests.e2e.stack import (
+    DEFAULT_LINES,
+    FEMALE_ONLY_LINE,
+    GZ_HOSPITAL,
+    Stack,
+    claim_body,
+    ledger_rows,
+)
 from tests.helpers import headers_of, read_topic, read_until, wait_until
 
 pytestmark = pytest.mark.integration
 D = Decimal
-GZ_HOSPITAL = "H44010400001"  # 广州, 三级, cross-province enabled
-
-
-def ledger_rows(stack: Stack, msgid: str) -> list[LedgerEntry]:
-    with Session(stack.settle.engine) as s:
-        return list(s.exec(select(LedgerEntry).where(LedgerEntry.msgid == msgid)).all())
-
-
 async def test_cross_province_outpatient_settlement(stack: Stack, broker: str) -> None:
     psn = await stack.person("360100", balance="100.00")
     await stack.file(psn, "440100", "REFERRAL")
