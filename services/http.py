@@ -25,6 +25,11 @@ def describe_errors(errors: Any) -> str:
     """Pydantic errors as one sentence per field: `input.data.psn_no: Field required`."""
     parts = []
     for e in list(errors)[:8]:
+        if e.get("type") == "json_invalid":  # its loc is ("body", the character where parsing failed)
+            at = e.get("loc", ())[-1]
+            parts.append(f"the body is not valid JSON (parsing stopped at character {at}); "
+                         "send one JSON object with content-type: application/json")
+            continue
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         parts.append(f"{loc or '(body)'}: {e.get('msg')}")
     return "; ".join(parts)

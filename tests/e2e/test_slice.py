@@ -127,7 +127,7 @@ async def test_wrong_requests_get_a_4xx_that_says_what_to_fix(stack: Stack) -> N
     r = await settle.post("/fsi/callService", json=body)
     assert r.status_code == 422 and "feedetail" in r.json()["err_msg"]
     r = await settle.post("/fsi/callService", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 422 and "not valid JSON (parsing stopped at character 1)" in r.json()["err_msg"]
     r = await settle.get("/claims/H44010400001209901010000000")
     assert r.status_code == 404
     r = await enroll.post("/persons", json={"certno": "110105194912310021", "psn_name": "x", "admdvs": "360100"})
