@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     b = sub.add_parser("bench", help="self-contained benchmarks; JSON to var/bench*.json",
                        description="settle: settlements/s and latency per hop (BENCH_SECONDS, BENCH_CONCURRENCY). "
                                    "enroll: a generated population through enroll.inbound "
-                                   "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000).")
+                                   "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000). "
+                                   "BENCH_LOG_LEVEL: the services' log level (settle WARNING, enroll ERROR).")
     b.add_argument("what", nargs="?", choices=["settle", "enroll"], default="settle")
     b.set_defaults(func=cmd_bench)
     cl = sub.add_parser("clearing", help="monthly clearing between provinces (清算) at the running settle service",
