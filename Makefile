@@ -25,7 +25,7 @@ bench: $(STAMP)  ## settlements/s and latency (var/bench.json); enrolment intake
 	.venv/bin/yibao bench enroll
 
 lint: $(STAMP)
-	.venv/bin/ruff check services schemas tests examples
+	.venv/bin/ruff check services schemas tests deploy
 	.venv/bin/mypy services schemas
 
 schemas: $(STAMP)  ## regenerate schemas/json from the models

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.one_database
 
 async def test_the_example_adapter_follows_only_its_hospital(stack: Stack, broker: str) -> None:
     pytest.importorskip("confluent_kafka")
-    sys.path.insert(0, str(ROOT / "examples"))
+    sys.path.insert(0, str(ROOT / "deploy" / "examples"))
     try:
         from hospital_adapter import follow  # type: ignore[import-not-found]
     finally:

@@ -5,7 +5,7 @@ Schema files in schemas/json/ if it wants to validate. Results are keyed by the 
 fixmedins_code; the adapter's consumer group remembers where it stopped, so a restart resumes.
 
     pip install confluent-kafka
-    python examples/hospital_adapter.py --bootstrap 127.0.0.1:9092 --hospital H44010400001
+    python deploy/examples/hospital_adapter.py --bootstrap 127.0.0.1:9092 --hospital H44010400001
 
 (For hospitals outside the trusted network the settle API streams the same results as
 Server-Sent Events: GET /hospitals/{fixmedins_code}/results, signed with the x-tif-* headers.)
