@@ -26,7 +26,7 @@ def describe_errors(errors: Any) -> str:
     parts = []
     for e in list(errors)[:8]:
         if e.get("type") == "json_invalid":  # its loc is ("body", the character where parsing failed)
-            at = e.get("loc", ())[-1]
+            at = (e.get("loc") or ("?",))[-1]
             parts.append(f"the body is not valid JSON (parsing stopped at character {at}); "
                          "send one JSON object with content-type: application/json")
             continue
