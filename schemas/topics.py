@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 RETRY_SUFFIX = ".retry"
 DLQ_SUFFIX = ".dlq"
+DAY_MS = 24 * 3600 * 1000
+DLQ_RETENTION_MS = 30 * DAY_MS  # dead letters wait for an operator
+REPLY_RETENTION_MS = 3600 * 1000  # an answer nobody read within the hour is never read
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,8 @@ class TopicSpec:
     types: tuple[str, ...]
     partitions: int = 4
     consumed: bool = True  # a consumed topic gets its own .retry and .dlq
-    retention_ms: int = 7 * 24 * 3600 * 1000
+    retention_ms: int = 7 * DAY_MS
+    compact: bool = False  # the latest record per key is the state (a log-compacted topic)
 
     @property
     def retry(self) -> str:
@@ -45,15 +49,17 @@ TOPICS: dict[str, TopicSpec] = {
             "yibao.filing.FileTreatment.v1", "yibao.filing.ChangeFiling.v1", "yibao.filing.CancelFiling.v1")),
         TopicSpec("filing.events", "psn_no", ("yibao.filing.FilingUpdated.v1",)),
         TopicSpec("filing.rejections", "province admdvs (from ce_source)", _REJECTED, consumed=False),
-        TopicSpec("settle.city", "admdvs of the city that must act", _HOP),
-        TopicSpec("settle.province", "admdvs of the province that must act", _HOP),
-        TopicSpec("settle.national", "insured province admdvs", _HOP),
+        # a hop lives for seconds; a day leaves time to trace and replay it
+        TopicSpec("settle.city", "admdvs of the city that must act", _HOP, retention_ms=DAY_MS),
+        TopicSpec("settle.province", "admdvs of the province that must act", _HOP, retention_ms=DAY_MS),
+        TopicSpec("settle.national", "insured province admdvs", _HOP, retention_ms=DAY_MS),
         TopicSpec("settle.hospital", "fixmedins_code", _RESULT, consumed=False),
         TopicSpec("settle.completed", "psn_no", _RESULT),
         TopicSpec("settle.advance", "insured province-treatment province", ("yibao.settle.AdvanceFundWarning.v1",),
                   consumed=False),
         TopicSpec("monitor.alerts", "fixmedins_code", ("yibao.monitor.AlertRaised.v1",), consumed=False),
-        TopicSpec("ops.faults", "service", ("yibao.ops.FaultsChanged.v1",), partitions=1, consumed=False),
+        TopicSpec("ops.faults", "service", ("yibao.ops.FaultsChanged.v1",), partitions=1, consumed=False,
+                  compact=True),
     )
 }
 
@@ -76,3 +82,18 @@ def all_topic_names(partitions: int | None = None) -> list[tuple[str, int]]:
         if spec.consumed:
             out += [(spec.retry, n), (spec.dlq, n)]
     return out
+
+
+def topic_configs(name: str) -> dict[str, str]:
+    """Broker configs of a topic at creation: retention and cleanup policy from the registry."""
+    if name.startswith(REPLY_PREFIX):
+        return {"retention.ms": str(REPLY_RETENTION_MS)}
+    base = name.removesuffix(RETRY_SUFFIX).removesuffix(DLQ_SUFFIX)
+    spec = TOPICS.get(base)
+    if spec is None:
+        return {}
+    if name.endswith(DLQ_SUFFIX):
+        return {"retention.ms": str(DLQ_RETENTION_MS)}
+    if spec.compact:
+        return {"cleanup.policy": "compact"}
+    return {"retention.ms": str(spec.retention_ms)}

@@ -14,7 +14,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     setup_logging(os.environ.get("YIBAO_LOG_LEVEL", "INFO"))
     print("yibao: starting the platform (Ctrl-C stops everything)")
-    p = Platform(broker_port=int(os.environ.get("YIBAO_EMBEDDED_PORT", "9092")),
+    p = Platform(broker_port=broker_port(),
                  ports={k: int(os.environ.get(f"YIBAO_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()})
     stop = False
 
@@ -42,6 +42,36 @@ def cmd_run(args: argparse.Namespace) -> None:
         print("\nyibao: stopping services and broker…")
         p.stop()
         print("yibao: stopped.")
+
+
+def broker_port() -> int:
+    return int(os.environ.get("YIBAO_BROKER_PORT") or os.environ.get("YIBAO_EMBEDDED_PORT") or 9092)
+
+
+def cmd_kafka(args: argparse.Namespace) -> None:
+    """Apache Kafka on loopback, apart from `yibao run`: fetch the jars, start, stop, status."""
+    from pathlib import Path
+
+    from services.bus.kafka import Jars, KafkaCluster, KafkaUnavailableError, kafka_version, main_status
+
+    data = Path(os.environ.get("YIBAO_VAR_DIR", "var")) / "kafka" / ("data" if args.brokers == 1 else f"data-{args.brokers}")
+    cluster = KafkaCluster.local(data, args.port, args.brokers, attached=False)
+    try:
+        if args.action == "fetch":
+            Jars().fetch()
+        elif args.action == "start":
+            print(f"kafka: starting Apache Kafka {kafka_version()}, {args.brokers} node(s), data in {data}")
+            bootstrap = cluster.start()
+            print(f"kafka: ready at {bootstrap}. Point the platform at it with "
+                  f"YIBAO_KAFKA_BOOTSTRAP={bootstrap} yibao run; stop it with `yibao kafka stop"
+                  + (f" --brokers {args.brokers}`" if args.brokers != 1 else "`"))
+        elif args.action == "stop":
+            cluster.stop()
+            print("kafka: stopped")
+        else:
+            sys.exit(main_status(cluster))
+    except KafkaUnavailableError as exc:
+        sys.exit(f"kafka: {exc}")
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -137,6 +167,18 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--level", type=levels, default="city,province,national",
                    help="settle hop level(s), comma separated (default: all)")
     w.set_defaults(func=cmd_worker)
+    k = sub.add_parser("kafka", help="Apache Kafka on loopback (jars from Maven Central): fetch, start, stop, status",
+                       description="fetch: resolve the pinned Kafka release's jars with Maven into var/kafka/lib. "
+                                   "start: format (first time) and start KRaft node(s) in the background, data "
+                                   "under var/kafka/, ready when a metadata request lists every node. "
+                                   "stop: a controlled shutdown. status: each node and what the cluster lists. "
+                                   "`yibao run` starts its own node; use this for a broker that outlives it.")
+    k.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    k.add_argument("--brokers", type=int, choices=[1, 3], default=1,
+                   help="nodes: 1, or 3 (replication factor 3, min.insync.replicas 2)")
+    k.add_argument("--port", type=int, default=broker_port(),
+                   help="first client port (default %(default)s); nodes use the next ones, controllers after them")
+    k.set_defaults(func=cmd_kafka)
     d = sub.add_parser("demo", help="narrated scenario against a running `yibao run`")
     d.add_argument("--host", default="127.0.0.1")
     d.set_defaults(func=cmd_demo)

@@ -17,6 +17,7 @@ import httpx
 
 from schemas.events import HopLevel
 from services.bus.broker import EmbeddedBroker
+from services.bus.kafka import KafkaCluster, kafka_version, why_not_kafka
 from services.bus.client import Bus
 from services.bus.settings import BusSettings
 from services.http import serve
@@ -105,9 +106,12 @@ def run_service(name: str, **kw: Any) -> None:
     asyncio.run(_serve_until_signalled(svc, with_http=svc.app is not None))
 
 
-async def create_topics(bootstrap: str, partitions: int | None = None) -> list[str]:
-    bus = Bus(BusSettings(partitions=partitions), bootstrap, "yibao-setup")
-    return await bus.ensure_topics()
+async def create_topics(bootstrap: str, partitions: int | None = None, broker: str = "kafka") -> list[str]:
+    bus = Bus(BusSettings(partitions=partitions, broker=broker), bootstrap, "yibao-setup")  # type: ignore[arg-type]
+    made = await bus.ensure_topics()
+    if broker == "kafka":
+        await bus.wait_group_coordinator()
+    return made
 
 
 def topic_partitions(env: dict[str, str], embedded: bool) -> int | None:
@@ -123,36 +127,68 @@ def topic_partitions(env: dict[str, str], embedded: bool) -> int | None:
     return len(settle_workers(env)) if embedded else None
 
 
+def choose_broker(env: dict[str, str]) -> tuple[str, str]:
+    """Which broker `yibao run` uses, and why: ("external"|"kafka"|"embedded", reason)."""
+    if env.get("YIBAO_KAFKA_BOOTSTRAP"):
+        return "external", "YIBAO_KAFKA_BOOTSTRAP is set"
+    if env.get("YIBAO_BROKER") == "embedded":
+        return "embedded", "YIBAO_BROKER=embedded"
+    why = why_not_kafka()
+    if why:
+        return "embedded", f"Apache Kafka cannot run here ({why})"
+    return "kafka", "Java 17+ and Maven are present"
+
+
 @dataclass
 class Platform:
-    """The broker (embedded unless YIBAO_KAFKA_BOOTSTRAP is set) and one OS process per service."""
+    """The broker (Apache Kafka from Maven Central, the embedded fallback, or YIBAO_KAFKA_BOOTSTRAP's
+    cluster) and one OS process per service."""
 
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     broker_port: int = 9092
     var_dir: Path = Path("var")
     env: dict[str, str] = field(default_factory=dict)
     broker: EmbeddedBroker | None = None
+    kafka: KafkaCluster | None = None
     bootstrap: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
 
+    def start_broker(self, env: dict[str, str]) -> str:
+        """Start (or find) the broker; print one line naming it and why; return its kind."""
+        kind, why = choose_broker(env)
+        if kind == "external":
+            self.bootstrap = env["YIBAO_KAFKA_BOOTSTRAP"]
+            print(f"  broker    {self.bootstrap}  (external cluster: {why})")
+            return env.get("YIBAO_BROKER", "kafka")
+        if kind == "kafka":
+            self.kafka = KafkaCluster.local(self.var_dir / "kafka" / "data", self.broker_port)
+            self.bootstrap = self.kafka.start()
+            node = self.kafka.nodes[0]
+            print(f"  broker    {self.bootstrap}  Apache Kafka {kafka_version()}, KRaft, one node ({why}); "
+                  f"data and log in {node.dir}")
+            return "kafka"
+        self.broker = EmbeddedBroker(self.broker_port, self.var_dir / "broker.log")
+        self.bootstrap = self.broker.start()
+        print(f"  broker    {self.bootstrap}  embedded Tansu, memory only ({why}); log {self.var_dir / 'broker.log'}")
+        return "embedded"
+
     def start(self, timeout: float = 90.0) -> None:
         self.var_dir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap = os.environ.get("YIBAO_KAFKA_BOOTSTRAP", "")
-        if not self.bootstrap:
-            self.broker = EmbeddedBroker(self.broker_port, self.var_dir / "broker.log")
-            self.bootstrap = self.broker.start()
-            print(f"  broker    {self.bootstrap}  (embedded Tansu, memory only; log {self.var_dir / 'broker.log'})")
-        else:
-            print(f"  broker    {self.bootstrap}  (external cluster)")
-        base = dict(os.environ, **self.env, YIBAO_KAFKA_BOOTSTRAP=self.bootstrap, YIBAO_VAR_DIR=str(self.var_dir))
+        base = dict(os.environ, **self.env)
+        try:
+            kind = self.start_broker(base)
+        except RuntimeError:
+            self.stop()
+            raise
+        base |= {"YIBAO_KAFKA_BOOTSTRAP": self.bootstrap, "YIBAO_VAR_DIR": str(self.var_dir), "YIBAO_BROKER": kind}
         workers = settle_workers(base)
-        partitions = topic_partitions(base, embedded=self.broker is not None)
+        partitions = topic_partitions(base, embedded=kind == "embedded")
         if partitions:  # the services re-create topics after a broker restart: the same count
             base["YIBAO_PARTITIONS"] = str(partitions)
-        made = asyncio.run(create_topics(self.bootstrap, partitions))
+        made = asyncio.run(create_topics(self.bootstrap, partitions, kind))
         print(f"  topics    {len(made)} created from the registry in schemas/topics.py"
               + (f", {partitions} partition(s) each" if partitions else ""))
         if partitions and partitions < len(workers):
@@ -206,3 +242,6 @@ class Platform:
         if self.broker:
             self.broker.stop()
             self.broker = None
+        if self.kafka:
+            self.kafka.stop()
+            self.kafka = None

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from services.bus.client import Bus
 from services.bus.envelope import BadMessageError, Incoming, decode
@@ -33,7 +33,7 @@ class Broadcast:
     async def start(self) -> None:
         consumer = self.bus.consumer(group_id=None, slow=self.slow)
         await consumer.start()
-        tp = TopicPartition(self.topic, 0)
+        tp = self.bus.tp(self.topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         self._consumer = consumer

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from pydantic import BaseModel
 
-from schemas.topics import all_topic_names
+from schemas.topics import all_topic_names, topic_configs
 from services.bus.envelope import Headers, encode, make_headers
 from services.bus.settings import BusSettings
 
@@ -34,11 +34,11 @@ class Bus:
         self.epochs_seen = 0
 
     async def start(self) -> None:
-        # aiokafka's idempotent producer fails on the embedded broker (broker-notes item 4):
-        # at-least-once with acks=all, and idempotent consumers downstream.
+        # acks=all everywhere; idempotence (no duplicate or reordered batch when a send is retried)
+        # on Kafka only: aiokafka's InitProducerId fails on the embedded broker (broker-notes item 4).
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
-            enable_idempotence=False, linger_ms=self.settings.linger_ms,
+            enable_idempotence=not self.settings.embedded, linger_ms=self.settings.linger_ms,
             max_batch_size=self.settings.max_batch_size,
         )
         await self.producer.start()
@@ -55,7 +55,7 @@ class Bus:
         """
         assert self.producer is not None
         names = [n for n, _ in all_topic_names()] + [EPOCH_TOPIC]
-        await self.producer.client.set_topics(names)
+        await self.producer.client.set_topics([self.settings.topic(n) for n in names])
 
     async def stop(self) -> None:
         if self._epoch_task:
@@ -72,7 +72,7 @@ class Bus:
         """Queue a record; await the returned future for the broker's acknowledgement."""
         assert self.producer, "Bus.start() first"
         return await self.producer.send(
-            topic, value=value, key=key.encode() if key else None, headers=headers
+            self.settings.topic(topic), value=value, key=key.encode() if key else None, headers=headers
         )
 
     async def send(self, topic: str, key: str | None, event: BaseModel, source: str,
@@ -87,18 +87,25 @@ class Bus:
 
     def consumer(self, *topics: str, group_id: str | None, slow: bool = False,
                  **overrides: Any) -> AIOKafkaConsumer:
-        """A consumer tuned for the broker; `slow` for topics where latency does not matter."""
+        """A consumer tuned for the broker; `slow` for topics where latency does not matter.
+
+        Topics and the group are logical names; the records it returns carry the names on the
+        broker (`BusSettings.logical` maps them back)."""
         s = self.settings
         cfg: dict[str, Any] = dict(
             bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-{group_id or 'solo'}",
-            group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            group_id=s.topic(group_id) if group_id else None, enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=s.slow_fetch_max_wait_ms if slow else s.fetch_max_wait_ms,
             fetch_min_bytes=s.fetch_min_bytes, max_poll_records=s.max_poll_records,
             session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
             request_timeout_ms=max(40_000, s.session_timeout_ms * 2),
         )
         cfg.update(overrides)
-        return AIOKafkaConsumer(*topics, **cfg)
+        return AIOKafkaConsumer(*(s.topic(t) for t in topics), **cfg)
+
+    def tp(self, topic: str, partition: int) -> TopicPartition:
+        """A partition of a logical topic, as the broker names it."""
+        return TopicPartition(self.settings.topic(topic), partition)
 
     # --- topics -----------------------------------------------------------------------
 
@@ -106,17 +113,40 @@ class Bus:
         return AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
 
     async def ensure_topics(self, extra: Iterable[tuple[str, int]] = ()) -> list[str]:
-        """Create every registry topic (and .retry/.dlq) that does not exist; return the new ones."""
-        wanted = dict(all_topic_names(self.settings.partitions)) | {EPOCH_TOPIC: 1} | dict(extra)
+        """Create every registry topic (and .retry/.dlq) that does not exist, with the registry's
+        configs (retention, cleanup policy); return the logical names of the new ones."""
+        s = self.settings
+        wanted = dict(all_topic_names(s.partitions)) | {EPOCH_TOPIC: 1} | dict(extra)
         admin = self.admin()
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
+            missing = [n for n in wanted if s.topic(n) not in existing]
             if missing:
+                # unset: 3 copies where the cluster has 3 brokers or more, else one per broker
+                rf = s.replication_factor or min(3, len((await admin.describe_cluster())["brokers"]))
                 with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
-                    await admin.create_topics(missing)
-            return [t.name for t in missing]
+                    await admin.create_topics([NewTopic(s.topic(n), wanted[n], rf, topic_configs=topic_configs(n))
+                                               for n in missing])
+            return missing
+        finally:
+            await admin.close()
+
+    async def wait_group_coordinator(self, timeout: float = 30.0) -> None:
+        """Until the cluster names a group coordinator: Kafka creates its offsets topic on the first
+        request for one, and consumers started before then log errors while they wait."""
+        admin = self.admin()
+        await admin.start()
+        try:
+            end = asyncio.get_running_loop().time() + timeout
+            while True:
+                try:
+                    await admin.find_coordinator(self.client_id)
+                    return
+                except Exception:
+                    if asyncio.get_running_loop().time() > end:
+                        raise
+                    await asyncio.sleep(0.2)
         finally:
             await admin.close()
 
@@ -124,42 +154,50 @@ class Bus:
         await self.ensure_topics([(name, partitions)])
 
     async def delete_topic(self, name: str) -> None:
+        await self.delete_topics([name])
+
+    async def delete_topics(self, names: Iterable[str]) -> None:
+        physical = [self.settings.topic(n) for n in names]
+        if not physical:
+            return
         admin = self.admin()
         await admin.start()
         try:
-            await admin.delete_topics([name])
+            await admin.delete_topics(physical)
         finally:
             await admin.close()
 
     async def list_topics(self) -> set[str]:
+        """The logical names of this platform's topics (those under its prefix)."""
         admin = self.admin()
         await admin.start()
         try:
-            return set(await admin.list_topics())
+            prefix = self.settings.topic_prefix
+            return {self.settings.logical(t) for t in await admin.list_topics() if t.startswith(prefix)}
         finally:
             await admin.close()
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """High watermarks, correct on the embedded broker.
+        """High watermarks of partitions of logical topics, keyed as asked.
 
-        Its ListOffsets(LATEST) answers base offset + 1 of the last record batch (broker-notes
-        item 1), so we ask for it only as a lower bound and read the true high watermark from a
-        Fetch response at that offset - 1 with a non-zero max wait.
+        On the embedded broker ListOffsets(LATEST) answers base offset + 1 of the last record batch
+        (broker-notes item 1), so it is only a lower bound there: the true high watermark comes from
+        a Fetch response at that offset - 1 with a non-zero max wait.
         """
         probe = self.consumer(group_id=None, fetch_max_wait_ms=100)
         await probe.start()
         try:
-            probe.assign(tps)
-            listed: dict[TopicPartition, int] = await probe.end_offsets(tps)
-            if not self.settings.embedded:
-                return listed
+            physical = {tp: self.tp(tp.topic, tp.partition) for tp in tps}
+            probe.assign(list(physical.values()))
+            listed: dict[TopicPartition, int] = await probe.end_offsets(list(physical.values()))
             out: dict[TopicPartition, int] = {}
-            for tp in tps:
-                start = max(listed[tp] - 1, 0)
-                probe.seek(tp, start)
-                await probe.getmany(tp, timeout_ms=500, max_records=1)
-                hw = probe.highwater(tp)
-                out[tp] = hw if hw is not None else listed[tp]
+            for tp, ptp in physical.items():
+                out[tp] = listed[ptp]
+                if self.settings.embedded:
+                    probe.seek(ptp, max(listed[ptp] - 1, 0))
+                    await probe.getmany(ptp, timeout_ms=500, max_records=1)
+                    hw = probe.highwater(ptp)
+                    out[tp] = hw if hw is not None else listed[ptp]
             return out
         finally:
             await probe.stop()
@@ -180,7 +218,7 @@ class Bus:
             except Exception:
                 log.warning("broker at %s not answering", self.bootstrap)
                 continue
-            if EPOCH_TOPIC in topics:
+            if self.settings.topic(EPOCH_TOPIC) in topics:
                 continue
             await self.handle_new_epoch()
 
@@ -188,7 +226,7 @@ class Bus:
         # Over the producer's open connection: a new admin client every check meant a connection,
         # a handshake and a full metadata answer from the broker every 2 s in every process.
         if self.producer is None:
-            return await self.list_topics()
+            return {self.settings.topic(t) for t in await self.list_topics()}
         metadata = await self.producer.client.fetch_all_metadata()
         return set(metadata.topics())
 

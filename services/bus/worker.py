@@ -194,8 +194,9 @@ class Worker:
                 done: dict[TopicPartition, int] = {}
                 yielded = loop.time()
                 for tp, records in batches.items():
-                    if not retry and isinstance(self.handlers.get(tp.topic), BatchHandler):
-                        await self._process_batch(tp.topic, records)
+                    topic = self.bus.settings.logical(tp.topic)
+                    if not retry and isinstance(self.handlers.get(topic), BatchHandler):
+                        await self._process_batch(topic, records)
                         done[tp] = records[-1].offset + 1
                         continue
                     for rec in records:
@@ -228,7 +229,7 @@ class Worker:
         return True
 
     async def _process(self, rec: ConsumerRecord[Any, Any], retry: bool) -> None:
-        topic = rec.topic.removesuffix(RETRY_SUFFIX)
+        topic = self.bus.settings.logical(rec.topic).removesuffix(RETRY_SUFFIX)
         if retry and header_dict(rec.headers).get(CONSUMER) != self.group:
             return
         headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.bus.client import Bus
@@ -26,7 +25,7 @@ async def partition_of(bus: Bus, fixmedins_code: str) -> int:
     """The partition the producer's default partitioner puts this hospital's results in, over the
     partitions the topic has on this broker (the registry's count, or the deployment's)."""
     assert bus.producer, "Bus.start() first"
-    parts = sorted(await bus.producer.partitions_for(TOPIC))
+    parts = sorted(await bus.producer.partitions_for(bus.settings.topic(TOPIC)))
     return int(DefaultPartitioner()(fixmedins_code.encode(), parts, parts))
 
 
@@ -43,7 +42,7 @@ def resume_offset(last_event_id: str | None, partition: int) -> int | None:
 async def results(bus: Bus, fixmedins_code: str, last_event_id: str | None) -> AsyncIterator[bytes]:
     partition = await partition_of(bus, fixmedins_code)
     start = resume_offset(last_event_id, partition)
-    tp = TopicPartition(TOPIC, partition)
+    tp = bus.tp(TOPIC, partition)
     consumer = bus.consumer(group_id=None)
     await consumer.start()
     try:
