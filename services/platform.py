@@ -106,8 +106,10 @@ def run_service(name: str, **kw: Any) -> None:
     asyncio.run(_serve_until_signalled(svc, with_http=svc.app is not None))
 
 
-async def create_topics(bootstrap: str, partitions: int | None = None, broker: str = "kafka") -> list[str]:
-    bus = Bus(BusSettings(partitions=partitions, broker=broker), bootstrap, "yibao-setup")  # type: ignore[arg-type]
+async def create_topics(bootstrap: str, partitions: int | None = None, broker: str = "kafka",
+                        prefix: str = "") -> list[str]:
+    settings = BusSettings(partitions=partitions, broker=broker, topic_prefix=prefix)  # type: ignore[arg-type]
+    bus = Bus(settings, bootstrap, "yibao-setup")
     made = await bus.ensure_topics()
     if broker == "kafka":
         await bus.wait_group_coordinator()
@@ -188,7 +190,7 @@ class Platform:
         partitions = topic_partitions(base, embedded=kind == "embedded")
         if partitions:  # the services re-create topics after a broker restart: the same count
             base["YIBAO_PARTITIONS"] = str(partitions)
-        made = asyncio.run(create_topics(self.bootstrap, partitions, kind))
+        made = asyncio.run(create_topics(self.bootstrap, partitions, kind, base.get("YIBAO_TOPIC_PREFIX", "")))
         print(f"  topics    {len(made)} created from the registry in schemas/topics.py"
               + (f", {partitions} partition(s) each" if partitions else ""))
         if partitions and partitions < len(workers):

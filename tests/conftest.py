@@ -1,4 +1,5 @@
-"""Shared fixtures: a real broker per test, real databases (SQLite and PostgreSQL), services."""
+"""Shared fixtures: Apache Kafka for the session (a topic prefix per test) or the embedded broker,
+real databases (SQLite and PostgreSQL), services."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pytest
 from sqlalchemy import Engine, text
@@ -13,6 +16,7 @@ from sqlalchemy import Engine, text
 from services.bus.broker import EmbeddedBroker, free_port
 from services.bus.client import Bus
 from services.bus.db import make_engine
+from services.bus.kafka import KafkaCluster
 from services.bus.settings import BusSettings
 
 PG_ADMIN_URL = os.environ.get("YIBAO_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -30,41 +34,91 @@ def docker_available() -> bool:
         return False
 
 
-@pytest.fixture
-def bus_settings() -> BusSettings:
-    # short backoff keeps retry tests quick; everything else as in production defaults
-    return BusSettings(retry_backoff_ms=100, retry_backoff_max_ms=400, epoch_check_s=0.5)
+@dataclass(frozen=True)
+class BrokerUnderTest:
+    """The broker a test runs on; on the session's Kafka, each test has topics and groups of its own."""
+
+    bootstrap: str
+    kind: Literal["kafka", "embedded"]
+    prefix: str = ""
+
+    def topic(self, name: str) -> str:
+        """The broker's name of a registry topic in this test."""
+        return self.prefix + name
+
+    def settings(self, **kw: Any) -> BusSettings:
+        # short backoff keeps retry tests quick; short sessions make a killed consumer's partitions
+        # move quickly (the test brokers allow them); everything else as in production
+        base: dict[str, Any] = dict(retry_backoff_ms=100, retry_backoff_max_ms=400, epoch_check_s=0.5)
+        if self.kind == "kafka":
+            base |= dict(session_timeout_ms=3000, heartbeat_interval_ms=500)
+        return BusSettings(broker=self.kind, topic_prefix=self.prefix, **(base | kw))
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One Apache Kafka node for the whole session, on free loopback ports. A machine that cannot
+    run it fails here: the suite never falls back silently."""
+    cluster = KafkaCluster.on_free_ports(tmp_path_factory.mktemp("kafka"), nodes=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", None) or os.environ.get("YIBAO_TEST_BROKER", "kafka")
 
 
 @pytest.fixture
-async def broker(bus_settings: BusSettings) -> AsyncIterator[str]:
-    """A fresh broker with every registry topic: embedded Tansu, or Kafka in a container."""
-    if os.environ.get("YIBAO_TEST_BROKER") == "container":
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerUnderTest]:
+    """A broker with every registry topic: the session's Apache Kafka under a prefix of this test's
+    own (deleted afterwards), a fresh embedded broker, or Kafka in a container."""
+    kind = broker_kind(request)
+    if kind == "container":
         if not docker_available():
             pytest.skip("YIBAO_TEST_BROKER=container but no Docker engine answers here")
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:
-            bootstrap = kafka.get_bootstrap_server()
-            await Bus(bus_settings, bootstrap, "test-setup").ensure_topics()
-            yield bootstrap
+            b = BrokerUnderTest(kafka.get_bootstrap_server(), "kafka")
+            await Bus(b.settings(), b.bootstrap, "test-setup").ensure_topics()
+            yield b
         return
-    b = EmbeddedBroker(free_port())
-    b.start()
+    if kind == "embedded":
+        eb = EmbeddedBroker(free_port())
+        eb.start()
+        try:
+            b = BrokerUnderTest(eb.bootstrap, "embedded")
+            await Bus(b.settings(), b.bootstrap, "test-setup").ensure_topics()
+            yield b
+        finally:
+            eb.stop()
+        return
+    cluster: KafkaCluster = request.getfixturevalue("kafka_cluster")
+    b = BrokerUnderTest(cluster.bootstrap, "kafka", prefix=f"t{uuid.uuid4().hex[:8]}.")
+    setup = Bus(b.settings(), b.bootstrap, "test-setup")
+    await setup.ensure_topics()
+    await setup.wait_group_coordinator()
     try:
-        await Bus(bus_settings, b.bootstrap, "test-setup").ensure_topics()
-        yield b.bootstrap
+        yield b
     finally:
-        b.stop()
+        await setup.delete_topics(await setup.list_topics())
 
 
 @pytest.fixture
-async def embedded_broker(bus_settings: BusSettings) -> AsyncIterator[EmbeddedBroker]:
+def bus_settings(broker: BrokerUnderTest) -> BusSettings:
+    return broker.settings()
+
+
+@pytest.fixture
+async def embedded_broker() -> AsyncIterator[EmbeddedBroker]:
     """The embedded broker itself, for tests that restart it."""
     b = EmbeddedBroker(free_port())
     b.start()
     try:
-        await Bus(bus_settings, b.bootstrap, "test-setup").ensure_topics()
+        await Bus(BrokerUnderTest(b.bootstrap, "embedded").settings(), b.bootstrap, "test-setup").ensure_topics()
         yield b
     finally:
         b.stop()
@@ -110,14 +164,24 @@ def engine_factory(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no
         gen.close()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked embedded_smoke run on the embedded broker too, so the fallback stays true."""
+    if "broker" in metafunc.fixturenames and metafunc.definition.get_closest_marker("embedded_smoke") \
+            and not os.environ.get("YIBAO_TEST_BROKER"):
+        metafunc.parametrize("broker", ["kafka", "embedded"], indirect=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked one_database (authentication, streams, adapters: no SQL of their own) run on
-    SQLite only; everything that reads or writes a table runs on both databases."""
+    SQLite only; everything that reads or writes a table runs on both databases. The embedded
+    broker's smoke run is on SQLite only."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_pg = callspec is not None and callspec.params.get("engine_factory") == "postgresql"
-        (drop if on_pg and item.get_closest_marker("one_database") else keep).append(item)
+        params = callspec.params if callspec is not None else {}
+        on_pg = params.get("engine_factory") == "postgresql"
+        one_db = item.get_closest_marker("one_database") or params.get("broker") == "embedded"
+        (drop if on_pg and one_db else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

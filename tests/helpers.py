@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+if TYPE_CHECKING:
+    from tests.conftest import BrokerUnderTest
 
 T = TypeVar("T")
 POLL_S = 0.05
@@ -27,40 +30,50 @@ async def wait_until(probe: Callable[[], Any], timeout: float = 20.0, what: str 
         await asyncio.sleep(POLL_S)
 
 
-async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 20.0,
-                     partitions: int | None = None) -> list[Any]:
-    """Read at least `count` records from the start of every partition of `topic`."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+async def read_topic(broker: BrokerUnderTest, topic: str, count: int, timeout: float = 20.0) -> list[Any]:
+    """At least `count` records of a registry topic from its start, waiting up to `timeout` for them."""
+    end = time.monotonic() + timeout
+    while True:
+        records = await read_all(broker, topic)
+        if len(records) >= count or time.monotonic() > end:
+            return records
+        await asyncio.sleep(POLL_S)
+
+
+async def read_all(broker: BrokerUnderTest, topic: str) -> list[Any]:
+    """Every record of a registry topic up to its end offsets as they are now."""
+    c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False,
                          fetch_max_wait_ms=50)
     await c.start()
-    await c._client.force_metadata_update()
     try:
-        parts = partitions or len(c.partitions_for_topic(topic) or {0})
-        tps = [TopicPartition(topic, p) for p in range(parts)]
+        await c._client.force_metadata_update()
+        name = broker.topic(topic)
+        tps = [TopicPartition(name, p) for p in sorted(c.partitions_for_topic(name) or {0})]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
+        ends = await c.end_offsets(tps)
         out: list[Any] = []
-        end = time.monotonic() + timeout
-        while len(out) < count and time.monotonic() < end:
-            batch = await c.getmany(timeout_ms=200)
-            for recs in batch.values():
+        give_up = time.monotonic() + 30
+        while any([await c.position(tp) < ends[tp] for tp in tps]) and time.monotonic() < give_up:
+            for recs in (await c.getmany(timeout_ms=200)).values():
                 out.extend(recs)
         return out
     finally:
         await c.stop()
 
 
-async def read_until(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 20.0,
-                     what: str = "the records") -> list[Any]:
+async def read_until(broker: BrokerUnderTest, topic: str, done: Callable[[list[Any]], bool],
+                     timeout: float = 20.0, what: str = "the records") -> list[Any]:
     """Every record of `topic` once `done(records)` holds: what was just published may still be on
-    its way (the outbox relay and the producer's linger), so read again until it is there."""
+    its way (the outbox relay and the producer), so read again until it is there."""
     end = time.monotonic() + timeout
     while True:
-        records = await read_topic(bootstrap, topic, 10**6, timeout=0.5)  # everything there is
+        records = await read_all(broker, topic)
         if done(records):
             return records
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout}s waiting on {topic} for {what}")
+        await asyncio.sleep(POLL_S)
 
 
 def headers_of(record: Any) -> dict[str, str]:

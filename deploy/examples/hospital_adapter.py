@@ -22,16 +22,17 @@ from confluent_kafka import Consumer, KafkaException
 
 
 def follow(bootstrap: str, hospital: str, group: str | None = None, from_start: bool = False,
-           idle_s: float | None = None) -> Iterator[dict[str, Any]]:
+           idle_s: float | None = None, topic: str = "settle.hospital") -> Iterator[dict[str, Any]]:
     """Yield this hospital's results (SettlementResult as a dict, with its CloudEvents headers under
     `_headers`) as they arrive; stop after `idle_s` seconds without any record, if given."""
     # A 6 s session (the least a Kafka broker accepts by default): the embedded broker makes every
-    # group join wait half the session, 22 s with librdkafka's default of 45 s.
+    # group join wait half the session, 22 s with librdkafka's default of 45 s. `topic`: the results
+    # topic as the deployment names it (a platform started with YIBAO_TOPIC_PREFIX prefixes it).
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group or f"adapter-{hospital}",
                   "auto.offset.reset": "earliest" if from_start else "latest", "enable.auto.commit": True,
                   "session.timeout.ms": 6000, "heartbeat.interval.ms": 1500})
     assigned: list[object] = []
-    c.subscribe(["settle.hospital"], on_assign=lambda _c, parts: assigned.append(parts))
+    c.subscribe([topic], on_assign=lambda _c, parts: assigned.append(parts))
     idle = 0.0
     try:
         while idle_s is None or idle < idle_s:
@@ -56,8 +57,9 @@ def main() -> None:
     ap.add_argument("--bootstrap", default="127.0.0.1:9092")
     ap.add_argument("--hospital", required=True, help="fixmedins_code, e.g. H44010400001")
     ap.add_argument("--from-start", action="store_true", help="read the retained history first")
+    ap.add_argument("--topic", default="settle.hospital", help="the results topic (default %(default)s)")
     args = ap.parse_args()
-    for r in follow(args.bootstrap, args.hospital, from_start=args.from_start):
+    for r in follow(args.bootstrap, args.hospital, from_start=args.from_start, topic=args.topic):
         o = r["outcome"]
         if o["infcode"] == 0:
             s = o["setlinfo"]

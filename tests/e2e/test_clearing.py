@@ -17,6 +17,7 @@ from services.bus.settings import BusSettings
 from services.settle import clearing
 from services.settle.settings import SettleSettings
 from services.settle.store import LEDGER
+from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import read_topic
 
@@ -82,18 +83,18 @@ async def test_monthly_statements_net_of_reversals_and_carried(stack: Stack) -> 
 
 
 @pytest.fixture
-async def small_advance(broker: str, engine_factory, bus_settings: BusSettings,  # type: ignore[no-untyped-def]
+async def small_advance(broker: BrokerUnderTest, engine_factory, bus_settings: BusSettings,  # type: ignore[no-untyped-def]
                         tmp_path: Path) -> AsyncIterator[Stack]:
     f = tmp_path / "advance.json"
     f.write_text(json.dumps({"default": "100.00", "yellow": "0.70", "red": "0.90", "pairs": {}}))
-    s = await start_stack(broker, engine_factory, bus_settings, SettleSettings(advance_funds_file=f))
+    s = await start_stack(broker.bootstrap, engine_factory, bus_settings, SettleSettings(advance_funds_file=f))
     try:
         yield s
     finally:
         await s.stop()
 
 
-async def test_advance_fund_warnings_and_replenishment(small_advance: Stack, broker: str) -> None:
+async def test_advance_fund_warnings_and_replenishment(small_advance: Stack, broker: BrokerUnderTest) -> None:
     stack = small_advance
     psn = await stack.person()
     await stack.file(psn, "440100")

@@ -9,9 +9,9 @@ import pytest
 from sqlmodel import Session, select
 
 from services.bus.faults import Fault
-from services.bus.settings import BusSettings
 from services.settle.settings import SettleSettings
 from services.settle.store import LedgerEntry
+from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import wait_until
 
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def stack(broker: str, engine_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
-    bus = BusSettings(retry_attempts=100, retry_backoff_ms=100, retry_backoff_max_ms=300)
-    s = await start_stack(broker, engine_factory, bus, SettleSettings(deadline_ms=4000))
+async def stack(broker: BrokerUnderTest, engine_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+    bus = broker.settings(retry_attempts=100, retry_backoff_ms=100, retry_backoff_max_ms=300)
+    s = await start_stack(broker.bootstrap, engine_factory, bus, SettleSettings(deadline_ms=4000))
     try:
         yield s
     finally:
@@ -75,9 +75,9 @@ async def _final_status(stack: Stack, msgid: str) -> str | None:
     return None if r["status"] == "pending" else r["status"]  # type: ignore[no-any-return]
 
 
-async def test_a_hop_still_down_after_its_retries_answers_the_hospital(broker: str, engine_factory) -> None:  # type: ignore[no-untyped-def]
-    bus = BusSettings(retry_attempts=3, retry_backoff_ms=50, retry_backoff_max_ms=100)
-    stack = await start_stack(broker, engine_factory, bus, SettleSettings(deadline_ms=20_000))
+async def test_a_hop_still_down_after_its_retries_answers_the_hospital(broker: BrokerUnderTest, engine_factory) -> None:  # type: ignore[no-untyped-def]
+    bus = broker.settings(retry_attempts=3, retry_backoff_ms=50, retry_backoff_max_ms=100)
+    stack = await start_stack(broker.bootstrap, engine_factory, bus, SettleSettings(deadline_ms=20_000))
     try:
         psn = await stack.person("360100")
         await stack.file(psn, "440100")
@@ -90,9 +90,9 @@ async def test_a_hop_still_down_after_its_retries_answers_the_hospital(broker: s
         await stack.stop()
 
 
-async def test_stopping_the_hop_worker_mid_flight_loses_nothing(broker: str, engine_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_stopping_the_hop_worker_mid_flight_loses_nothing(broker: BrokerUnderTest, engine_factory) -> None:  # type: ignore[no-untyped-def]
     """Graceful stop: what was in hand finishes or stays uncommitted; a restart carries on, once."""
-    stack = await start_stack(broker, engine_factory, BusSettings(), SettleSettings(deadline_ms=30_000))
+    stack = await start_stack(broker.bootstrap, engine_factory, broker.settings(), SettleSettings(deadline_ms=30_000))
     try:
         await _stop_and_restart_mid_flight(stack)
     finally:

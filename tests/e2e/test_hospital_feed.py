@@ -14,6 +14,7 @@ import pytest
 from schemas.regions import designated_hospitals
 from services.settle.auth import hospital_headers
 from services.settle.stream import partition_of, results
+from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,7 @@ GZ, GZ2 = "H44010400001", "H44010600002"
 pytestmark = pytest.mark.one_database
 
 
-async def test_the_example_adapter_follows_only_its_hospital(stack: Stack, broker: str) -> None:
+async def test_the_example_adapter_follows_only_its_hospital(stack: Stack, broker: BrokerUnderTest) -> None:
     pytest.importorskip("confluent_kafka")
     sys.path.insert(0, str(ROOT / "deploy" / "examples"))
     try:
@@ -32,7 +33,8 @@ async def test_the_example_adapter_follows_only_its_hospital(stack: Stack, broke
     await stack.file(psn, "440100")
     mine = await stack.settle_claim(psn, GZ, "440100", "360100")
     theirs = await stack.settle_claim(psn, GZ2, "440100", "360100")
-    got = await asyncio.to_thread(lambda: list(follow(broker, GZ, group="t-adapter", from_start=True, idle_s=3)))
+    got = await asyncio.to_thread(lambda: list(follow(broker.bootstrap, GZ, group=broker.topic("t-adapter"), from_start=True, idle_s=3,
+                                                            topic=broker.topic("settle.hospital"))))
     assert [r["msgid"] for r in got] == [mine["msgid"]]
     assert got[0]["outcome"]["infcode"] == 0 and got[0]["_headers"]["ce_type"] == "yibao.settle.SettlementResult.v1"
     assert theirs["msgid"] not in {r["msgid"] for r in got}

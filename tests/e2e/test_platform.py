@@ -19,16 +19,22 @@ from services.bus.broker import free_port
 from services.enroll.domain import with_check_char
 from services.platform import SERVICES, Platform
 from services.settle.auth import SigningAuth
+from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import claim_body
 from tests.helpers import POLL_S
 
 pytestmark = pytest.mark.integration
 
 
+def on_broker(broker: BrokerUnderTest) -> dict[str, str]:
+    """`yibao run` on the test's broker (as on any existing cluster), with the test's topic prefix."""
+    return {"YIBAO_KAFKA_BOOTSTRAP": broker.bootstrap, "YIBAO_BROKER": broker.kind,
+            "YIBAO_TOPIC_PREFIX": broker.prefix, "YIBAO_LOG_LEVEL": "WARNING"}
+
+
 @pytest.fixture
-def platform(tmp_path):  # type: ignore[no-untyped-def]
-    p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=free_port(), var_dir=tmp_path / "var",
-                 env={"YIBAO_LOG_LEVEL": "WARNING"})
+def platform(tmp_path, broker: BrokerUnderTest):  # type: ignore[no-untyped-def]
+    p = Platform(ports={s: free_port() for s in SERVICES}, var_dir=tmp_path / "var", env=on_broker(broker))
     p.start(timeout=120)
     try:
         yield p
@@ -36,6 +42,7 @@ def platform(tmp_path):  # type: ignore[no-untyped-def]
         p.stop()
 
 
+@pytest.mark.embedded_smoke
 def test_the_platform_runs_and_the_demo_tells_its_story(platform: Platform, capsys: pytest.CaptureFixture[str]) -> None:
     for s in SERVICES:
         assert httpx.get(platform.url(s) + "/healthz").json() == {"service": s, "ok": True}
@@ -89,13 +96,12 @@ def enrol_and_file(c: httpx.Client, platform: Platform, certno: str) -> str:
     raise AssertionError("the insured city never saw the filing")
 
 
-def test_one_hop_level_runs_alone_and_restarts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_one_hop_level_runs_alone_and_restarts(tmp_path, broker: BrokerUnderTest) -> None:  # type: ignore[no-untyped-def]
     """YIBAO_SETTLE_EXTERNAL=city: the city hops live in `yibao worker settle --level city`."""
-    p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=free_port(), var_dir=tmp_path / "var",
-                 env={"YIBAO_LOG_LEVEL": "WARNING", "YIBAO_SETTLE_EXTERNAL": "city",
-                      "YIBAO_SETTLE_DEADLINE_MS": "40000"})
+    p = Platform(ports={s: free_port() for s in SERVICES}, var_dir=tmp_path / "var",
+                 env=on_broker(broker) | {"YIBAO_SETTLE_EXTERNAL": "city", "YIBAO_SETTLE_DEADLINE_MS": "40000"})
     p.start(timeout=120)
-    env = dict(os.environ, YIBAO_KAFKA_BOOTSTRAP=p.bootstrap, YIBAO_VAR_DIR=str(p.var_dir), YIBAO_LOG_LEVEL="WARNING")
+    env = dict(os.environ, **on_broker(broker), YIBAO_VAR_DIR=str(p.var_dir))
     cmd = [sys.executable, "-m", "services.cli", "worker", "settle", "--level", "city"]
     worker = subprocess.Popen(cmd, env=env)
     try:

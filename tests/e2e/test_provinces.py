@@ -15,19 +15,20 @@ import pytest
 
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
+from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import YEAR_END, Stack
 from tests.helpers import headers_of, read_topic, read_until, wait_until
 
 TODAY = date.today()
 
 
-def publish(broker: str, topic: str, records: list[tuple[str, str, str, bytes]]) -> None:
+def publish(broker: BrokerUnderTest, topic: str, records: list[tuple[str, str, str, bytes]]) -> None:
     """(key, ce_source, ce_type, value) with only confluent-kafka and CloudEvents binary-mode headers."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": broker, "acks": "all", "enable.idempotence": False})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
     for key, source, ce_type, value in records:
-        p.produce(topic, key=key.encode(), value=value, headers=[
+        p.produce(broker.topic(topic), key=key.encode(), value=value, headers=[
             ("ce_specversion", b"1.0"), ("ce_id", str(uuid.uuid4()).encode()), ("ce_source", source.encode()),
             ("ce_type", ce_type.encode()), ("ce_time", datetime.now(UTC).isoformat().encode()),
             ("content-type", b"application/json")])
@@ -51,7 +52,7 @@ def bus_settings(bus_settings: BusSettings) -> BusSettings:
     return bus_settings.model_copy(update={"retry_attempts": 8})
 
 
-async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: str) -> None:
+async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: BrokerUnderTest) -> None:
     pytest.importorskip("confluent_kafka")
     enroll, settle = stack.http["enroll"], stack.http["settle"]
     a = with_check_char("36010219700101101")  # enrolled by 江西, and again by 广东: a duplicate
@@ -119,7 +120,7 @@ async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: str
     assert res["infcode"] == -1 and res["output"]["err_code"] == "INSURANCE_TERMINATED", res
 
 
-async def test_a_filing_ahead_of_its_enrolment_is_retried_until_the_enrolment_arrives(stack: Stack, broker: str) -> None:
+async def test_a_filing_ahead_of_its_enrolment_is_retried_until_the_enrolment_arrives(stack: Stack, broker: BrokerUnderTest) -> None:
     """A province publishes the filing before the enrolment has reached the filing service: the
     filing waits on the retry topic and is approved once the enrolment is there; a filing for a
     person who never enrols is refused NOT_ENROLLED when the retries are spent."""
@@ -159,7 +160,7 @@ async def test_a_filing_ahead_of_its_enrolment_is_retried_until_the_enrolment_ar
     assert [headers_of(r)["dlq-attempts"] for r in dlq] == ["8"]
 
 
-async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(stack: Stack, broker: str) -> None:
+async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(stack: Stack, broker: BrokerUnderTest) -> None:
     enroll, filing = stack.http["enroll"], stack.http["filing"]
 
     # 居民 enrolling late: the waiting period, refused with its own reason at a local hospital

@@ -15,6 +15,7 @@ from schemas.regions import designated_hospitals
 from services.bus.faults import Fault
 from services.settle.auth import hospital_headers
 from services.settle.store import LedgerEntry
+from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import (
     DEFAULT_LINES,
     FEMALE_ONLY_LINE,
@@ -27,7 +28,8 @@ from tests.helpers import headers_of, read_topic, read_until, wait_until
 
 pytestmark = pytest.mark.integration
 D = Decimal
-async def test_cross_province_outpatient_settlement(stack: Stack, broker: str) -> None:
+@pytest.mark.embedded_smoke
+async def test_cross_province_outpatient_settlement(stack: Stack, broker: BrokerUnderTest) -> None:
     psn = await stack.person("360100", balance="100.00")
     await stack.file(psn, "440100", "REFERRAL")
     ans = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100", lines=[*DEFAULT_LINES, FEMALE_ONLY_LINE])
@@ -145,7 +147,7 @@ async def test_wrong_requests_get_a_4xx_that_says_what_to_fix(stack: Stack) -> N
     assert r.status_code == 422
 
 
-async def test_the_raw_id_number_never_travels_on_the_bus(stack: Stack, broker: str) -> None:
+async def test_the_raw_id_number_never_travels_on_the_bus(stack: Stack, broker: BrokerUnderTest) -> None:
     psn = await stack.person("360100")
     certno = (await stack.http["enroll"].get(f"/persons/{psn}")).json()["certno"]
     assert "*" in certno  # the API masks it too
@@ -232,7 +234,7 @@ async def _status(stack: Stack, msgid: str) -> str | None:
 
 
 async def test_relays_pass_the_claim_on_unread_and_the_next_city_hop_rejects_a_bad_one(stack: Stack,
-                                                                                      broker: str) -> None:
+                                                                                      broker: BrokerUnderTest) -> None:
     """Province and national hops read only the route (SettlementHopInTransit): a claim they pass on
     arrives intact, and one that breaks the contract is dead-lettered by the next city hop."""
     psn = await stack.person("360100")

@@ -11,6 +11,7 @@ import pytest
 
 from schemas.common import new_msgid
 from services.enroll.domain import with_check_char
+from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import Stack
 from tests.helpers import read_topic, wait_until
 
@@ -182,7 +183,7 @@ def datetime_now() -> str:
     return f"{datetime.now():%Y-%m-%d %H:%M:%S}"
 
 
-async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack, broker: str) -> None:
+async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack, broker: BrokerUnderTest) -> None:
     certno = with_check_char("36010219880808707")
     r = await stack.http["enroll"].post("/enrolments/records", json={
         "certno": certno, "psn_name": "凭证", "insuplc_admdvs": "360100", "insutype": "310",

@@ -22,6 +22,7 @@ from services.bus.inbox import InboxRecord, already_processed
 from services.bus.outbox import OutboxRelay, OutboxRow
 from services.bus.settings import BusSettings
 from services.bus.worker import BatchHandler, DeadLetter, PermanentError, Worker
+from tests.conftest import BrokerUnderTest
 from tests.helpers import headers_of, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -32,13 +33,14 @@ def filing_event(n: int = 1) -> FilingUpdated:
                          target_admdvs="440100", begndate=date(2026, 1, 1), status="active")  # type: ignore[arg-type]
 
 
-async def started_bus(bus_settings: BusSettings, broker: str) -> Bus:
-    bus = Bus(bus_settings, broker, "test")
+async def started_bus(bus_settings: BusSettings, broker: BrokerUnderTest) -> Bus:
+    bus = Bus(bus_settings, broker.bootstrap, "test")
     await bus.start()
     return bus
 
 
-async def test_bad_messages_are_dead_lettered_and_the_worker_goes_on(broker: str, bus_settings: BusSettings) -> None:
+@pytest.mark.embedded_smoke
+async def test_bad_messages_are_dead_lettered_and_the_worker_goes_on(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     bus = await started_bus(bus_settings, broker)
     seen: list[Incoming] = []
 
@@ -71,7 +73,7 @@ async def test_bad_messages_are_dead_lettered_and_the_worker_goes_on(broker: str
     await bus.stop()
 
 
-async def test_a_failing_message_is_retried_without_blocking_others(broker: str, bus_settings: BusSettings) -> None:
+async def test_a_failing_message_is_retried_without_blocking_others(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     bus = await started_bus(bus_settings, broker)
     attempts: dict[str, int] = {}
     done: list[str] = []
@@ -95,8 +97,8 @@ async def test_a_failing_message_is_retried_without_blocking_others(broker: str,
     await bus.stop()
 
 
-async def test_after_the_budget_the_message_is_dead_lettered_and_reported(broker: str) -> None:
-    settings = BusSettings(retry_attempts=3, retry_backoff_ms=50, retry_backoff_max_ms=100)
+async def test_after_the_budget_the_message_is_dead_lettered_and_reported(broker: BrokerUnderTest) -> None:
+    settings = broker.settings(retry_attempts=3, retry_backoff_ms=50, retry_backoff_max_ms=100)
     bus = await started_bus(settings, broker)
     given_up: list[tuple[str, str]] = []
 
@@ -118,7 +120,8 @@ async def test_after_the_budget_the_message_is_dead_lettered_and_reported(broker
     await bus.stop()
 
 
-async def test_end_offsets_are_right_when_batches_hold_many_records(broker: str, bus_settings: BusSettings) -> None:
+@pytest.mark.embedded_smoke
+async def test_end_offsets_are_right_when_batches_hold_many_records(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     """broker-notes item 1: ListOffsets(LATEST) is wrong for multi-record batches."""
     bus = await started_bus(bus_settings, broker)
     await bus.create_topic("t.offsets", 1)
@@ -129,7 +132,7 @@ async def test_end_offsets_are_right_when_batches_hold_many_records(broker: str,
     await bus.stop()
 
 
-async def test_a_new_topic_does_not_stall_sends_to_known_ones(broker: str, bus_settings: BusSettings) -> None:
+async def test_a_new_topic_does_not_stall_sends_to_known_ones(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     """The producer keeps every registry topic in its metadata (see Bus.pin_producer_topics)."""
     bus = await started_bus(bus_settings, broker)
     await bus.create_topic("settle.reply.test", 1)
@@ -138,7 +141,7 @@ async def test_a_new_topic_does_not_stall_sends_to_known_ones(broker: str, bus_s
     await bus.stop()
 
 
-async def test_outbox_publishes_what_commits_and_nothing_that_rolls_back(broker: str, bus_settings: BusSettings,
+async def test_outbox_publishes_what_commits_and_nothing_that_rolls_back(broker: BrokerUnderTest, bus_settings: BusSettings,
                                                                          engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = engine_factory("outbox")
     create_tables(engine, [OutboxRow])
@@ -159,7 +162,7 @@ async def test_outbox_publishes_what_commits_and_nothing_that_rolls_back(broker:
     await bus.stop()
 
 
-async def test_outbox_rows_the_fast_path_missed_are_published_by_the_poll(broker: str, bus_settings: BusSettings,
+async def test_outbox_rows_the_fast_path_missed_are_published_by_the_poll(broker: BrokerUnderTest, bus_settings: BusSettings,
                                                                           engine_factory) -> None:  # type: ignore[no-untyped-def]
     """Rows committed where no relay runs (another process) and rows whose send failed still go out."""
     engine = engine_factory("outbox-poll")
@@ -201,12 +204,12 @@ def test_inbox_records_once(engine_factory) -> None:  # type: ignore[no-untyped-
         assert already_processed(s, "other", "m1") is False
 
 
-async def test_broker_restart_republishes_recent_events(embedded_broker, bus_settings: BusSettings,  # type: ignore[no-untyped-def]
-                                                       engine_factory) -> None:
+async def test_broker_restart_republishes_recent_events(embedded_broker, engine_factory) -> None:  # type: ignore[no-untyped-def]
     """broker-notes item 8: after the embedded broker loses its data, the outbox fills it again."""
+    bus_settings = BrokerUnderTest(embedded_broker.bootstrap, "embedded").settings()
     engine = engine_factory("epoch")
     create_tables(engine, [OutboxRow])
-    bus = await started_bus(bus_settings, embedded_broker.bootstrap)
+    bus = await started_bus(bus_settings, BrokerUnderTest(embedded_broker.bootstrap, "embedded"))
     relay = OutboxRelay(engine, "t-epoch", bus)
     relay.start()
     bus.on_new_epoch(lambda: asyncio.sleep(0, relay.republish_recent(600)))
@@ -218,13 +221,13 @@ async def test_broker_restart_republishes_recent_events(embedded_broker, bus_set
     await embedded_broker.restart()
     await wait_until(lambda: bus.epochs_seen == 1, what="the new epoch to be noticed")
     await wait_until(lambda: relay.published == 2, what="republish")
-    records = await read_topic(embedded_broker.bootstrap, "filing.events", 1)
+    records = await read_topic(BrokerUnderTest(embedded_broker.bootstrap, "embedded"), "filing.events", 1)
     assert [orjson.loads(r.value)["fil_id"] for r in records] == ["F3"]
     await relay.stop()
     await bus.stop()
 
 
-async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(broker: str, bus_settings: BusSettings) -> None:
+async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     """confluent-kafka (librdkafka) + schemas/json: headers name the type, the file validates the value."""
     jsonschema = pytest.importorskip("jsonschema")
     from confluent_kafka import Consumer
@@ -238,9 +241,9 @@ async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(bro
     def consume() -> tuple[dict[str, str], bytes]:
         # a group join waits half the session on the embedded broker (broker-notes item 3):
         # librdkafka's default session of 45 s would make this test wait 22 s for nothing
-        c = Consumer({"bootstrap.servers": broker, "group.id": "plain-reader", "auto.offset.reset": "earliest",
-                      "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
-        c.subscribe(["enroll.events"])
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": broker.topic("plain-reader"),
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
+        c.subscribe([broker.topic("enroll.events")])
         try:
             for _ in range(200):
                 m = c.poll(0.2)
@@ -256,7 +259,7 @@ async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(bro
     jsonschema.validate(json.loads(value), schema)
 
 
-async def test_a_handler_error_while_consuming_never_kills_the_loop(broker: str, bus_settings: BusSettings) -> None:
+async def test_a_handler_error_while_consuming_never_kills_the_loop(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     bus = await started_bus(bus_settings, broker)
     calls: list[str] = []
 
@@ -265,8 +268,7 @@ async def test_a_handler_error_while_consuming_never_kills_the_loop(broker: str,
         if msg.event.fil_id == "F1":
             raise KeyError("a bug")
 
-    settings = BusSettings(retry_attempts=1)
-    bus.settings = settings
+    bus.settings = broker.settings(retry_attempts=1)
     worker = Worker(bus, "t-bug", {"filing.events": handle})
     await worker.start()
     await bus.send("filing.events", "P1", filing_event(1), "/test")
@@ -276,30 +278,40 @@ async def test_a_handler_error_while_consuming_never_kills_the_loop(broker: str,
     await bus.stop()
 
 
-async def test_consumers_are_tuned_for_the_embedded_broker(bus_settings: BusSettings) -> None:
-    """broker-notes items 2 and 3: a short fetch wait (new data does not wake a waiting fetch),
-    a short session (every join waits session/2), request timeout above the session, no auto-commit."""
-    c = Bus(bus_settings, "127.0.0.1:1", "t").consumer("filing.events", group_id="x")
-    assert c._fetch_max_wait_ms == bus_settings.fetch_max_wait_ms <= 50
-    assert c._session_timeout_ms == bus_settings.session_timeout_ms <= 3000
+async def test_consumers_are_tuned_for_each_broker() -> None:
+    """The embedded broker (broker-notes items 2 and 3): a short fetch wait (new data does not wake a
+    waiting fetch), a short session (every join waits session/2). Kafka: an append wakes a waiting
+    fetch, so a long wait costs no latency and keeps idle consumers quiet. Both: request timeout
+    above the session, no auto-commit, an explicit setting wins over the broker's tuning."""
+    embedded, kafka = BusSettings(broker="embedded"), BusSettings(broker="kafka")
+    c = Bus(embedded, "127.0.0.1:1", "t").consumer("filing.events", group_id="x")
+    assert c._fetch_max_wait_ms == embedded.fetch_max_wait_ms <= 50
+    assert c._session_timeout_ms == embedded.session_timeout_ms <= 3000
     assert c._heartbeat_interval_ms * 3 <= c._session_timeout_ms < c._request_timeout_ms
     assert c._enable_auto_commit is False
-    slow = Bus(bus_settings, "127.0.0.1:1", "t").consumer("filing.events.retry", group_id="x.retry", slow=True)
+    slow = Bus(embedded, "127.0.0.1:1", "t").consumer("filing.events.retry", group_id="x.retry", slow=True)
     await c.stop()
     await slow.stop()
     assert slow._fetch_max_wait_ms > c._fetch_max_wait_ms  # idle retry readers cost less broker CPU
+    k = Bus(kafka, "127.0.0.1:1", "t").consumer("filing.events", group_id="x")
+    await k.stop()
+    assert k._fetch_max_wait_ms >= 500
+    assert k._session_timeout_ms >= max(6000, 3 * k._heartbeat_interval_ms)
+    assert BusSettings(broker="kafka", fetch_max_wait_ms=20).fetch_max_wait_ms == 20
 
 
-async def test_the_producer_is_at_least_once_not_idempotent(broker: str, bus_settings: BusSettings) -> None:
-    """broker-notes item 4: InitProducerId fails on the embedded broker; acks=all, no idempotence."""
+@pytest.mark.embedded_smoke
+async def test_the_producer_is_idempotent_on_kafka_and_at_least_once_on_the_embedded_broker(
+        broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
+    """broker-notes item 4: InitProducerId fails on the embedded broker; acks=all there, no idempotence."""
     bus = await started_bus(bus_settings, broker)
     assert bus.producer is not None
-    assert bus.producer._txn_manager is None  # no idempotent/transactional state
+    assert (bus.producer._txn_manager is None) == (broker.kind == "embedded")
     await (await bus.send("filing.events", "P1", filing_event(1), "/test"))  # and it works
     await bus.stop()
 
 
-async def test_two_relays_on_one_database_publish_each_row_once(broker: str, bus_settings: BusSettings,
+async def test_two_relays_on_one_database_publish_each_row_once(broker: BrokerUnderTest, bus_settings: BusSettings,
                                                                 engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = engine_factory("lease")
     create_tables(engine, [OutboxRow])
@@ -323,7 +335,7 @@ async def test_two_relays_on_one_database_publish_each_row_once(broker: str, bus
     await bus.stop()
 
 
-async def test_a_batch_handler_gets_many_at_once_and_each_message_its_own_fate(broker: str,
+async def test_a_batch_handler_gets_many_at_once_and_each_message_its_own_fate(broker: BrokerUnderTest,
                                                                                 bus_settings: BusSettings) -> None:
     """One call per fetched batch; per message: done, refused (dead letter + on_dead_letter with the
     code) or failed (retried on its own through the retry topic, then done)."""
