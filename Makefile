@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test bench lint schemas demo clean
+.PHONY: run test bench lint schemas demo clean postgres kafka
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
@@ -17,7 +17,7 @@ run: $(STAMP)  ## broker + all services on the default ports; Ctrl-C stops every
 demo: $(STAMP)  ## narrated scenario against a running `make run`
 	.venv/bin/yibao demo
 
-test: $(STAMP)  ## unit, integration (embedded broker, SQLite + PostgreSQL) and end-to-end tests
+test: $(STAMP)  ## unit, integration and end-to-end tests on Apache Kafka (one node for the session), SQLite and PostgreSQL
 	$(PY) -m pytest -q
 
 bench: $(STAMP)  ## settlements/s and latency (var/bench.json); enrolment intake (var/bench-enroll.json)
@@ -31,5 +31,11 @@ lint: $(STAMP)
 schemas: $(STAMP)  ## regenerate schemas/json from the models
 	.venv/bin/yibao schemas export
 
-clean:
-	rm -rf var/*.db var/bench.json
+postgres:  ## install (Debian's packages), start and prepare PostgreSQL for the tests; needs root
+	bash deploy/postgres/setup.sh
+
+kafka: $(STAMP)  ## resolve Apache Kafka's jars from Maven Central into var/kafka/lib
+	.venv/bin/yibao kafka fetch
+
+clean:  ## the local databases, the local Kafka node's data, bench results (not the Kafka jars)
+	rm -rf var/*.db var/bench.json var/kafka/data

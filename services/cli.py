@@ -52,7 +52,13 @@ def cmd_kafka(args: argparse.Namespace) -> None:
     """Apache Kafka on loopback, apart from `yibao run`: fetch the jars, start, stop, status."""
     from pathlib import Path
 
-    from services.bus.kafka import Jars, KafkaCluster, KafkaUnavailableError, kafka_version, main_status
+    from services.bus.kafka import (
+        Jars,
+        KafkaCluster,
+        KafkaUnavailableError,
+        kafka_version,
+        main_status,
+    )
 
     data = Path(os.environ.get("YIBAO_VAR_DIR", "var")) / "kafka" / ("data" if args.brokers == 1 else f"data-{args.brokers}")
     cluster = KafkaCluster.local(data, args.port, args.brokers, attached=False)

@@ -17,8 +17,8 @@ import httpx
 
 from schemas.events import HopLevel
 from services.bus.broker import EmbeddedBroker
-from services.bus.kafka import KafkaCluster, kafka_version, why_not_kafka
 from services.bus.client import Bus
+from services.bus.kafka import KafkaCluster, kafka_version, why_not_kafka
 from services.bus.settings import BusSettings
 from services.http import serve
 from services.service import Service
@@ -108,7 +108,7 @@ def run_service(name: str, **kw: Any) -> None:
 
 async def create_topics(bootstrap: str, partitions: int | None = None, broker: str = "kafka",
                         prefix: str = "") -> list[str]:
-    settings = BusSettings(partitions=partitions, broker=broker, topic_prefix=prefix)  # type: ignore[arg-type]
+    settings = BusSettings(partitions=partitions, broker=broker, topic_prefix=prefix)
     bus = Bus(settings, bootstrap, "yibao-setup")
     made = await bus.ensure_topics()
     if broker == "kafka":

@@ -104,7 +104,8 @@ class Jars:
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
-        downloaded, last_said, tail = 0, 0.0, []
+        downloaded, last_said = 0, 0.0
+        tail: list[str] = []
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-20:]
             if "Downloaded from" in line:
