@@ -1,9 +1,10 @@
 """`yibao bench`: end-to-end settlements per second and latency, per hop, against a bare relay.
 
-Self-contained: starts a fresh embedded broker and the four services on free ports, enrols and
-files a population, drives many concurrent hospitals through /fsi/callService for BENCH_SECONDS,
-then measures a bare aiokafka consume→produce chain of the same length on a fresh broker.
-Prints a table and writes var/bench.json.
+Self-contained: starts a fresh broker (Apache Kafka where `yibao run` would choose it, else the
+embedded one) and the four services on free ports, enrols and files a population, drives many
+concurrent hospitals through /fsi/callService for BENCH_SECONDS, then measures a bare aiokafka
+consume→produce chain of the same length on the same broker. Prints a table and writes
+var/bench.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.common import new_msgid
-from services.bus.broker import EmbeddedBroker, free_port
+from services.bus.broker import free_port
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.platform import SERVICES, Platform
@@ -151,7 +152,25 @@ def platform_pids(p: Platform) -> dict[str, int]:
     pids = {name: proc.pid for name, proc in p.procs.items()}
     if p.broker and p.broker.pid:
         pids["broker"] = p.broker.pid
+    if p.kafka and (pid := p.kafka.nodes[0].pid()):
+        pids["broker"] = pid
     return pids | {"load generator": os.getpid()}
+
+
+def cpu_ms_per_settlement(cpu: dict[str, float], per_s: float) -> dict[str, float]:
+    """Per process, milliseconds of CPU for each settlement answered (its share of one core / rate)."""
+    return {k: round(v * 10 / per_s, 2) for k, v in cpu.items()} if per_s else {}
+
+
+def drift(intervals: list[dict[str, float]], window_s: float = 30.0) -> dict[str, float] | None:
+    """The rate of the first and the last `window_s` of the measured phase, and the change between."""
+    n = max(1, int(window_s // TICK_S))
+    if len(intervals) < 2 * n:
+        return None
+    first = statistics.fmean(x["per_s"] for x in intervals[:n])
+    last = statistics.fmean(x["per_s"] for x in intervals[-n:])
+    return {"first_per_s": round(first, 1), "last_per_s": round(last, 1),
+            "change_percent": round((last - first) / first * 100, 1) if first else 0.0}
 
 
 async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, concurrency: int,
@@ -241,33 +260,35 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
     ticker = asyncio.create_task(tick())
     await asyncio.gather(*(hospital() for _ in range(concurrency)))
     await ticker
+    per_s = round(len(latencies) / seconds, 1)
     return {
-        "throughput_per_s": round(len(latencies) / seconds, 1), "settled": len(latencies),
+        "throughput_per_s": per_s, "settled": len(latencies),
         "latency_ms": summary(latencies), "errors": dict(errors),
         "per_transaction": {k: {"count": len(v), "per_s": round(len(v) / seconds, 1)} | summary(v)
                             for k, v in sorted(by_infno.items())},
         "per_hop_transit_ms": {k: summary(v) for k, v in legs.items()},
         "per_hop_work_ms": {k: summary(v) for k, v in work.items()},
-        "cpu_percent_of_one_core": await cpu,
-        "intervals": intervals,
+        "cpu_percent_of_one_core": (shares := await cpu),
+        "cpu_ms_per_settlement": cpu_ms_per_settlement(shares, per_s),
+        "intervals": intervals, "drift_first_last_30s": drift(intervals),
     }
 
 
 # --- the bare relay baseline ---------------------------------------------------------------
 
 
-async def relay_baseline(seconds: float, concurrency: int, warmup: float) -> dict[str, Any]:
-    """A bare aiokafka consume→produce chain of LEGS legs, driven the same closed-loop way."""
-    s = BusSettings()
-    broker = EmbeddedBroker(free_port())
-    bootstrap = broker.start()
-    topics = [f"baseline.leg{i}" for i in range(LEGS)]
+async def relay_baseline(bootstrap: str, broker: str, seconds: float, concurrency: int,
+                         warmup: float) -> dict[str, Any]:
+    """A bare aiokafka consume→produce chain of LEGS legs on the platform's broker, tuned and
+    acknowledged as the platform's clients are, driven the same closed-loop way."""
+    s = BusSettings(broker=broker)  # type: ignore[arg-type]
+    topics = [f"bench.relay.{datetime.now():%H%M%S}.leg{i}" for i in range(LEGS)]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
     await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=s.linger_ms,
-                                max_batch_size=s.max_batch_size)
+                                enable_idempotence=not s.embedded, max_batch_size=s.max_batch_size)
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id="baseline",
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=s.fetch_max_wait_ms, session_timeout_ms=s.session_timeout_ms,
@@ -301,10 +322,12 @@ async def relay_baseline(seconds: float, concurrency: int, warmup: float) -> dic
     while not consumer.assignment():
         await asyncio.sleep(0.05)
     latencies: list[float] = []
+    lost = 0
     start = time.monotonic()
     measure_from, end = start + warmup, start + warmup + seconds
 
     async def client(n: int) -> None:
+        nonlocal lost
         i = 0
         while (now := time.monotonic()) < end:
             i += 1
@@ -313,7 +336,11 @@ async def relay_baseline(seconds: float, concurrency: int, warmup: float) -> dic
             waiting[mid] = fut
             t0 = time.perf_counter()
             await producer.send(topics[0], orjson.dumps(payload | {"id": mid}), key=str(n).encode())
-            await fut
+            try:
+                await asyncio.wait_for(fut, timeout=30)
+            except TimeoutError:
+                lost += 1  # never came round: counted, and this client goes on
+                continue
             if now >= measure_from:
                 latencies.append((time.perf_counter() - t0) * 1000)
 
@@ -322,9 +349,8 @@ async def relay_baseline(seconds: float, concurrency: int, warmup: float) -> dic
     await asyncio.gather(task, return_exceptions=True)
     await consumer.stop()
     await producer.stop()
-    broker.stop()
     return {"throughput_per_s": round(len(latencies) / seconds, 1), "latency_ms": summary(latencies),
-            "legs": LEGS, "errors": {}}
+            "legs": LEGS, "errors": {"not back within 30 s": lost} if lost else {}}
 
 
 # --- report --------------------------------------------------------------------------------
@@ -343,8 +369,11 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"platform (2207, 9 hops)  {r['throughput_per_s']:>13} {r['latency_ms']['p50']:>9} "
           f"{r['latency_ms']['p95']:>9} {r['latency_ms']['p99']:>9}   {sum(r['errors'].values())}")
     print(f"bare relay ({LEGS} legs)     {base['throughput_per_s']:>13} {base['latency_ms']['p50']:>9} "
-          f"{base['latency_ms']['p95']:>9} {base['latency_ms']['p99']:>9}   -")
+          f"{base['latency_ms']['p95']:>9} {base['latency_ms']['p99']:>9}   {sum(base['errors'].values())}")
     print(f"overhead ratio (throughput baseline/platform): {r['overhead_ratio']}")
+    if r.get("drift_first_last_30s"):
+        d = r["drift_first_last_30s"]
+        print(f"first 30 s {d['first_per_s']}/s, last 30 s {d['last_per_s']}/s ({d['change_percent']:+} %)")
     print("\nper hop (ms): transit = broker + queueing before the hop; work = inside the hop")
     print(f"  {'hop':<22} {'transit p50':>11} {'p99':>7} {'work p50':>9} {'p99':>7}")
     for k in sorted(r["per_hop_work_ms"], key=lambda x: int(x.split(':')[0])):
@@ -358,6 +387,7 @@ def print_report(r: dict[str, Any]) -> None:
     if r["errors"]:
         print(f"errors: {r['errors']}")
     print_cpu(r["cpu_percent_of_one_core"])
+    print("  CPU ms per settlement: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_settlement"].items()))
     m = r.get("mixed")
     if m:
         print(f"\nmixed workload: {m['throughput_per_s']}/s in all, errors {sum(m['errors'].values())}")
@@ -377,10 +407,11 @@ def main() -> None:
     var = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
     run_dir = var / f"bench-{datetime.now():%Y%m%d%H%M%S}"
     progress(f"starting a fresh broker and {len(SERVICES)} services on free ports (state in {run_dir})")
-    p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=free_port(), var_dir=run_dir,
+    p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=0, var_dir=run_dir,
                  env={"YIBAO_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")})
     t_start = time.monotonic()
     p.start(timeout=120)
+    kind = "embedded" if p.broker else "kafka"
     try:
         progress(f"enrolling and filing {population} persons in {len(INSURED)} insured regions")
         people = asyncio.run(enrol_population(p, population))
@@ -390,12 +421,14 @@ def main() -> None:
                  "5 % reversals")
         result["mixed"] = asyncio.run(drive(p, people, seconds, concurrency, warmup, mixed=True))
         broker_uptime = round(time.monotonic() - t_start, 1)
+        progress(f"measuring the bare relay baseline ({LEGS} legs) on the same broker, services stopped")
+        p.stop_services()
+        result["relay_baseline"] = asyncio.run(relay_baseline(p.bootstrap, kind, seconds, concurrency, warmup))
     finally:
         p.stop()
-    progress(f"measuring the bare relay baseline ({LEGS} legs) on a fresh broker")
-    result["relay_baseline"] = asyncio.run(relay_baseline(seconds, concurrency, warmup))
     result["overhead_ratio"] = round(result["relay_baseline"]["throughput_per_s"] / max(result["throughput_per_s"], 0.1), 2)
-    result["config"] = {"seconds": seconds, "warmup_s": warmup, "concurrency": concurrency, "persons": population,
+    result["config"] = {"broker": p.broker_name, "seconds": seconds, "warmup_s": warmup,
+                        "concurrency": concurrency, "persons": population,
                         "broker_uptime_at_end_s": broker_uptime, "cpus": os.cpu_count(),
                         "when": datetime.now().isoformat(timespec="seconds")}
     var.mkdir(parents=True, exist_ok=True)

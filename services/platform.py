@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from schemas.events import HopLevel
-from services.bus.broker import EmbeddedBroker
+from services.bus.broker import EmbeddedBroker, free_port
 from services.bus.client import Bus
 from services.bus.kafka import KafkaCluster, kafka_version, why_not_kafka
 from services.bus.settings import BusSettings
@@ -153,6 +153,7 @@ class Platform:
     broker: EmbeddedBroker | None = None
     kafka: KafkaCluster | None = None
     bootstrap: str = ""
+    broker_name: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def url(self, service: str) -> str:
@@ -163,18 +164,22 @@ class Platform:
         kind, why = choose_broker(env)
         if kind == "external":
             self.bootstrap = env["YIBAO_KAFKA_BOOTSTRAP"]
-            print(f"  broker    {self.bootstrap}  (external cluster: {why})")
+            self.broker_name = "external cluster"
+            print(f"  broker    {self.bootstrap}  ({self.broker_name}: {why})")
             return env.get("YIBAO_BROKER", "kafka")
         if kind == "kafka":
-            self.kafka = KafkaCluster.local(self.var_dir / "kafka" / "data", self.broker_port)
+            data = self.var_dir / "kafka" / "data"
+            self.kafka = (KafkaCluster.local(data, self.broker_port) if self.broker_port
+                          else KafkaCluster.on_free_ports(data))
             self.bootstrap = self.kafka.start()
-            node = self.kafka.nodes[0]
-            print(f"  broker    {self.bootstrap}  Apache Kafka {kafka_version()}, KRaft, one node ({why}); "
-                  f"data and log in {node.dir}")
+            self.broker_name = f"Apache Kafka {kafka_version()}"
+            print(f"  broker    {self.bootstrap}  {self.broker_name}, KRaft, one node ({why}); "
+                  f"data and log in {self.kafka.nodes[0].dir}")
             return "kafka"
-        self.broker = EmbeddedBroker(self.broker_port, self.var_dir / "broker.log")
+        self.broker = EmbeddedBroker(self.broker_port or free_port(), self.var_dir / "broker.log")
         self.bootstrap = self.broker.start()
-        print(f"  broker    {self.bootstrap}  embedded Tansu, memory only ({why}); log {self.var_dir / 'broker.log'}")
+        self.broker_name = "embedded Tansu"
+        print(f"  broker    {self.bootstrap}  {self.broker_name}, memory only ({why}); log {self.var_dir / 'broker.log'}")
         return "embedded"
 
     def start(self, timeout: float = 90.0) -> None:
@@ -231,6 +236,15 @@ class Platform:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        self.stop_services()
+        if self.broker:
+            self.broker.stop()
+            self.broker = None
+        if self.kafka:
+            self.kafka.stop()
+            self.kafka = None
+
+    def stop_services(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -241,9 +255,3 @@ class Platform:
                 log.warning("%s did not stop in 20 s: killing it", name)
                 proc.kill()
         self.procs.clear()
-        if self.broker:
-            self.broker.stop()
-            self.broker = None
-        if self.kafka:
-            self.kafka.stop()
-            self.kafka = None

@@ -58,7 +58,7 @@ class EmbeddedBroker:
         if port_open(self.port):
             raise RuntimeError(
                 f"port {self.port} is already in use: stop what listens there or set "
-                "YIBAO_EMBEDDED_PORT (or YIBAO_KAFKA_BOOTSTRAP to use a running cluster)"
+                "YIBAO_BROKER_PORT (or YIBAO_KAFKA_BOOTSTRAP to use a running cluster)"
             )
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
