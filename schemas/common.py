@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -98,3 +99,12 @@ def new_msgid(fixmedins_code: str) -> str:
     (random digits collided about once per bench run)."""
     seq = next(_MSG_SEQ.setdefault(fixmedins_code, itertools.count(secrets.randbelow(10**4))))
     return f"{fixmedins_code}{datetime.now():%Y%m%d%H%M%S}{seq % 10**4:04d}"
+
+
+RESULT_ID_NAMESPACE = uuid.UUID("6f1c2a52-5d0e-4f43-9a53-2b1f0f3e8c11")
+
+
+def result_ce_id(msgid: str) -> str:
+    """The ce_id of a claim's result on settle.hospital and settle.completed: the same for every
+    copy of it (a re-publish after a crash), so any consumer can drop a repeat."""
+    return str(uuid.uuid5(RESULT_ID_NAMESPACE, msgid))

@@ -162,6 +162,17 @@ def cpu_ms_per_settlement(cpu: dict[str, float], per_s: float) -> dict[str, floa
     return {k: round(v * 10 / per_s, 2) for k, v in cpu.items()} if per_s else {}
 
 
+def python_loop_ms() -> float:
+    """The machine's speed now: the best of three pure-Python loops (sum of 10**7 integers). This
+    machine has slow hours; a run is comparable only with runs of a similar figure."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        sum(range(10**7))
+        best = min(best, time.perf_counter() - t)
+    return round(best * 1000, 1)
+
+
 def drift(intervals: list[dict[str, float]], window_s: float = 30.0) -> dict[str, float] | None:
     """The rate of the first and the last `window_s` of the measured phase, and the change between."""
     n = max(1, int(window_s // TICK_S))
@@ -281,7 +292,7 @@ async def relay_baseline(bootstrap: str, broker: str, seconds: float, concurrenc
                          warmup: float) -> dict[str, Any]:
     """A bare aiokafka consume→produce chain of LEGS legs on the platform's broker, tuned and
     acknowledged as the platform's clients are, driven the same closed-loop way."""
-    s = BusSettings(broker=broker)  # type: ignore[arg-type]
+    s = BusSettings(broker=broker)
     topics = [f"bench.relay.{datetime.now():%H%M%S}.leg{i}" for i in range(LEGS)]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -406,6 +417,8 @@ def main() -> None:
     warmup = float(os.environ.get("BENCH_WARMUP", "3"))
     var = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
     run_dir = var / f"bench-{datetime.now():%Y%m%d%H%M%S}"
+    speed = python_loop_ms()
+    progress(f"machine speed: a pure-Python loop of 10**7 additions takes {speed} ms (lower is faster)")
     progress(f"starting a fresh broker and {len(SERVICES)} services on free ports (state in {run_dir})")
     p = Platform(ports={s: free_port() for s in SERVICES}, broker_port=0, var_dir=run_dir,
                  env={"YIBAO_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")})
@@ -428,7 +441,7 @@ def main() -> None:
         p.stop()
     result["overhead_ratio"] = round(result["relay_baseline"]["throughput_per_s"] / max(result["throughput_per_s"], 0.1), 2)
     result["config"] = {"broker": p.broker_name, "seconds": seconds, "warmup_s": warmup,
-                        "concurrency": concurrency, "persons": population,
+                        "concurrency": concurrency, "persons": population, "python_loop_ms": speed,
                         "broker_uptime_at_end_s": broker_uptime, "cpus": os.cpu_count(),
                         "when": datetime.now().isoformat(timespec="seconds")}
     var.mkdir(parents=True, exist_ok=True)

@@ -78,12 +78,13 @@ def jsonable(errors: Any) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
 
 
-def add_healthz(app: FastAPI, service: str, ready: Any) -> None:
+def add_healthz(app: FastAPI, service: str, health: Any) -> None:
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
-        """Liveness and readiness of this service."""
-        ok = bool(ready())
-        return JSONResponse({"service": service, "ok": ok}, status_code=200 if ok else 503)
+        """Liveness and readiness of this service: 503 while a consumer loop is down (each consumer's
+        state, lag and counts are listed)."""
+        ok, consumers = health()
+        return JSONResponse({"service": service, "ok": ok, "consumers": consumers}, status_code=200 if ok else 503)
 
 
 async def serve(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,10 @@ class Platform:
     bootstrap: str = ""
     broker_name: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    specs: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # by process name: how often it was started again
+    _watching: threading.Event = field(default_factory=threading.Event)  # set: supervision ends
+    _watcher: threading.Thread | None = None
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
@@ -206,15 +211,56 @@ class Platform:
             env = base | {f"YIBAO_{name.upper()}_PORT": str(self.ports[name])}
             if name == "settle":
                 env["YIBAO_SETTLE_LEVELS"] = ",".join(lv for lv in SETTLE_API_LEVELS if lv not in external)
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
+            self.launch(name, [sys.executable, "-m", f"services.{name}"], env)
         for proc_name, levels in workers.items():
             mine = ",".join(lv for lv in levels if lv not in external)
             if mine:
-                self.procs[proc_name] = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "worker", "settle", "--level", mine], env=base)
+                self.launch(proc_name, [sys.executable, "-m", "services.cli", "worker", "settle", "--level", mine], base)
         if external:
             print(f"  settle    levels {', '.join(sorted(external))} left to `yibao worker settle --level ...`")
         self.wait_healthy(timeout)
+        self._watching.clear()
+        self._watcher = threading.Thread(target=self._supervise, name="yibao-supervisor", daemon=True)
+        self._watcher.start()
+
+    def launch(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        self.specs[name] = (cmd, env)
+        self.procs[name] = subprocess.Popen(cmd, env=env)
+
+    def _supervise(self) -> None:
+        """Every half second: a service, worker or broker that exited is started again, after a
+        backoff that doubles (1 s to 30 s) while it keeps dying within a minute of its start."""
+        backoff: dict[str, float] = {}
+        started: dict[str, float] = {}
+        while not self._watching.wait(0.5):
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    if time.monotonic() - started.get(name, 0) > 60:
+                        backoff.pop(name, None)
+                    continue
+                wait = backoff.get(name, 1.0)
+                log.error("%s exited with code %s: restarting it in %.0f s (restart %d)", name, code, wait,
+                          self.restarts.get(name, 0) + 1)
+                if self._watching.wait(wait):
+                    return
+                cmd, env = self.specs[name]
+                self.procs[name] = subprocess.Popen(cmd, env=env)
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                started[name], backoff[name] = time.monotonic(), min(wait * 2, 30.0)
+            self._supervise_broker()
+
+    def _supervise_broker(self) -> None:
+        if self.kafka is not None:
+            for node in self.kafka.nodes:
+                if node.pid() is None and not self._watching.is_set():
+                    log.error("Kafka node %d is down: starting it again", node.node_id)
+                    self.kafka.start_node(node)
+                    self.restarts["broker"] = self.restarts.get("broker", 0) + 1
+        elif self.broker is not None and self.broker.pid is not None and not self.broker.running():
+            log.error("the embedded broker exited: starting a new one (its data is gone; services recover)")
+            self.broker.start()
+            self.restarts["broker"] = self.restarts.get("broker", 0) + 1
 
     def wait_healthy(self, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -245,6 +291,10 @@ class Platform:
             self.kafka = None
 
     def stop_services(self) -> None:
+        self._watching.set()  # nothing is restarted from here on
+        if self._watcher is not None:
+            self._watcher.join(timeout=35)
+            self._watcher = None
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

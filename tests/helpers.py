@@ -77,4 +77,4 @@ async def read_until(broker: BrokerUnderTest, topic: str, done: Callable[[list[A
 
 
 def headers_of(record: Any) -> dict[str, str]:
-    return {k: v.decode() for k, v in record.headers or ()}
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers or ()}

@@ -48,6 +48,9 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"

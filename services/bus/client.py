@@ -67,12 +67,13 @@ class Bus:
 
     # --- producing --------------------------------------------------------------------
 
-    async def send_raw(self, topic: str, key: str | None, value: bytes,
+    async def send_raw(self, topic: str, key: str | bytes | None, value: bytes,
                        headers: Headers) -> asyncio.Future[Any]:
         """Queue a record; await the returned future for the broker's acknowledgement."""
         assert self.producer, "Bus.start() first"
         return await self.producer.send(
-            self.settings.topic(topic), value=value, key=key.encode() if key else None, headers=headers
+            self.settings.topic(topic), value=value, key=key.encode() if isinstance(key, str) else key,
+            headers=headers,
         )
 
     async def send(self, topic: str, key: str | None, event: BaseModel, source: str,
@@ -128,6 +129,7 @@ class Bus:
                 with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                     await admin.create_topics([NewTopic(s.topic(n), wanted[n], rf, topic_configs=topic_configs(n))
                                                for n in missing])
+                await _wait_for_leaders(admin, [s.topic(n) for n in missing])
             return missing
         finally:
             await admin.close()
@@ -242,6 +244,20 @@ class Bus:
                 await listener()
             except Exception:
                 log.exception("epoch listener failed")
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout: float = 30.0) -> None:
+    """Until every partition of the new topics has a leader: the first sends and fetches after a
+    creation would otherwise be refused (NotLeaderForPartition) and retried with warnings."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        described = await admin.describe_topics(topics)
+        if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+               for t in described):
+            return
+        await asyncio.sleep(0.1)
+    log.warning("new topics still without leaders after %.0f s", timeout)
 
 
 def instance_id() -> str:

@@ -53,10 +53,11 @@ def make_headers(
     reply_to: str | None = None,
     traceparent: str | None = None,
     attempt: int = 1,
+    ce_id: str | None = None,
 ) -> Headers:
     h: Headers = [
         ("ce_specversion", b"1.0"),
-        ("ce_id", str(uuid.uuid4()).encode()),
+        ("ce_id", (ce_id or str(uuid.uuid4())).encode()),
         ("ce_source", source.encode()),
         ("ce_type", event_type_of(event).encode()),
         ("ce_time", datetime.now(UTC).isoformat(timespec="milliseconds").encode()),
@@ -103,6 +104,7 @@ class Incoming:
     partition: int
     offset: int
     attempt: int = 1
+    deadline_ms: int | None = None  # epoch ms after which no hop acts on it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,10 +119,41 @@ class Incoming:
     def correlation_id(self) -> str | None:
         return self.headers.get(CORRELATION)
 
-    @property
-    def deadline_ms(self) -> int | None:
-        d = self.headers.get(DEADLINE)
-        return int(d) if d else None
+
+
+def header_list(headers: Any) -> Headers:
+    """A record's headers as (name, bytes); a null value (valid in Kafka) as empty bytes."""
+    return [(k, b"" if v is None else bytes(v)) for k, v in headers or ()]
+
+
+def strict_headers(headers: Headers) -> dict[str, str]:
+    """Every header value as text; a value that is not UTF-8 is bad input, not a crash."""
+    out: dict[str, str] = {}
+    for k, v in headers:
+        try:
+            out[k] = v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessageError(f"header {k!r} is not UTF-8 text", "BAD_HEADER") from None
+    return out
+
+
+def whole_number(hd: dict[str, str], name: str, default: int | None, least: int = 0) -> int | None:
+    """A numeric header, or `default` when absent; anything else is bad input with a sentence."""
+    text = hd.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isascii() or not text.isdigit() or int(text) < least:
+        raise BadMessageError(f"header {name} is {text[:40]!r}: expected a whole number ≥ {least}", "BAD_HEADER")
+    return int(text)
+
+
+def decode_key(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessageError("key is not UTF-8 text", "BAD_KEY") from None
 
 
 def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
@@ -128,8 +161,11 @@ def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
     """Parse and validate; raises BadMessageError with a sentence that says what is wrong.
 
     `model` reads the value as a lighter view of its ce_type (a relay's view of a hop)."""
-    raw: Headers = [(k, bytes(v)) for k, v in headers or ()]
-    hd = header_dict(raw)
+    raw = header_list(headers)
+    hd = strict_headers(raw)
+    text_key = decode_key(key)
+    attempt = whole_number(hd, ATTEMPT, 1, least=1)
+    deadline = whole_number(hd, DEADLINE, None)
     ce_type = hd.get("ce_type")
     allowed = topic_spec(topic).types
     if not ce_type:
@@ -151,6 +187,6 @@ def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
         )
         raise BadMessageError(f"value does not match {ce_type}: {errs}", "SCHEMA_INVALID") from None
     return Incoming(
-        topic=topic, key=key.decode() if key else None, event=event, headers=hd, raw_headers=raw,
-        value=value, partition=partition, offset=offset, attempt=int(hd.get(ATTEMPT, "1") or 1),
+        topic=topic, key=text_key, event=event, headers=hd, raw_headers=raw, value=value,
+        partition=partition, offset=offset, attempt=attempt or 1, deadline_ms=deadline,
     )

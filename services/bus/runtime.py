@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Engine
@@ -48,6 +49,12 @@ class ServiceRuntime:
         await asyncio.gather(*(w.stop() for w in self.workers))  # each finishes its batch in hand
         await self.relay.stop()
         await self.bus.stop()
+
+    def health(self) -> tuple[bool, list[dict[str, Any]]]:
+        """(ok, each consumer's state): ok while the producer runs and no consumer loop is down."""
+        consumers = [c for w in self.workers for c in w.health()]
+        ok = self.bus.producer is not None and all(c["state"] == "running" for c in consumers)
+        return ok, consumers
 
     async def _republish(self) -> None:
         self.relay.republish_recent(self.bus.settings.outbox_republish_window_s)

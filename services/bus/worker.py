@@ -30,6 +30,7 @@ from services.bus.envelope import (
     Incoming,
     decode,
     header_dict,
+    header_list,
     now_ms,
     replace_header,
 )
@@ -125,6 +126,20 @@ class Committer:
         await self._commit()
 
 
+def _lag(c: AIOKafkaConsumer) -> int:
+    """Records behind the high watermark its last fetches saw, over its partitions (no request)."""
+    lag = 0
+    for tp in c.assignment():
+        hw = c.highwater(tp)
+        try:  # aiokafka keeps the position here; `position()` would wait for one that is unknown
+            state = c._subscription.subscription.assignment.state_value(tp)
+        except AttributeError:
+            continue
+        if hw is not None and state is not None and state.has_valid_position:
+            lag += max(0, hw - state.position)
+    return lag
+
+
 class Worker:
     """One consumer group over some topics, plus its retry consumer."""
 
@@ -138,7 +153,8 @@ class Worker:
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
-        self.stats = {"handled": 0, "retried": 0, "dead_lettered": 0}
+        self.stats = {"handled": 0, "retried": 0, "dead_lettered": 0, "loop_restarts": 0}
+        self.state: dict[str, str] = {}  # consumer ("main", "retry") → running, restarting, stopped
         bus.on_new_epoch(self.restart)
 
     async def start(self) -> None:
@@ -150,8 +166,8 @@ class Worker:
         await asyncio.gather(main.start(), retry.start())
         self._consumers = [main, retry]
         self._tasks = [
-            asyncio.create_task(self._loop(main, retry=False), name=f"{self.group}-main"),
-            asyncio.create_task(self._loop(retry, retry=True), name=f"{self.group}-retry"),
+            asyncio.create_task(self._supervise(main, retry=False), name=f"{self.group}-main"),
+            asyncio.create_task(self._supervise(retry, retry=True), name=f"{self.group}-retry"),
         ]
 
     async def wait_assigned(self, timeout: float = 30.0) -> None:
@@ -178,7 +194,47 @@ class Worker:
         await self.stop()
         await self.start()
 
+    def health(self) -> list[dict[str, Any]]:
+        """Each consumer's state and lag (from the high watermarks of its last fetches)."""
+        out = []
+        for name, c in zip(("main", "retry"), self._consumers, strict=False):
+            out.append({"group": self.group + ("" if name == "main" else ".retry"),
+                        "state": self.state.get(name, "stopped"), "lag": _lag(c)} | self.stats)
+        return out
+
     # --- the loop ---------------------------------------------------------------------
+
+    async def _supervise(self, consumer: AIOKafkaConsumer, retry: bool) -> None:
+        """Run the loop; if it dies of anything, log it, go back to the last committed offsets
+        (what was handled since is handled again: consumers are idempotent) and start it again
+        after a backoff that doubles up to 30 s."""
+        name, backoff = ("retry" if retry else "main"), 0.5
+        while self._running:
+            self.state[name] = "running"
+            try:
+                await self._loop(consumer, retry)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.state[name] = "restarting"
+                self.stats["loop_restarts"] += 1
+                log.exception("%s: the %s consumer loop died; restarting it in %.1f s", self.group, name, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                await self._rewind(consumer)
+        self.state[name] = "stopped"
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            try:
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+            except Exception:
+                log.warning("%s: could not rewind %s", self.group, tp, exc_info=True)
 
     async def _loop(self, consumer: AIOKafkaConsumer, retry: bool) -> None:
         offsets = Committer(self.bus, consumer, self.group)
@@ -220,25 +276,21 @@ class Worker:
         hd = header_dict(rec.headers)
         if hd.get(CONSUMER) != self.group:
             return True  # another group's retry: _process skips it
-        wait_ms = int(hd.get(DUE, "0")) - now_ms()
-        while wait_ms > 0:
+        due = hd.get(DUE, "0")
+        due_ms = int(due) if due.isascii() and due.isdigit() else 0  # unreadable: due now (decode judges it)
+        while (wait_ms := due_ms - now_ms()) > 0:
             if not self._running:
                 return False
             await asyncio.sleep(min(wait_ms, 100) / 1000)
-            wait_ms = int(hd.get(DUE, "0")) - now_ms()
         return True
 
     async def _process(self, rec: ConsumerRecord[Any, Any], retry: bool) -> None:
         topic = self.bus.settings.logical(rec.topic).removesuffix(RETRY_SUFFIX)
         if retry and header_dict(rec.headers).get(CONSUMER) != self.group:
             return
-        headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]
-        try:
-            msg = decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset, self.read_as.get(topic))
-        except BadMessageError as exc:
-            await self._dead_letter(rec, topic, headers, exc, attempts=1)
-            return
-        if await self._expired(rec, topic, msg):
+        headers = header_list(rec.headers)
+        msg = await self._decode_or_dead_letter(rec, topic, headers)
+        if msg is None or await self._expired(rec, topic, msg):
             return
         try:
             await self.handlers[topic](msg)
@@ -253,13 +305,9 @@ class Worker:
         assert isinstance(handler, BatchHandler)
         valid: list[tuple[ConsumerRecord[Any, Any], Incoming]] = []
         for rec in records:
-            headers: Headers = [(k, bytes(v)) for k, v in rec.headers or ()]
-            try:
-                msg = decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset, self.read_as.get(topic))
-            except BadMessageError as exc:
-                await self._dead_letter(rec, topic, headers, exc, attempts=1)
-                continue
-            if not await self._expired(rec, topic, msg):
+            headers = header_list(rec.headers)
+            msg = await self._decode_or_dead_letter(rec, topic, headers)
+            if msg is not None and not await self._expired(rec, topic, msg):
                 valid.append((rec, msg))
         if not valid:
             return
@@ -275,6 +323,19 @@ class Worker:
             else:
                 await self._retry_or_give_up(rec, topic, msg, err if isinstance(err, Exception) else
                                              RuntimeError(str(err)))
+
+    async def _decode_or_dead_letter(self, rec: ConsumerRecord[Any, Any], topic: str,
+                                     headers: Headers) -> Incoming | None:
+        """The validated message, or None once a record that cannot be read (value, key or any
+        header) is on the dead-letter topic with the reason."""
+        try:
+            return decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset, self.read_as.get(topic))
+        except BadMessageError as exc:
+            await self._dead_letter(rec, topic, headers, exc, attempts=1)
+        except Exception as exc:  # a decoder bug must not stop the consumer either
+            log.exception("%s: %s@%d/%d could not be read", self.group, topic, rec.partition, rec.offset)
+            await self._dead_letter(rec, topic, headers, exc, attempts=1, reason=f"unreadable: {exc!r}"[:500])
+        return None
 
     async def _expired(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming) -> bool:
         """Its deadline passed: given up (dead-lettered, the sender told) instead of handled."""
@@ -300,8 +361,7 @@ class Worker:
         hs = replace_header(hs, "yibao-last-error", f"{type(exc).__name__}: {exc}"[:500])
         log.info("%s: %s attempt %d failed (%s); retry in %d ms [claim %s]", self.group, topic,
                  msg.attempt, exc, delay, msg.correlation_id or msg.key)
-        await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key.decode() if rec.key else None,
-                                rec.value, hs)
+        await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key, rec.value, hs)
         self.stats["retried"] += 1
 
     async def _give_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming, reason: str,
@@ -330,9 +390,9 @@ class Worker:
             hs = replace_header(hs, k, v)
         log.warning("%s: dead-lettered %s@%d/%d: %s", self.group, topic, rec.partition, rec.offset,
                     extra["dlq-error-message"])
-        key = rec.key.decode("utf-8", "replace") if rec.key else None
         value = rec.value if rec.value is not None else b""
-        await self.bus.send_raw(topic + DLQ_SUFFIX, key, value, hs)
+        await self.bus.send_raw(topic + DLQ_SUFFIX, rec.key, value, hs)
+        key = rec.key.decode("utf-8", "replace") if rec.key else None
         self.stats["dead_lettered"] += 1
         if self.on_dead_letter:
             code = getattr(exc, "code", None) or ("RETRIES_EXHAUSTED" if attempts > 1 else "FAILED")

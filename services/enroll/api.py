@@ -73,7 +73,7 @@ def dup_json(d: Duplicate) -> dict[str, Any]:
 def create_api(svc: EnrollService) -> FastAPI:
     app = FastAPI(title="yibao enroll", description="参保登记: person registry, enrolments, transfers, duplicates")
     install_error_handlers(app)
-    add_healthz(app, "enroll", lambda: svc.runtime.bus.producer is not None)
+    add_healthz(app, "enroll", lambda: svc.runtime.health())
     ctx = svc.ctx
 
     map_errors(app, {InvalidCertnoError: 422, EnrollRefusedError: 422, UnknownPersonError: 404,

@@ -45,7 +45,7 @@ def filing_json(f: Filing, notice: str | None = None) -> dict[str, Any]:
 def create_api(svc: FilingService) -> FastAPI:
     app = FastAPI(title="yibao filing", description="异地就医备案: cross-province filings")
     install_error_handlers(app)
-    add_healthz(app, "filing", lambda: svc.runtime.bus.producer is not None)
+    add_healthz(app, "filing", lambda: svc.runtime.health())
     ctx = svc.ctx
 
     map_errors(app, {FilingRefusedError: 422, UnknownFilingError: 404})

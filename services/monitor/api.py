@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def create_api(svc: MonitorService) -> FastAPI:
     app = FastAPI(title="yibao monitor", description="智能监控: rule hits on settled claims")
     install_error_handlers(app)
-    add_healthz(app, "monitor", lambda: svc.runtime.bus.producer is not None)
+    add_healthz(app, "monitor", lambda: svc.runtime.health())
 
     @app.get("/alerts", tags=["alerts"])
     async def alerts(

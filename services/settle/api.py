@@ -249,7 +249,7 @@ def answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | No
 def create_api(svc: SettleService) -> FastAPI:
     app = FastAPI(title="yibao settle", description="跨省异地就医直接结算: hospital interface and hop chain")
     install_error_handlers(app, national_paths=("/fsi",))
-    add_healthz(app, "settle", lambda: svc.runtime.bus.producer is not None)
+    add_healthz(app, "settle", lambda: svc.runtime.health())
     known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
     gate = Gate({code: h.key for code, h in svc.ctx.ref.hospitals.items()})
 

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from schemas.common import FilingType
+from schemas.common import FilingType, result_ce_id
 from schemas.events import (
     Claim,
     EnrolmentUpdated,
@@ -456,7 +456,8 @@ def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     if reply_to:
         targets.append((reply_to, c.msgid))
     for topic, key in targets:
-        outbox.add(s, SERVICE, topic, key, result, source=src, value=body, **hdr)  # type: ignore[arg-type]
+        outbox.add(s, SERVICE, topic, key, result, source=src, value=body, ce_id=result_ce_id(c.msgid),
+                   **hdr)  # type: ignore[arg-type]
     return ("claim %s answered to %s: infcode %s %s (%d hops, %d ms)",
             (c.msgid, c.fixmedins_code, outcome.infcode, outcome.err_code or "", len(hop.trace),
              now_ms() - (hop.trace[0].received_ms if hop.trace else now_ms())))

@@ -5,11 +5,14 @@ stream has its own consumer with a manual assignment of that partition (no consu
 join wait) and skips other hospitals' records. Every event carries `id: <partition>:<offset>`;
 a client that reconnects with `Last-Event-ID` resumes right after it, so nothing is missed while
 the records are retained. Without it, the stream starts with the results arriving from now on.
+Every copy of a result carries the same ce_id (`schemas.common.result_ce_id`): a copy re-published
+after a crash is not sent again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -19,6 +22,7 @@ from services.bus.client import Bus
 log = logging.getLogger("yibao.settle.stream")
 TOPIC = "settle.hospital"
 KEEPALIVE_MS = 15_000
+SEEN_IDS = 10_000  # results remembered per stream to drop repeats
 
 
 async def partition_of(bus: Bus, fixmedins_code: str) -> int:
@@ -53,14 +57,22 @@ async def results(bus: Bus, fixmedins_code: str, last_event_id: str | None) -> A
             consumer.seek(tp, start)
         yield f": results of {fixmedins_code}; reconnect with Last-Event-ID to resume\n\n".encode()
         key = fixmedins_code.encode()
+        sent: OrderedDict[bytes, None] = OrderedDict()  # ce_ids of the results this stream sent
         while True:
             batch = await consumer.getmany(tp, timeout_ms=KEEPALIVE_MS)
             records = batch.get(tp, [])
             if not records:
                 yield b": keepalive\n\n"
             for rec in records:
-                if rec.key == key and rec.value is not None:
-                    yield b"id: %d:%d\nevent: result\ndata: %s\n\n" % (partition, rec.offset, rec.value)
+                if rec.key != key or rec.value is None:
+                    continue
+                ce_id = dict(rec.headers or ()).get("ce_id", b"")
+                if ce_id in sent:
+                    continue  # a copy of a result already sent (re-published after a crash)
+                sent[ce_id] = None
+                if len(sent) > SEEN_IDS:
+                    sent.popitem(last=False)
+                yield b"id: %d:%d\nevent: result\ndata: %s\n\n" % (partition, rec.offset, rec.value)
     finally:
         await consumer.stop()
         log.info("results stream of %s closed", fixmedins_code)

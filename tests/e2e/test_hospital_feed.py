@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from schemas.common import result_ce_id
 from schemas.regions import designated_hospitals
 from services.settle.auth import hospital_headers
 from services.settle.stream import partition_of, results
 from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import Stack
+from tests.helpers import headers_of, read_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GZ, GZ2 = "H44010400001", "H44010600002"
@@ -64,6 +66,29 @@ async def test_the_results_stream_resumes_after_the_last_event(stack: Stack) -> 
     _, data = await asyncio.wait_for(next_event(resumed), 20)
     assert data["msgid"] == second["msgid"]  # nothing missed, nothing repeated
     await resumed.aclose()
+
+
+async def test_a_result_published_twice_reaches_the_hospital_once(stack: Stack, broker: BrokerUnderTest) -> None:
+    """A result re-published (the outbox after a crash) carries the same ce_id: the stream sends it once."""
+    psn = await stack.person()
+    await stack.file(psn, "440100")
+    bus = stack.settle.runtime.bus
+    stream = results(bus, GZ, None)
+    await anext(stream)
+    first = await stack.settle_claim(psn, GZ, "440100", "360100")
+    (copy,) = [r for r in await read_until(broker, "settle.hospital", lambda rs: bool(rs), what="the result")
+               if json.loads(r.value)["msgid"] == first["msgid"]]
+    assert headers_of(copy)["ce_id"] == result_ce_id(first["msgid"])
+    await (await bus.send_raw("settle.hospital", GZ, copy.value, list(copy.headers)))  # the repeat
+    second = await stack.settle_claim(psn, GZ, "440100", "360100")
+    got: list[str] = []
+    async for chunk in stream:
+        if chunk.startswith(b"id: "):
+            got.append(json.loads(chunk.split(b"\ndata: ")[1])["msgid"])
+            if got[-1] == second["msgid"]:
+                break
+    await stream.aclose()
+    assert got == [first["msgid"], second["msgid"]]
 
 
 async def test_the_stream_is_for_the_hospital_itself(stack: Stack) -> None:

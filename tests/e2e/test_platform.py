@@ -45,7 +45,9 @@ def platform(tmp_path, broker: BrokerUnderTest):  # type: ignore[no-untyped-def]
 @pytest.mark.embedded_smoke
 def test_the_platform_runs_and_the_demo_tells_its_story(platform: Platform, capsys: pytest.CaptureFixture[str]) -> None:
     for s in SERVICES:
-        assert httpx.get(platform.url(s) + "/healthz").json() == {"service": s, "ok": True}
+        health = httpx.get(platform.url(s) + "/healthz").json()
+        assert health["service"] == s and health["ok"] is True, health
+        assert all(c["state"] == "running" for c in health["consumers"]), health
     demo.main(ports=platform.ports)
     out = capsys.readouterr().out
     for words in ("psn_no", "REFERRAL", "infcode 0", "hifp_pay", "national 360000", "ALERT R-GENDER"):
@@ -137,3 +139,26 @@ def test_the_bench_drives_real_settlements_and_reports_each_interval(
         + r["intervals"][2]["per_s"] * (ticks[2] - 2.0)
     assert counted == pytest.approx(r["settled"], abs=8)  # claims answered after the last tick (≤ 4) are not in it
     assert "city:compute" in " ".join(r["per_hop_work_ms"])
+
+
+def test_a_worker_killed_under_load_is_restarted_and_its_claims_complete(tmp_path, broker: BrokerUnderTest) -> None:  # type: ignore[no-untyped-def]
+    """`yibao run` supervises its processes: kill -9 the settle worker while claims are in flight."""
+    p = Platform(ports={s: free_port() for s in SERVICES}, var_dir=tmp_path / "var",
+                 env=on_broker(broker) | {"YIBAO_SETTLE_DEADLINE_MS": "60000", "YIBAO_SESSION_TIMEOUT_MS": "3000",
+                                          "YIBAO_HEARTBEAT_INTERVAL_MS": "500"})
+    p.start(timeout=120)
+    try:
+        c = httpx.Client(timeout=90, auth=SigningAuth())
+        psn = enrol_and_file(c, p, with_check_char("36010219800101125"))
+        url = p.url("settle") + "/fsi/callService"
+        assert c.post(url, json=claim_body(psn, "H44010400001", "440100", "360100")).json()["infcode"] == 0
+        with ThreadPoolExecutor(6) as pool:
+            waiting = [pool.submit(c.post, url, json=claim_body(psn, "H44010400001", "440100", "360100"))
+                       for _ in range(12)]
+            p.procs["settle-worker-1"].kill()
+            answers = [f.result().json() for f in waiting]
+        assert [a["infcode"] for a in answers] == [0] * 12, [a["err_msg"] for a in answers]
+        assert p.restarts == {"settle-worker-1": 1}
+        assert p.procs["settle-worker-1"].poll() is None
+    finally:
+        p.stop()

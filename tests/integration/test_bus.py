@@ -73,6 +73,80 @@ async def test_bad_messages_are_dead_lettered_and_the_worker_goes_on(broker: Bro
     await bus.stop()
 
 
+@pytest.mark.embedded_smoke
+async def test_a_bad_key_or_header_is_dead_lettered_and_the_worker_goes_on(broker: BrokerUnderTest,
+                                                                           bus_settings: BusSettings) -> None:
+    """Any part of a record that cannot be read (key, any header, value) is bad input: it goes to the
+    dead-letter topic with the reason, key and value unchanged, and the consumer carries on."""
+    bus = await started_bus(bus_settings, broker)
+    seen: list[Incoming] = []
+
+    async def handle(msg: Incoming) -> None:
+        seen.append(msg)
+
+    worker = Worker(bus, "t-bad-parts", {"filing.events": handle})
+    await worker.start()
+    good = make_headers(filing_event(), "/test")
+
+    def with_header(name: str, value: bytes) -> list[tuple[str, bytes]]:
+        return [(k, v) for k, v in good if k != name] + [(name, value)]
+
+    bad = [
+        (b"\xff\xfe key", good, "key is not UTF-8"),
+        (b"P1", with_header("ce_attempt", b"x"), "header ce_attempt is 'x'"),
+        (b"P1", with_header("ce_deadline", b"soon"), "header ce_deadline is 'soon'"),
+        (b"P1", with_header("traceparent", b"\xc3\x28"), "header 'traceparent' is not UTF-8"),
+    ]
+    for key, hs, _ in bad:
+        await bus.send_raw("filing.events", key, encode(filing_event()), hs)
+    null_header = good + [("x-note", None)]  # a null header value is valid Kafka: read as empty
+    await bus.send_raw("filing.events", "P3", encode(filing_event(3)), null_header)  # type: ignore[arg-type]
+    await bus.send("filing.events", "P2", filing_event(2), "/test")
+    await bus.flush()
+    await wait_until(lambda: len(seen) == 2 and worker.stats["dead_lettered"] == 4,
+                     what="4 dead letters, then the two good ones")
+    assert sorted(m.event.fil_id for m in seen) == ["F2", "F3"]
+    dlq = await read_topic(broker, "filing.events.dlq", 4)
+    assert sorted(r.key for r in dlq) == sorted(k for k, _, _ in bad)  # keys unchanged, even unreadable ones
+    reasons = " | ".join(headers_of(r)["dlq-error-message"] for r in dlq)
+    for _, _, fragment in bad:
+        assert fragment in reasons, reasons
+    assert [c["state"] for c in worker.health()] == ["running", "running"]
+    await worker.stop()
+    await bus.stop()
+
+
+class CrashOnceWorker(Worker):
+    """A worker whose loop dies on its first message, as a bug in the runtime would make it."""
+
+    crashed = False
+
+    async def _process(self, rec, retry):  # type: ignore[no-untyped-def]
+        if not self.crashed:
+            self.crashed = True
+            raise RuntimeError("a bug in the loop")
+        await super()._process(rec, retry)
+
+
+async def test_a_consumer_loop_that_dies_is_restarted_and_loses_nothing(broker: BrokerUnderTest,
+                                                                         bus_settings: BusSettings) -> None:
+    bus = await started_bus(bus_settings, broker)
+    seen: list[str] = []
+
+    async def handle(msg: Incoming) -> None:
+        seen.append(msg.event.fil_id)
+
+    worker = CrashOnceWorker(bus, "t-crash", {"filing.events": handle})
+    await worker.start()
+    for n in (1, 2, 3):
+        await bus.send("filing.events", "P", filing_event(n), "/test")
+    await wait_until(lambda: sorted(set(seen)) == ["F1", "F2", "F3"], what="all three handled after the restart")
+    assert worker.crashed and worker.stats["loop_restarts"] == 1
+    assert worker.health()[0]["state"] == "running"
+    await worker.stop()
+    await bus.stop()
+
+
 async def test_a_failing_message_is_retried_without_blocking_others(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     bus = await started_bus(bus_settings, broker)
     attempts: dict[str, int] = {}
@@ -373,3 +447,25 @@ async def test_a_batch_handler_gets_many_at_once_and_each_message_its_own_fate(b
     assert next(d for d in told if d.code == "NOT_ALLOWED").reason == "F3 is refused"
     await worker.stop()
     await bus.stop()
+
+
+async def test_topics_get_the_registry_configs(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
+    """Retention for hop topics, compaction for state topics, long retention for dead letters."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        names = ["settle.city", "ops.faults", "settle.city.dlq"]
+        answers = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, broker.topic(n)) for n in names])
+        configs = {}
+        for answer in answers:
+            for _code, _msg, _type, name, entries in answer.resources:
+                configs[bus_settings.logical(name)] = {e[0]: e[1] for e in entries}
+    finally:
+        await admin.close()
+    assert configs["settle.city"]["retention.ms"] == str(24 * 3600 * 1000)
+    assert configs["ops.faults"]["cleanup.policy"] == "compact"
+    assert configs["settle.city.dlq"]["retention.ms"] == str(30 * 24 * 3600 * 1000)
