@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -20,6 +20,8 @@ from schemas.common import (
     Wire,
     Yuan,
 )
+
+FEN = Decimal("0.01")
 
 # --- enrolment (参保登记) -------------------------------------------------------------
 
@@ -153,11 +155,20 @@ class FilingUpdated(Wire):
 class FeeLine(BaseModel):
     """feedetail: one fee line as the hospital uploads it."""
 
-    feedetl_sn: str
-    med_list_codg: str
+    feedetl_sn: str = Field(max_length=30)
+    med_list_codg: str = Field(max_length=50)
     cnt: Decimal = Field(gt=0)
     pric: Yuan = Field(ge=0)
     det_item_fee_sumamt: Yuan = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _amount_is_cnt_times_pric(self) -> FeeLine:
+        """The line's amount is its count times its unit price, to the fen (a fen of rounding allowed)."""
+        expected = (self.cnt * self.pric).quantize(FEN, ROUND_HALF_UP)
+        if abs(self.det_item_fee_sumamt - expected) > FEN:
+            raise ValueError(f"fee line {self.feedetl_sn}: det_item_fee_sumamt {self.det_item_fee_sumamt} is not "
+                             f"cnt × pric = {self.cnt} × {self.pric} = {expected}; send the line's amount to the fen")
+        return self
 
 
 class Claim(BaseModel):

@@ -14,7 +14,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     setup_logging(os.environ.get("YIBAO_LOG_LEVEL", "INFO"))
     print("yibao: starting the platform (Ctrl-C stops everything)")
-    p = Platform(broker_port=broker_port(),
+    from services.settings import CommonSettings
+
+    p = Platform(broker_port=broker_port(), var_dir=CommonSettings().var_dir,
                  ports={k: int(os.environ.get(f"YIBAO_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()})
     stop = False
 

@@ -8,12 +8,52 @@ from typing import Any
 
 import orjson
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("yibao.http")
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a 2304 of 2,000 fee lines is ~0.5 MB
+
+_ERROR = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "string", "description": "what to fix"}}}}}}
+# Listed on every route of every API (the hospital interface answers them in its national shape).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a request the service refuses, with a sentence saying why"} | _ERROR,
+    401: {"description": "no or a wrong identity (signature, credentials)"} | _ERROR,
+    403: {"description": "the caller may not do this, or not on this data"} | _ERROR,
+    404: {"description": "no such thing, or no such route"} | _ERROR,
+    405: {"description": "the route exists for other methods: see the Allow header"} | _ERROR,
+    409: {"description": "the request clashes with one made before"} | _ERROR,
+    413: {"description": f"the body is over {MAX_BODY_BYTES // 1024 // 1024} MiB"} | _ERROR,
+    422: {"description": "the body or a parameter does not match the contract; the fields are named"} | _ERROR,
+}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is refused with 413 as it arrives."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, f"the request body is over {self.limit // 1024} KiB: send less "
+                                             "(a settlement's fee lines may also be uploaded in parts, 2204/2301)")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def json_response(data: Any, status_code: int = 200) -> Response:
@@ -37,6 +77,7 @@ def describe_errors(errors: Any) -> str:
 
 def install_error_handlers(app: FastAPI, national_paths: tuple[str, ...] = ()) -> None:
     """Every error a caller can cause is a 4xx with a sentence; the hospital interface keeps its shape."""
+    app.add_middleware(BodyLimit)
 
     def body(request: Request, status: int, message: str, extra: dict[str, Any] | None = None) -> JSONResponse:
         if request.url.path.startswith(national_paths) if national_paths else False:
@@ -53,7 +94,9 @@ def install_error_handlers(app: FastAPI, national_paths: tuple[str, ...] = ()) -
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return body(request, exc.status_code, str(exc.detail))
+        answer = body(request, exc.status_code, str(exc.detail))
+        answer.headers.update(exc.headers or {})  # 405: Allow
+        return answer
 
     @app.exception_handler(ValueError)
     async def _value(request: Request, exc: ValueError) -> JSONResponse:

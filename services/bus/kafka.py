@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.bus.broker import _die_with_parent, free_port, port_open
+from services.bus.broker import die_with_parent, free_port, port_open
 
 log = logging.getLogger("yibao.bus.kafka")
 
@@ -252,7 +252,7 @@ class KafkaCluster:
         node.proc = subprocess.Popen(
             self._java(node, "kafka.Kafka", str(node.dir / "server.properties")),
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent if self.attached else None,
+            preexec_fn=die_with_parent if self.attached else None,
         )
         log_file.close()
         node.pid_file.write_text(str(node.proc.pid))

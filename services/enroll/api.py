@@ -10,7 +10,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -35,7 +35,7 @@ from services.enroll.handlers import (
     voucher_token,
 )
 from services.enroll.store import Duplicate, Enrolment, Person
-from services.http import add_healthz, install_error_handlers, map_errors
+from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, map_errors
 
 if TYPE_CHECKING:
     from services.enroll.app import EnrollService
@@ -71,7 +71,7 @@ def dup_json(d: Duplicate) -> dict[str, Any]:
 
 
 def create_api(svc: EnrollService) -> FastAPI:
-    app = FastAPI(title="yibao enroll", description="参保登记: person registry, enrolments, transfers, duplicates")
+    app = FastAPI(title="yibao enroll", description="参保登记: person registry, enrolments, transfers, duplicates", responses=ERROR_RESPONSES)
     install_error_handlers(app)
     add_healthz(app, "enroll", lambda: svc.runtime.health())
     ctx = svc.ctx
@@ -131,9 +131,9 @@ def create_api(svc: EnrollService) -> FastAPI:
 
     @app.get("/duplicates", tags=["duplicates"])
     async def list_duplicates(status: Literal["open", "resolved"] | None = "open",
-                              limit: int = 100) -> list[dict[str, Any]]:
+                              limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         """重复参保 found as enrolments arrived (newest first)."""
-        return [dup_json(d) for d in await asyncio.to_thread(duplicates, svc.engine, status, min(limit, 1000))]
+        return [dup_json(d) for d in await asyncio.to_thread(duplicates, svc.engine, status, limit)]
 
     @app.post("/duplicates/{dup_id}/resolve", tags=["duplicates"])
     async def resolve(dup_id: str, body: Resolve) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from services.filing.handlers import (
     get_filing,
 )
 from services.filing.store import Filing
-from services.http import add_healthz, install_error_handlers, map_errors
+from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, map_errors
 
 if TYPE_CHECKING:
     from services.filing.app import FilingService
@@ -43,7 +43,7 @@ def filing_json(f: Filing, notice: str | None = None) -> dict[str, Any]:
 
 
 def create_api(svc: FilingService) -> FastAPI:
-    app = FastAPI(title="yibao filing", description="异地就医备案: cross-province filings")
+    app = FastAPI(title="yibao filing", description="异地就医备案: cross-province filings", responses=ERROR_RESPONSES)
     install_error_handlers(app)
     add_healthz(app, "filing", lambda: svc.runtime.health())
     ctx = svc.ctx

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query
 
-from services.http import add_healthz, install_error_handlers
+from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers
 from services.monitor.handlers import list_alerts
 
 if TYPE_CHECKING:
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def create_api(svc: MonitorService) -> FastAPI:
-    app = FastAPI(title="yibao monitor", description="智能监控: rule hits on settled claims")
+    app = FastAPI(title="yibao monitor", description="智能监控: rule hits on settled claims", responses=ERROR_RESPONSES)
     install_error_handlers(app)
     add_healthz(app, "monitor", lambda: svc.runtime.health())
 

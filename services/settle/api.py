@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,7 +20,7 @@ from schemas.events import Claim, FeeLine
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
 from services.credentials import TokenError, card_digest, cert_digest, read_ectoken
-from services.http import add_healthz, install_error_handlers, json_response
+from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, json_response
 from services.settle import clearing, encounters, reconcile
 from services.settle.auth import AuthError, Gate
 from services.settle.clearing import ClearingError, advance_funds
@@ -247,7 +247,7 @@ def answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | No
 
 
 def create_api(svc: SettleService) -> FastAPI:
-    app = FastAPI(title="yibao settle", description="跨省异地就医直接结算: hospital interface and hop chain")
+    app = FastAPI(title="yibao settle", description="跨省异地就医直接结算: hospital interface and hop chain", responses=ERROR_RESPONSES)
     install_error_handlers(app, national_paths=("/fsi",))
     add_healthz(app, "settle", lambda: svc.runtime.health())
     known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
@@ -451,7 +451,7 @@ def add_person_status(app: FastAPI, svc: SettleService) -> None:
     from services.settle.handlers import person_status
 
     @app.get("/persons/{psn_no}/status", tags=["hospital"])
-    async def status(psn_no: str, year: int | None = None) -> dict[str, Any]:
+    async def status(psn_no: str, year: int | None = Query(None, ge=2000, le=2100)) -> dict[str, Any]:
         """What the insured city knows of a person: enrolment, filings, year-to-date accumulators."""
         found = await asyncio.to_thread(person_status, svc.engine, psn_no, year or date.today().year)
         if found is None:

@@ -145,6 +145,26 @@ async def test_wrong_requests_get_a_4xx_that_says_what_to_fix(stack: Stack) -> N
     assert r.status_code == 422
     r = await settle.put("/ops/faults", json={"level": "planet"})
     assert r.status_code == 422
+    # input bounds: a body too big, a line whose amount is not cnt × pric, a query out of range, a method
+    huge = claim_body("P1", GZ_HOSPITAL, "440100", "360100")
+    huge["input"]["data"]["psn_no"] = "9" * (3 * 1024 * 1024)
+    r = await settle.post("/fsi/callService", json=huge)
+    assert r.status_code == 413 and r.json()["infcode"] == -1 and "KiB" in r.json()["err_msg"]
+    r = await enroll.post("/persons", content=b"{" + b" " * (3 * 1024 * 1024) + b"}",
+                          headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "KiB" in r.json()["error"]
+    inflated = claim_body("P1", GZ_HOSPITAL, "440100", "360100", lines=[
+        {"feedetl_sn": "1", "med_list_codg": "001102000010000", "cnt": 1, "pric": "25.00", "det_item_fee_sumamt": "25.00"},
+        {"feedetl_sn": "2", "med_list_codg": "003307000010000", "cnt": 2, "pric": "600.00",
+         "det_item_fee_sumamt": "99999999999999.99"}])
+    r = await settle.post("/fsi/callService", json=inflated)
+    assert r.status_code == 422 and "fee line 2" in r.json()["err_msg"] and "1200.00" in r.json()["err_msg"], r.text
+    r = await enroll.get("/duplicates", params={"limit": -10**22})
+    assert r.status_code == 422 and "limit" in r.json()["error"]
+    r = await settle.delete("/fsi/callService")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    spec = (await settle.get("/openapi.json")).json()
+    assert {"401", "403", "413", "422"} <= set(spec["paths"]["/fsi/callService"]["post"]["responses"])
 
 
 async def test_the_raw_id_number_never_travels_on_the_bus(stack: Stack, broker: BrokerUnderTest) -> None:
