@@ -170,13 +170,22 @@ class Computation:
     after: Accumulators = field(default_factory=Accumulators)
 
     def check(self) -> None:
+        """The split adds up, to the fen, or SplitDoesNotAddUpError (kept under `python -O`, unlike assert)."""
         parts = self.fulamt_ownpay_amt + self.overlmt_selfpay + self.preselfpay_amt + self.inscp_scp_amt
-        assert parts == self.medfee_sumamt, f"line parts {parts} != total {self.medfee_sumamt}"
-        assert self.fund_pay_sumamt + self.psn_part_amt == self.medfee_sumamt, "fund + person != total"
-        assert self.acct_pay + self.psn_cash_pay == self.psn_part_amt, "account + cash != person part"
-        assert min(self.hifp_pay, self.acct_pay, self.psn_cash_pay, self.act_pay_dedc, self.cvlserv_pay,
-                   self.maf_pay) >= 0
-        assert self.fund_pay_sumamt <= self.inscp_scp_amt, "funds pay only within the compliant scope"
+        failed = [what for what, holds in (
+            (f"line parts {parts} != total {self.medfee_sumamt}", parts == self.medfee_sumamt),
+            ("fund + person != total", self.fund_pay_sumamt + self.psn_part_amt == self.medfee_sumamt),
+            ("account + cash != person part", self.acct_pay + self.psn_cash_pay == self.psn_part_amt),
+            ("a negative payment", min(self.hifp_pay, self.acct_pay, self.psn_cash_pay, self.act_pay_dedc,
+                                       self.cvlserv_pay, self.maf_pay) >= 0),
+            ("funds pay beyond the compliant scope", self.fund_pay_sumamt <= self.inscp_scp_amt),
+        ) if not holds]
+        if failed:
+            raise SplitDoesNotAddUpError("; ".join(failed))
+
+
+class SplitDoesNotAddUpError(ArithmeticError):
+    """A computed split whose parts do not add up to its whole: a defect, never paid out."""
 
 
 def critical_pay(policy: Policy, acc: Accumulators, compliant: int, hardship: str | None) -> int:

@@ -156,6 +156,7 @@ async def test_register_upload_settle_an_encounter(stack: Stack) -> None:
     done = await call(stack, "2207", {"psn_no": psn, "mdtrt_id": mdtrt_id})
     assert done["infcode"] == 0, done
     assert D(done["output"]["setlinfo"]["medfee_sumamt"]) == D("625.00")  # lines 1 and 2: what was uploaded
+    assert done["output"]["setlinfo"]["mdtrt_id"] == mdtrt_id  # the id the hospital registered, not a new one
     repeat = await request(stack, "2207", {"data": {"psn_no": psn, "mdtrt_id": mdtrt_id}}, done["msgid"])
     assert repeat.json()["output"]["setlinfo"]["setl_id"] == done["output"]["setlinfo"]["setl_id"]
     closed = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("4")})

@@ -84,6 +84,16 @@ def test_outpatient_annual_cap_holds_across_visits() -> None:
     assert paid == p.outpatient.annual_cap_fen["11"]
 
 
+def test_a_split_that_does_not_add_up_is_a_named_error_not_an_assert() -> None:
+    """The check survives `python -O` (an assert would not) and names what does not add up."""
+    c = worked(pick_policy(REF.policies, "360100", "310", __import__("datetime").date(2026, 3, 1)))
+    c.check()
+    with pytest.raises(benefits.SplitDoesNotAddUpError, match="fund \\+ person != total"):
+        replace(c, hifp_pay=c.hifp_pay + 1, fund_pay_sumamt=c.fund_pay_sumamt + 1).check()
+    with pytest.raises(benefits.SplitDoesNotAddUpError, match="account \\+ cash"):
+        replace(c, acct_pay=c.acct_pay + 1, psn_cash_pay=c.psn_cash_pay).check()
+
+
 def test_no_policy_is_a_named_error() -> None:
     with pytest.raises(benefits.PolicyError, match="没有险种"):
         pick_policy(REF.policies, "999999", "310", __import__("datetime").date(2026, 3, 1))
