@@ -12,7 +12,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from schemas.common import Admdvs, FixmedinsCode, Insutype
@@ -321,34 +321,42 @@ def create_api(svc: SettleService) -> FastAPI:
         if first is not None:
             return Response(first, media_type="application/json")
         try:
-            out = await asyncio.to_thread(reconciliation if req.infno in RECONCILIATION else encounter_request, req)
+            body = await asyncio.to_thread(answer_locally, req)
         except encounters.EncounterError as exc:
             raise HTTPException(422, f"{exc.code}: {exc}") from None
-        body = orjson.dumps(out)
-        try:
-            await asyncio.to_thread(encounters.remember, svc.engine, req.msgid, req.fixmedins_code, req.infno, body)
-        except IntegrityError:  # the same msgid raced in: answer what was kept first
+        except IntegrityError:  # the same msgid raced in and its effect won: answer what was kept first
             kept = await asyncio.to_thread(encounters.answered, svc.engine, req.msgid, req.fixmedins_code)
-            body = kept or body
+            if kept is None:
+                raise
+            body = kept
         return Response(body, media_type="application/json")
 
-    def encounter_request(req: FsiRequest) -> dict[str, Any]:
+    def answer_locally(req: FsiRequest) -> bytes:
+        """The effect and the msgid's answer in one transaction: a resend after a crash between
+        them cannot find the effect done and the answer missing."""
+        with svc.engine.begin() as conn:
+            out = reconciliation(req) if req.infno in RECONCILIATION else encounter_request(conn, req)
+            body = orjson.dumps(out)
+            encounters.remember(conn, req.msgid, req.fixmedins_code, req.infno, body)
+        return body
+
+    def encounter_request(conn: Connection, req: FsiRequest) -> dict[str, Any]:
         """2202, 2204/2301, 2205/2302: the treatment city's own records of an encounter."""
         if req.infno in encounters.UPLOADS:
             up = _input(UploadInput, req.input)
             mdtrt_id = up.data.get("mdtrt_id") or (req.input["feedetail"][0] or {}).get("mdtrt_id")
             if not mdtrt_id:
                 raise HTTPException(422, "mdtrt_id: give it in input.data or on the fee lines (from 2201/2401)")
-            splits = encounters.upload(svc.engine, req.fixmedins_code, str(mdtrt_id), up.feedetail,
+            splits = encounters.upload(conn, req.fixmedins_code, str(mdtrt_id), up.feedetail,
                                        svc.ctx.ref.hospitals[req.fixmedins_code], svc.ctx.ref.catalogue)
             out: dict[str, Any] = {"result": [sp.model_dump(mode="json") for sp in splits]}
         else:
             ref = _input(EncounterRef, _input(DataInput, req.input).data, "data")
             if req.infno == "2202":
-                encounters.cancel_encounter(svc.engine, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
+                encounters.cancel_encounter(conn, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
                 out = {"mdtrt_id": ref.mdtrt_id, "status": "cancelled"}
             else:
-                n = encounters.cancel_fees(svc.engine, req.fixmedins_code, ref.mdtrt_id, ref.feedetl_sn)
+                n = encounters.cancel_fees(conn, req.fixmedins_code, ref.mdtrt_id, ref.feedetl_sn)
                 out = {"mdtrt_id": ref.mdtrt_id, "cancelled_lines": n}
         return envelope(req) | {"infcode": 0, "err_msg": None, "output": out}
 

@@ -58,46 +58,45 @@ def _mine(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str | No
     return dict(row)
 
 
-def upload(engine: Engine, fixmedins_code: str, mdtrt_id: str, lines: list[FeeLine], hospital: Hospital,
+def upload(conn: Connection, fixmedins_code: str, mdtrt_id: str, lines: list[FeeLine], hospital: Hospital,
            catalogue: dict[str, CatalogueItem]) -> list[FeeSplit]:
-    with engine.begin() as conn:
-        e = _mine(conn, fixmedins_code, mdtrt_id)
-        if e["status"] != "open":
-            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传费用", "ENCOUNTER_CLOSED")
-        have = {r[0] for r in conn.execute(select(FEES.c.feedetl_sn).where(FEES.c.mdtrt_id == mdtrt_id))}
-        dup = sorted(have & {ln.feedetl_sn for ln in lines})
-        if dup:
-            raise EncounterError(f"费用明细流水号 {', '.join(dup)} 已上传；如需修改请先撤销 (2205/2302)", "FEE_DUPLICATE")
-        splits = [split_line(ln, catalogue.get(ln.med_list_codg), hospital.hosp_lv, str(e["med_type"]))
-                  for ln in lines]
-        conn.execute(insert(FEES), [
-            {"mdtrt_id": mdtrt_id, "feedetl_sn": ln.feedetl_sn, "line": ln.model_dump_json().encode(),
-             "split": sp.model_dump_json().encode(), "created_ms": now_ms()} for ln, sp in zip(lines, splits, strict=True)])
+    """In the caller's transaction (with the msgid's answer: `remember`)."""
+    e = _mine(conn, fixmedins_code, mdtrt_id)
+    if e["status"] != "open":
+        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传费用", "ENCOUNTER_CLOSED")
+    have = {r[0] for r in conn.execute(select(FEES.c.feedetl_sn).where(FEES.c.mdtrt_id == mdtrt_id))}
+    dup = sorted(have & {ln.feedetl_sn for ln in lines})
+    if dup:
+        raise EncounterError(f"费用明细流水号 {', '.join(dup)} 已上传；如需修改请先撤销 (2205/2302)", "FEE_DUPLICATE")
+    splits = [split_line(ln, catalogue.get(ln.med_list_codg), hospital.hosp_lv, str(e["med_type"]))
+              for ln in lines]
+    conn.execute(insert(FEES), [
+        {"mdtrt_id": mdtrt_id, "feedetl_sn": ln.feedetl_sn, "line": ln.model_dump_json().encode(),
+         "split": sp.model_dump_json().encode(), "created_ms": now_ms()} for ln, sp in zip(lines, splits, strict=True)])
     return splits
 
 
-def cancel_fees(engine: Engine, fixmedins_code: str, mdtrt_id: str, feedetl_sn: str) -> int:
-    """`feedetl_sn` "0000" takes back every line."""
-    with engine.begin() as conn:
-        e = _mine(conn, fixmedins_code, mdtrt_id)
-        if e["status"] != "open":
-            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，费用不能撤销", "ENCOUNTER_CLOSED")
-        q = delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id)
-        if feedetl_sn != "0000":
-            q = q.where(FEES.c.feedetl_sn == feedetl_sn)
-        n = conn.execute(q).rowcount
-        if not n:
-            raise EncounterError(f"就诊 {mdtrt_id} 没有费用明细 {feedetl_sn}", "FEE_UNKNOWN")
-        return int(n)
+def cancel_fees(conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sn: str) -> int:
+    """`feedetl_sn` "0000" takes back every line. In the caller's transaction."""
+    e = _mine(conn, fixmedins_code, mdtrt_id)
+    if e["status"] != "open":
+        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，费用不能撤销", "ENCOUNTER_CLOSED")
+    q = delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id)
+    if feedetl_sn != "0000":
+        q = q.where(FEES.c.feedetl_sn == feedetl_sn)
+    n = conn.execute(q).rowcount
+    if not n:
+        raise EncounterError(f"就诊 {mdtrt_id} 没有费用明细 {feedetl_sn}", "FEE_UNKNOWN")
+    return int(n)
 
 
-def cancel_encounter(engine: Engine, fixmedins_code: str, mdtrt_id: str, psn_no: str) -> None:
-    with engine.begin() as conn:
-        e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
-        if e["status"] != "open":
-            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能撤销挂号", "ENCOUNTER_CLOSED")
-        conn.execute(update(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id).values(status="cancelled"))
-        conn.execute(delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id))
+def cancel_encounter(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str) -> None:
+    """In the caller's transaction."""
+    e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
+    if e["status"] != "open":
+        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能撤销挂号", "ENCOUNTER_CLOSED")
+    conn.execute(update(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id).values(status="cancelled"))
+    conn.execute(delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id))
 
 
 def for_settlement(engine: Engine, fixmedins_code: str, mdtrt_id: str, psn_no: str) -> tuple[dict[str, object],
@@ -135,7 +134,7 @@ def answered(engine: Engine, msgid: str, fixmedins_code: str) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
-def remember(engine: Engine, msgid: str, fixmedins_code: str, infno: str, answer: bytes) -> None:
-    with engine.begin() as conn:
-        conn.execute(insert(LOCAL_ANSWERS).values(msgid=msgid, fixmedins_code=fixmedins_code, infno=infno,
-                                                  answer=answer, created_ms=now_ms()))
+def remember(conn: Connection, msgid: str, fixmedins_code: str, infno: str, answer: bytes) -> None:
+    """Keep the answer to this msgid, in the transaction of the effect it answers: both or neither."""
+    conn.execute(insert(LOCAL_ANSWERS).values(msgid=msgid, fixmedins_code=fixmedins_code, infno=infno,
+                                              answer=answer, created_ms=now_ms()))

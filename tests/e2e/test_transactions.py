@@ -230,3 +230,24 @@ async def test_chronic_disease_encounter(stack: Stack) -> None:
     s = done["output"]["setlinfo"]
     assert done["infcode"] == 0 and D(s["act_pay_dedc"]) == 0  # 门诊慢特病: no deductible
     assert D(s["hifp_pay"]) > 0 and D(s["pool_prop_selfpay"]) == D("0.70")
+
+
+@pytest.mark.one_database  # the crash is injected with a SQLite trigger
+async def test_a_crash_between_an_upload_and_its_answer_leaves_neither(stack: Stack) -> None:
+    """The upload and the msgid's answer commit together: after a crash between them, the resend
+    with the same msgid uploads once and answers, instead of FEE_DUPLICATE."""
+    psn = await stack.person()
+    await stack.file(psn, "440100")
+    reg = await call(stack, "2201", {"psn_no": psn, "insutype": "310", "med_type": "11", "begntime": datetime_now()})
+    upload = {"data": {"mdtrt_id": reg["output"]["mdtrt_id"]}, "feedetail": lines("1", "2")}
+    msgid = new_msgid(GZ)
+    with stack.settle.engine.begin() as c:
+        c.exec_driver_sql(f"CREATE TRIGGER crash BEFORE INSERT ON settle_local_answer WHEN NEW.msgid = '{msgid}' "
+                          "BEGIN SELECT RAISE(ABORT, 'injected crash'); END")
+    with pytest.raises(Exception, match="injected crash"):
+        await request(stack, "2204", upload, msgid)
+    with stack.settle.engine.begin() as c:
+        c.exec_driver_sql("DROP TRIGGER crash")
+    again = await request(stack, "2204", upload, msgid)
+    assert again.status_code == 200, again.text
+    assert [x["feedetl_sn"] for x in again.json()["output"]["result"]] == ["1", "2"]
