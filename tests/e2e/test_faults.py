@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlmodel import Session, select
 
+from schemas.common import new_msgid
 from services.bus.faults import Fault
 from services.settle.settings import SettleSettings
 from services.settle.store import LedgerEntry
@@ -112,3 +113,35 @@ async def _stop_and_restart_mid_flight(stack: Stack) -> None:
     answers = await asyncio.gather(*claims)
     assert [a["infcode"] for a in answers] == [0] * 24, [a.get("err_msg") for a in answers]
     assert all(ledger_count(stack, a["msgid"]) == 1 for a in answers)
+
+
+async def test_a_result_unknown_at_the_desk_is_learnt_by_msgid_and_undone_by_2601(
+        broker: BrokerUnderTest, engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """The way back is slow: the desk is told "result unknown" at the deadline, though the insured city
+    settled. The hospital learns the truth by msgid, and 冲正 (2601) of that msgid undoes it."""
+    stack = await start_stack(broker.bootstrap, engine_factory, broker.settings(),
+                              SettleSettings(deadline_ms=3000, reply_grace_ms=200))
+    try:
+        psn = await stack.person("360100")
+        await stack.file(psn, "440100")
+        # the national hop is passed twice, out and back: the claim is computed before its
+        # deadline and answered after it
+        stack.settle.ctx.faults.set(Fault(level="national", region="360000", slow_ms=1800))
+        ans = await stack.settle_claim(psn, "H44010400001", "440100", "360100")
+        assert ans["infcode"] == -1 and "结果未知" in ans["err_msg"], ans
+        stack.settle.ctx.faults.clear()
+        claims = stack.http["settle"]
+
+        async def settled() -> bool:
+            return (await claims.get(f"/claims/{ans['msgid']}")).json()["status"] == "settled"
+
+        await wait_until(settled, what="the claim to settle after its deadline")
+        assert ledger_count(stack, ans["msgid"]) == 1
+        undo = await claims.post("/fsi/callService", json={
+            "infno": "2601", "msgid": new_msgid("H44010400001"), "mdtrtarea_admvs": "440100",
+            "insuplc_admdvs": "360100", "fixmedins_code": "H44010400001",
+            "input": {"data": {"psn_no": psn, "omsgid": ans["msgid"]}}})
+        assert undo.json()["infcode"] == 0 and undo.json()["output"]["effect"] == "reversed", undo.text
+        assert (await claims.get(f"/claims/{ans['msgid']}")).json()["status"] == "reversed"
+    finally:
+        await stack.stop()
