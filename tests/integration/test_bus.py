@@ -301,26 +301,6 @@ async def test_broker_restart_republishes_recent_events(embedded_broker, engine_
     await bus.stop()
 
 
-async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(embedded_broker) -> None:  # type: ignore[no-untyped-def]
-    """Two processes watch the epoch; whichever notices first re-creates the topics, and the other
-    still sees the new epoch (its token changed) and recovers too."""
-    settings = BrokerUnderTest(embedded_broker.bootstrap, "embedded").settings()
-    first, second = Bus(settings, embedded_broker.bootstrap, "p1"), Bus(settings, embedded_broker.bootstrap, "p2")
-    recovered: list[str] = []
-    for bus in (first, second):
-        await bus.start()
-        bus.on_new_epoch(lambda name=bus.client_id: asyncio.sleep(0, recovered.append(name)))
-        bus.watch_epoch()
-    await wait_until(lambda: first.epoch_token and first.epoch_token == second.epoch_token, what="one epoch token")
-    old = first.epoch_token
-    await embedded_broker.restart()
-    await wait_until(lambda: sorted(recovered) == ["p1", "p2"], what="both processes to recover")
-    assert first.epoch_token == second.epoch_token != old
-    assert (first.epochs_seen, second.epochs_seen) == (1, 1)
-    await first.stop()
-    await second.stop()
-
-
 async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     """confluent-kafka (librdkafka) + schemas/json: headers name the type, the file validates the value."""
     jsonschema = pytest.importorskip("jsonschema")
