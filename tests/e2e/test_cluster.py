@@ -21,6 +21,7 @@ from services.settle.settings import SettleSettings
 from services.settle.store import LedgerEntry
 from tests.conftest import BrokerUnderTest
 from tests.e2e.stack import GZ_HOSPITAL, Stack, start_stack
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_database]
 
@@ -78,23 +79,31 @@ async def test_a_dead_broker_loses_no_claim_and_pays_none_twice(cluster: KafkaCl
     victim = next(n for n in cluster.nodes if n.node_id == victim_id)
 
     answers: list[dict[str, Any]] = []
-    stop_at = time.monotonic() + 14
+    done = asyncio.Event()
 
     slowest = [0.0]
 
     async def hospital_desk(i: int) -> None:
-        while time.monotonic() < stop_at:
+        while not done.is_set():
             t = time.monotonic()
             answers.append(await stack.settle_claim(people[i], GZ_HOSPITAL, "440100", "360100"))
             slowest[0] = max(slowest[0], time.monotonic() - t)
 
+    async def fenced() -> bool:
+        return await asyncio.to_thread(cluster.live_brokers) == len(cluster.nodes) - 1
+
     desks = [asyncio.create_task(hospital_desk(i)) for i in range(len(people))]
-    await asyncio.sleep(2)  # claims in flight on every hop
+    await wait_until(lambda: len(answers) >= 4, what="claims settling on every hop")
     in_flight_at_kill = len(answers)
     await asyncio.to_thread(cluster.kill, victim)
-    await asyncio.sleep(5)  # the cluster fences it and moves its leaderships; claims go on
+    # the cluster fences the dead broker and moves its leaderships; claims settle without it
+    await wait_until(fenced, what="the dead broker fenced")
+    await wait_until(lambda: len(answers) >= in_flight_at_kill + 4, timeout=30, what="claims settling without it")
     await asyncio.to_thread(cluster.start_node, victim)
     await asyncio.to_thread(cluster.wait_ready, 60)
+    back = len(answers)
+    await wait_until(lambda: len(answers) >= back + 4, timeout=30, what="claims settling with it back")
+    done.set()
     await asyncio.gather(*desks)
     print(f"\nkilled broker {victim_id} (leader of settle.city) after {in_flight_at_kill} claims; "
           f"{len(answers)} claims answered in all, slowest {slowest[0]:.2f} s")
