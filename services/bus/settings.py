@@ -31,7 +31,6 @@ class BusSettings(BaseSettings):
 
     kafka_bootstrap: str | None = None
     broker: Literal["kafka", "embedded"] = "kafka"
-    embedded_port: int = 9092
     # Prepended to every topic and consumer group: several platforms (or test cases) on one cluster.
     topic_prefix: str = ""
     # Partitions of every registry topic that has more than one; unset: the registry's counts.
