@@ -47,7 +47,8 @@ class EnrolmentUpdated(Wire):
     """
 
     psn_no: str = Field(max_length=30)
-    psn_name: str
+    psn_name: str = Field(description="sealed (`sealed:v1:…`, AES-GCM): only enroll and settle hold the key; "
+                                      "the settle API opens it for the hospital")
     gend: Literal["1", "2"] = Field(description="1 男, 2 女 (GB/T 2261.1)")
     brdy: date
     insuplc_admdvs: Admdvs
@@ -250,7 +251,7 @@ class Setlinfo(BaseModel):
     setl_id: str
     mdtrt_id: str
     psn_no: str
-    psn_name: str
+    psn_name: str = Field(description="sealed on the bus; the hospital's answer carries it opened")
     gend: str
     insutype: str
     psn_type: str

@@ -28,3 +28,15 @@ def designated_hospitals() -> dict[str, dict[str, Any]]:
     """定点医疗机构 by fixmedins_code: name, admdvs, hosp_lv, cross-province enabled, API key."""
     raw = json.loads((Path(__file__).parent / "refdata" / "hospitals.json").read_text(encoding="utf-8"))
     return {h["fixmedins_code"]: h for h in raw["hospitals"]}
+
+
+def covers_region(scope: str, admdvs: str) -> bool:
+    """Whether region `scope` includes `admdvs`: `000000` is the whole country, `360000` every city
+    of 江西, `360100` 南昌 and its districts, any other code itself only."""
+    if scope == "000000":
+        return True
+    if scope.endswith("0000"):
+        return admdvs[:2] == scope[:2]
+    if scope.endswith("00"):
+        return admdvs[:4] == scope[:4]
+    return admdvs == scope

@@ -31,6 +31,7 @@ from schemas.common import new_msgid
 from services.bus.broker import free_port
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
+from services.identity import headers_for, province_of
 from services.platform import SERVICES, Platform
 from services.settle.auth import SigningAuth, hospital_headers
 
@@ -85,21 +86,23 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
         region = INSURED[i % len(INSURED)]
         certno = with_check_char(f"{region}{1950 + i % 50}0101{(i * 2 + 1) % 1000:03d}")
         async with sem:
-            r = await c.post(p.url("enroll") + "/persons", json={"certno": certno, "psn_name": f"压测{i}", "admdvs": region})
+            province = headers_for("province", province_of(region), "bench")
+            r = await c.post(p.url("enroll") + "/persons", json={"certno": certno, "psn_name": f"压测{i}", "admdvs": region},
+                             headers=province)
             psn = r.json()["psn_no"]
             await c.post(p.url("enroll") + "/enrolments", json={
                 "psn_no": psn, "insuplc_admdvs": region, "insutype": "310", "paid_through": year_end,
-                "voucher_active": True, "acct_balc": "500.00"})
+                "voucher_active": True, "acct_balc": "500.00"}, headers=province)
             for _ in range(200):
                 r = await c.post(p.url("filing") + "/filings", json={
                     "psn_no": psn, "fil_type": "OTHER_TEMP", "target_admdvs": "440000",
-                    "begndate": date.today().replace(day=1).isoformat()})
+                    "begndate": date.today().replace(day=1).isoformat()}, headers=province)
                 if r.status_code == 201:
                     break
                 await asyncio.sleep(0.05)
         return psn, region
 
-    async with httpx.AsyncClient(timeout=30) as c:
+    async with httpx.AsyncClient(timeout=30, headers=headers_for("operator", subject="bench")) as c:
         people = await asyncio.gather(*(one(c, i) for i in range(n)))
         for psn, _ in people[-len(INSURED):]:  # the views follow the events: wait for the last ones
             for _ in range(400):

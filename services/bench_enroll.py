@@ -33,6 +33,7 @@ from services.bus.broker import EmbeddedBroker, free_port
 from services.bus.client import Bus
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
+from services.identity import headers_for
 
 ENROL = b"yibao.enroll.EnrolmentRecord.v1"
 DUP_EVERY = 50  # 2 %
@@ -106,7 +107,7 @@ def consumed(port: int) -> int:
 
     (Consumer-group offsets would say the same, but Tansu closes the connection on the admin
     client's OffsetFetch, so the service's own counters are read instead.)"""
-    s = httpx.get(f"http://127.0.0.1:{port}/ops/stats", timeout=10).json()["inbound"]
+    s = httpx.get(f"http://127.0.0.1:{port}/ops/stats", timeout=10, headers=headers_for("operator", subject="bench")).json()["inbound"]
     return int(s["handled"]) + int(s["dead_lettered"])
 
 
@@ -177,11 +178,11 @@ def main() -> None:
             assert consumed_s is not None
             progress("batch duplicate check over the whole registry")
             c0 = time.perf_counter()
-            check = httpx.get(f"http://127.0.0.1:{port}/duplicates/check", timeout=600).json()
+            check = httpx.get(f"http://127.0.0.1:{port}/duplicates/check", timeout=600, headers=headers_for("operator", subject="bench")).json()
             check_s = time.perf_counter() - c0
             progress("断保提醒 scan over the whole registry")
             r0 = time.perf_counter()
-            reminded = httpx.post(f"http://127.0.0.1:{port}/ops/reminders/scan", timeout=900).json()
+            reminded = httpx.post(f"http://127.0.0.1:{port}/ops/reminders/scan", timeout=900, headers=headers_for("operator", subject="bench")).json()
             reminders_s = time.perf_counter() - r0
         finally:
             if proc and proc.poll() is None:

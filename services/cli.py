@@ -124,8 +124,10 @@ def cmd_clearing(args: argparse.Namespace) -> None:
     import httpx
 
     url = f"{args.url.rstrip('/')}/clearing/{args.month}"
+    auth = operator_headers(args.token)
     try:
-        r = httpx.post(url + "/run", timeout=600) if args.action == "run" else httpx.get(url, timeout=60)
+        r = (httpx.post(url + "/run", timeout=600, headers=auth) if args.action == "run"
+             else httpx.get(url, timeout=60, headers=auth))
     except httpx.HTTPError as exc:
         raise SystemExit(f"cannot reach the settle service at {args.url} ({exc}); is `yibao run` up?") from None
     if r.status_code != 200:
@@ -134,12 +136,30 @@ def cmd_clearing(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"clearing-{args.month}.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
-    csv_text = httpx.get(url, params={"format": "csv"}, timeout=60).text
+    csv_text = httpx.get(url, params={"format": "csv"}, timeout=60, headers=auth).text
     (out / f"clearing-{args.month}.csv").write_text(csv_text, encoding="utf-8")
     print(f"{args.month}: {len(rows)} province pairs → {out}/clearing-{args.month}.json, .csv")
     for row in rows:
         print(f"  {row['insured_prov']} → {row['treat_prov']}  {row['settlements']:>6} settlements "
               f"{row['reversals']:>4} reversals ({row['carried']} carried)  fund {row['fund_pay_sumamt']:>14}")
+
+
+def operator_headers(token: str | None) -> dict[str, str]:
+    """The given token (--token, YIBAO_TOKEN), else an operator token signed here with YIBAO_AUTH_KEY."""
+    import getpass
+
+    from services.identity import bearer, issue_token
+
+    return bearer(token or os.environ.get("YIBAO_TOKEN") or issue_token("operator", "*", getpass.getuser(), ttl_s=600))
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from services.identity import issue_token
+
+    try:
+        print(issue_token(args.role, args.scope, args.name, ttl_s=int(args.hours * 3600)))
+    except ValueError as exc:
+        raise SystemExit(f"yibao token: {exc}") from None
 
 
 def month(text: str) -> str:
@@ -204,7 +224,20 @@ def main(argv: list[str] | None = None) -> None:
     cl.add_argument("--month", type=month, required=True, help="YYYY-MM")
     cl.add_argument("--url", default="http://127.0.0.1:8103", help="settle service (default %(default)s)")
     cl.add_argument("--out", default="var/clearing", help="directory for the JSON and CSV (default %(default)s)")
+    cl.add_argument("--token", help="an operator's bearer token (default: $YIBAO_TOKEN, else one signed here "
+                                    "with YIBAO_AUTH_KEY)")
     cl.set_defaults(func=cmd_clearing)
+    t = sub.add_parser("token", help="issue a caller's bearer token (province, supervisor, operator, insured)",
+                       description="Signs a token with YIBAO_AUTH_KEY (the key every service checks). Send it as "
+                                   "`Authorization: Bearer <token>`. Hospitals do not use tokens: they sign each "
+                                   "call with the x-tif-* headers. Example: yibao token --role province "
+                                   "--scope 360000 --name jx-platform")
+    t.add_argument("--role", required=True, choices=["province", "supervisor", "operator", "insured"])
+    t.add_argument("--scope", default="*", help="province/supervisor: a 6-digit admdvs (000000 = the country); "
+                                                "insured: their psn_no; operator: ignored")
+    t.add_argument("--name", required=True, help="who holds it (logged with what they do)")
+    t.add_argument("--hours", type=float, default=8.0, help="validity (default %(default)s)")
+    t.set_defaults(func=cmd_token)
     s = sub.add_parser("schemas", help="contracts")
     s.add_argument("action", choices=["export"])
     s.set_defaults(func=cmd_schemas)

@@ -11,6 +11,7 @@ import httpx
 
 from schemas.common import new_msgid
 from services.enroll.domain import with_check_char
+from services.identity import headers_for
 from services.platform import DEFAULT_PORTS
 from services.settle.auth import SigningAuth
 
@@ -51,15 +52,19 @@ def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
         except httpx.HTTPError:
             raise SystemExit(f"{name} does not answer at {u}: start the platform with `make run` first") from None
 
+    # each caller has an identity: the hospital signs (x-tif-*), the others carry bearer tokens
+    jiangxi = headers_for("province", "360000", "jiangxi-platform")
+    supervisor = headers_for("supervisor", "440000", "guangdong-supervision")
     say("1. 参保登记 — a 南昌 (360100) employee is registered and enrolled in 职工医保 (310)")
     certno = with_check_char(f"360102{1975 + secrets.randbelow(20)}0612{secrets.randbelow(500) * 2 + 1:03d}")
-    r = c.post(url["enroll"] + "/persons", json={"certno": certno, "psn_name": "李建国", "admdvs": "360100"})
+    r = c.post(url["enroll"] + "/persons", json={"certno": certno, "psn_name": "李建国", "admdvs": "360100"},
+               headers=jiangxi)
     r.raise_for_status()
     psn = r.json()
     print(f"  registered {psn['psn_name']} ({psn['certno']}), gender {psn['gend']}, born {psn['brdy']} → psn_no {psn['psn_no']}")
     r = c.post(url["enroll"] + "/enrolments", json={
         "psn_no": psn["psn_no"], "insuplc_admdvs": "360100", "insutype": "310", "psn_type": "11",
-        "paid_through": f"{date.today().year}-12-31", "voucher_active": True, "acct_balc": "3000.00"})
+        "paid_through": f"{date.today().year}-12-31", "voucher_active": True, "acct_balc": "3000.00"}, headers=jiangxi)
     r.raise_for_status()
     print("  enrolled: 360100 职工医保, 在职, contributions paid to year end, 个人账户 3000.00 → enroll.events")
 
@@ -67,12 +72,13 @@ def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
     def try_file() -> Any:
         r = c.post(url["filing"] + "/filings", json={
             "psn_no": psn["psn_no"], "fil_type": "REFERRAL", "target_admdvs": "440100",
-            "begndate": date.today().isoformat(), "referral_fixmedins_code": "H36010200001"})
+            "begndate": date.today().isoformat(), "referral_fixmedins_code": "H36010200001"}, headers=jiangxi)
         return r.json() if r.status_code == 201 else None
     filing = wait_for("the filing service to see the enrolment", try_file)
     print(f"  filing {filing['fil_id']}: REFERRAL → 440100, valid {filing['begndate']} … {filing['enddate']} → filing.events")
     wait_for("the insured city to see the filing", lambda: (
-        (r := c.get(f"{url['settle']}/persons/{psn['psn_no']}/status")).status_code == 200 and r.json()["filings"]))
+        (r := c.get(f"{url['settle']}/persons/{psn['psn_no']}/status", headers=jiangxi)).status_code == 200
+        and r.json()["filings"]))
 
     say(f"3. 门诊结算 (2207) at {HOSPITAL} 广州市第一人民医院 — the claim crosses every hop")
     req = {"infno": "2207", "msgid": new_msgid(HOSPITAL), "mdtrtarea_admvs": "440100", "insuplc_admdvs": "360100",
@@ -112,8 +118,15 @@ def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
 
     say("4. 智能监控 — 宫颈细胞学检查 is restricted to women; the claim was billed for a man")
     alerts = wait_for("the gender-rule alert", lambda: c.get(
-        url["monitor"] + "/alerts", params={"msgid": str(req["msgid"])}).json())
+        url["monitor"] + "/alerts", params={"msgid": str(req["msgid"])}, headers=supervisor).json())
     for a in alerts:
         print(f"  ALERT {a['rule_id']} {a['rule_name']} [{a['sev_deg']}] at {a['fixmedins_code']}: "
               f"{a['vola_cont']} (¥{a['vola_amt']})")
     print(f"\n  The same msgid again returns the first answer; status: GET {url['settle']}/claims/{req['msgid']}")
+
+    say("5. 每个调用方都有身份 — without one, or outside its own scope, nothing is answered")
+    r = httpx.get(f"{url['enroll']}/persons/{psn['psn_no']}", timeout=10)
+    print(f"  anonymous GET /persons/{psn['psn_no']} → {r.status_code}: {r.json()['error']}")
+    r = c.get(f"{url['enroll']}/persons/{psn['psn_no']}", headers=headers_for("province", "440000", "guangdong-platform"))
+    print(f"  广东's platform asks for 江西's insured → {r.status_code}: {r.json()['error']}")
+    print("  tokens: `yibao token --role province --scope 360000 --name <who>` (see docs/guide.md, Callers)")

@@ -14,3 +14,4 @@ class CommonSettings(BaseSettings):
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     cert_digest_key: str = "yibao-dev-only-change-me"  # shared by enroll and settle (services/credentials.py)
+    auth_key: str = "yibao-dev-only-change-me"  # signs callers' bearer tokens (services/identity.py)

@@ -36,11 +36,15 @@ def _record_id(value: bytes) -> str | None:
     return str(rid) if rid is not None else None
 
 
-def publisher(bus: Bus, rejections_topic: str, service: str) -> OnDeadLetter:
+def publisher(bus: Bus, rejections_topic: str, service: str, shows_key: bool = True) -> OnDeadLetter:
+    """`shows_key=False` where the inbound key is personal (enroll.inbound: the ID number): the
+    rejection names the record by its topic, offset and the province's record_id instead."""
+
     async def publish(dl: DeadLetter) -> None:
         source = dl.headers.get("ce_source")
         event = RecordRejected(
-            topic=dl.topic, partition=dl.partition, offset=dl.offset, key=dl.key, ce_id=dl.headers.get("ce_id"),
+            topic=dl.topic, partition=dl.partition, offset=dl.offset, key=dl.key if shows_key else None,
+            ce_id=dl.headers.get("ce_id"),
             ce_type=dl.headers.get("ce_type"), ce_source=source, record_id=_record_id(dl.value),
             reason_code=dl.code, reason=dl.reason,
         )

@@ -27,7 +27,7 @@ class EnrollService(Service):
         self.ctx = EnrollContext(self.engine, EnrolmentRules.load(self.settings.rules_file))
         self.inbound = self.runtime.add_worker(
             "enroll", {"enroll.inbound": BatchHandler(partial(handle_batch, self.ctx))},
-            on_dead_letter=rejections.publisher(self.runtime.bus, "enroll.rejections", self.name),
+            on_dead_letter=rejections.publisher(self.runtime.bus, "enroll.rejections", self.name, shows_key=False),
             slow=True)  # provinces' bulk records: throughput, not latency
         self.reminders = Periodic("enroll-reminders", self.settings.reminder_interval_s,
                                   partial(scan_lapses, self.ctx), first_after_s=30)

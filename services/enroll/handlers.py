@@ -33,11 +33,11 @@ from schemas.events import (
     RegisterPerson,
     TransferEnrolment,
 )
-from schemas.regions import pooling_regions
+from schemas.regions import covers_region, pooling_regions
 from services.bus import outbox
 from services.bus.db import transaction
 from services.bus.envelope import encode, now_ms
-from services.credentials import card_digest, cert_digest, issue_ectoken
+from services.credentials import card_digest, cert_digest, issue_ectoken, seal
 from services.enroll.domain import (
     RULES_FILE,
     EnrollRefusedError,
@@ -99,7 +99,7 @@ def check_region(admdvs: str, field_name: str) -> None:
 
 def check_province(province: str | None, *regions: str) -> None:
     """A provincial platform may publish only for its own pooling regions."""
-    if province and not any(r[:2] == province[:2] for r in regions):
+    if province and not any(covers_region(province, r) for r in regions):
         raise WrongProvinceError(f"省级平台 {province} 不能报送 {'/'.join(regions)} 的参保记录：只能报送本省统筹区的记录")
 
 
@@ -209,7 +209,7 @@ def _enrol(ctx: EnrollContext, s: Session, person: Person, f: EnrolmentFields) -
 
 def _event(p: Person, e: Enrolment, change: str) -> EnrolmentUpdated:
     return EnrolmentUpdated(
-        psn_no=p.psn_no, psn_name=p.psn_name, gend=p.gend, brdy=p.brdy,
+        psn_no=p.psn_no, psn_name=seal(p.psn_name), gend=p.gend, brdy=p.brdy,
         insuplc_admdvs=e.insuplc_admdvs, insutype=e.insutype, psn_type=e.psn_type,
         psn_insu_stas=e.psn_insu_stas, begndate=e.begndate, benefit_from=e.benefit_from,
         paid_through=e.paid_through, contrib_months=e.contrib_months, emp_no=e.emp_no,

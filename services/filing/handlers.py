@@ -26,7 +26,7 @@ from schemas.events import (
     FilingUpdated,
 )
 from schemas.filing_rules import FilingRules
-from schemas.regions import designated_hospitals, pooling_regions, provinces
+from schemas.regions import covers_region, designated_hospitals, pooling_regions, provinces
 from services.bus import outbox
 from services.bus.db import transaction
 from services.bus.envelope import Incoming, now_ms
@@ -86,7 +86,7 @@ def file_in(ctx: FilingContext, s: Session, cmd: FileTreatment, province: str | 
     views = list(s.exec(select(EnrolmentView).where(EnrolmentView.psn_no == cmd.psn_no)).all())
     chosen = pick_enrolment([v.status() for v in views], cmd.psn_no, cmd.insuplc_admdvs, ctx.today())
     view = next(v for v in views if (v.insuplc_admdvs, v.insutype) == (chosen.insuplc_admdvs, chosen.insutype))
-    if province and province[:2] != view.insuplc_admdvs[:2]:
+    if province and not covers_region(province, view.insuplc_admdvs):
         raise FilingRefusedError(f"省级平台 {province} 不能为参保地 {view.insuplc_admdvs} 的人员报送备案", "WRONG_PROVINCE")
     d = _decide(ctx, view, cmd.fil_type, cmd.target_admdvs, cmd.begndate, cmd.enddate, cmd.commitment,
                 cmd.materials, cmd.referral_fixmedins_code)
@@ -105,7 +105,7 @@ def _active(s: Session, fil_id: str, province: str | None) -> Filing:
     f = s.get(Filing, fil_id)
     if f is None:
         raise UnknownFilingError(f"备案 {fil_id} 不存在")
-    if province and province[:2] != f.insuplc_admdvs[:2]:
+    if province and not covers_region(province, f.insuplc_admdvs):
         raise FilingRefusedError(f"省级平台 {province} 不能变更参保地 {f.insuplc_admdvs} 的备案", "WRONG_PROVINCE")
     if f.status != "active":
         raise FilingRefusedError(f"备案 {fil_id} 状态为 {f.status}，不能再变更或撤销", "NOT_ACTIVE_FILING")

@@ -51,8 +51,12 @@ def _check(ctx: MonitorContext, s: Session, msg: Incoming) -> None:
                     h.vola_cont)
 
 
-def list_alerts(engine: Engine, fixmedins_code: str | None, msgid: str | None, limit: int) -> list[Alert]:
+def list_alerts(engine: Engine, fixmedins_code: str | None, msgid: str | None, limit: int,
+                hospitals: list[str] | None = None) -> list[Alert]:
+    """Newest first; `hospitals` limits them to those hospitals (a supervisor's region)."""
     q = select(Alert)
+    if hospitals is not None:
+        q = q.where(col(Alert.fixmedins_code).in_(hospitals))
     if fixmedins_code:
         q = q.where(Alert.fixmedins_code == fixmedins_code)
     if msgid:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,17 +20,20 @@ from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, FeeLine
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
-from services.credentials import TokenError, card_digest, cert_digest, read_ectoken
+from services.credentials import TokenError, card_digest, cert_digest, read_ectoken, reveal_names
 from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, json_response
+from services.identity import Authenticator, Caller, IdentityError, allow, install, not_yours
 from services.settle import clearing, encounters, reconcile
 from services.settle.auth import AuthError, Gate
 from services.settle.clearing import ClearingError, advance_funds
 from services.settle.handlers import claim_status, result_of, submit_claim
-from services.settle.store import ClaimRecord
+from services.settle.store import ClaimRecord, first_use_of_nonce
 from services.settle.stream import partition_of, results, resume_offset
 
 if TYPE_CHECKING:
     from services.settle.app import SettleService
+
+log = logging.getLogger("yibao.settle.api")
 
 SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算", "2206": "门诊预结算", "2303": "住院预结算"}
 RECONCILIATION = {"3201": "医药机构费用结算对总账", "3202": "医药机构费用结算对明细账"}
@@ -196,6 +200,12 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
     return Claim(**base, psn_no=y.psn_no, insutype=y.insutype, med_type=ward, begntime=date(y.year, 12, 31))
 
 
+def by_person_number(claim: Claim) -> bool:
+    """1101 by psn_no alone, and 5206: the person's data without a credential presented with it."""
+    return claim.infno == "5206" or (claim.infno == "1101" and claim.cert_digest is None
+                                     and claim.mdtrt_cert_type != "01")
+
+
 def _refmsgid(admdvs: str) -> str:
     return f"{admdvs}{datetime.now():%Y%m%d%H%M%S}{secrets.randbelow(10**10):010d}"
 
@@ -222,8 +232,8 @@ def msgid_clash(first: ClaimRecord, claim: Claim) -> str | None:
     return None
 
 
-def answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | None = None,
-           timing: dict[str, int] | None = None) -> dict[str, Any]:
+def national_answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | None = None,
+           timing: dict[str, int] | None = None, names_key: str | None = None) -> dict[str, Any]:
     """公共出参 around a settlement result in its JSON form (or a pending/timeout answer).
 
     The JSON form, not the model: the reply arrives as JSON and goes out as JSON, and validating
@@ -231,7 +241,7 @@ def answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | No
     base = envelope(req)
     if result is None:
         return base | {"infcode": -1, "err_msg": pending_msg, "output": {"status": "pending", "msgid": req.msgid}}
-    o, trace = result["outcome"], result["trace"]
+    o, trace = reveal_names(result["outcome"], names_key), result["trace"]  # names travel sealed
     if o["infcode"] != 0:
         return base | {"infcode": -1, "err_msg": o["err_msg"],
                        "output": {"err_code": o["err_code"], "hop_trace": trace}}
@@ -251,26 +261,22 @@ def create_api(svc: SettleService) -> FastAPI:
     install_error_handlers(app, national_paths=("/fsi",))
     add_healthz(app, "settle", lambda: svc.runtime.health())
     known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
-    gate = Gate({code: h.key for code, h in svc.ctx.ref.hospitals.items()})
+    gate = Gate({code: h.key for code, h in svc.ctx.ref.hospitals.items()}, durable=lambda code, nonce, t: (
+        first_use_of_nonce(svc.engine, code, nonce, int(t * 1000), int((t - gate.window_s) * 1000))))
+    install(app, Authenticator(svc.common.auth_key, hospitals=hospital_check(gate)))
+    names_key = svc.common.cert_digest_key
 
-    def caller(request: Request) -> str | None:
-        """The authenticated hospital (None when authentication is switched off)."""
-        if not svc.settings.auth:
-            return None
-        try:
-            return gate.check(request.headers)
-        except AuthError as exc:
-            raise HTTPException(401, str(exc)) from None
+    def answer(req: FsiRequest, result: dict[str, Any] | None, **kw: Any) -> dict[str, Any]:
+        return national_answer(req, result, names_key=names_key, **kw)
 
     @app.post("/fsi/callService", tags=["hospital"], response_model=None)
-    async def call_service(req: FsiRequest, request: Request) -> Response:
+    async def call_service(req: FsiRequest, who: Annotated[Caller, allow("hospital")]) -> Response:
         """The national hospital interface: one endpoint, the transaction chosen by infno.
 
         Signed with the x-tif-* headers; a hospital acts only for itself (fixmedins_code)."""
         received = now_ms()
-        who = caller(request)
-        if who is not None and who != req.fixmedins_code:
-            raise HTTPException(403, f"已认证机构 {who} 不能以 {req.fixmedins_code} 的名义办理业务")
+        if who.subject != req.fixmedins_code:
+            raise HTTPException(403, f"已认证机构 {who.subject} 不能以 {req.fixmedins_code} 的名义办理业务")
         if req.infno not in TRANSACTIONS:
             raise HTTPException(400, f"infno {req.infno} is not served here yet; served: "
                                      + ", ".join(f"{k} {v}" for k, v in TRANSACTIONS.items()))
@@ -290,6 +296,11 @@ def create_api(svc: SettleService) -> FastAPI:
             if known is not None and known.status != "pending" and known.fixmedins_code == req.fixmedins_code:
                 return json_response(answer(req, result_of(known)))
             raise HTTPException(422, f"{exc.code}: {exc}") from None
+        if by_person_number(claim):
+            since = now_ms() - svc.settings.person_query_window_h * 3_600_000
+            if not await asyncio.to_thread(encounters.knows_person, svc.engine, req.fixmedins_code, claim.psn_no, since):
+                raise HTTPException(403, f"{req.infno} 仅凭人员编号 {claim.psn_no} 不能查询：请先以医保电子凭证、身份证或社保卡"
+                                         f"办理 1101（{svc.settings.person_query_window_h} 小时内有效），或该人员在本机构有未结的就诊登记")
         assert svc.replies is not None
         fut = svc.replies.expect(claim.msgid)
         # On the loop, not in a thread: the hop workers of this process write the same SQLite
@@ -371,41 +382,42 @@ def create_api(svc: SettleService) -> FastAPI:
         return envelope(req) | {"infcode": 0, "err_msg": None, "output": out}
 
     @app.get("/claims/{msgid}", tags=["hospital"])
-    async def get_claim(msgid: str, request: Request) -> dict[str, Any]:
-        """Status of a request by msgid: pending, settled or failed, with the hop trace (own requests only)."""
-        who = caller(request)
+    async def get_claim(msgid: str, who: Annotated[Caller, allow("hospital", "operator")]) -> dict[str, Any]:
+        """Status of a request by msgid: pending, settled or failed, with the hop trace (a hospital's own only)."""
         rec = await asyncio.to_thread(claim_status, svc.engine, msgid)
-        if rec is None or (who is not None and rec.fixmedins_code != who):
-            raise HTTPException(404, f"no request with msgid {msgid} was received here from {who or 'you'}")
-        return {"msgid": msgid, "status": rec.status, "fixmedins_code": rec.fixmedins_code,
-                "result": result_of(rec)}
+        if rec is None or (who.role == "hospital" and rec.fixmedins_code != who.subject):
+            raise HTTPException(404, f"no request with msgid {msgid} was received here from {who.subject}")
+        result = result_of(rec)
+        if result is not None:
+            result["outcome"] = reveal_names(result["outcome"], names_key)
+        return {"msgid": msgid, "status": rec.status, "fixmedins_code": rec.fixmedins_code, "result": result}
 
     @app.get("/hospitals/{fixmedins_code}/results", tags=["hospital"], response_model=None)
-    async def result_stream(fixmedins_code: str, request: Request,
+    async def result_stream(fixmedins_code: str, who: Annotated[Caller, allow("hospital", "operator")],
                             last_event_id: str | None = Header(None)) -> StreamingResponse:
         """Server-Sent Events: this hospital's settlement results as they are decided.
 
         Each event is a SettlementResult (JSON) with `id: <partition>:<offset>`; reconnect with
         the `Last-Event-ID` header to resume after the last one received."""
-        who = caller(request)
-        if who is not None and who != fixmedins_code:
-            raise HTTPException(403, f"已认证机构 {who} 不能订阅 {fixmedins_code} 的结算结果")
+        if who.role == "hospital" and who.subject != fixmedins_code:
+            raise HTTPException(403, f"已认证机构 {who.subject} 不能订阅 {fixmedins_code} 的结算结果")
         if fixmedins_code not in svc.ctx.ref.hospitals:
             raise HTTPException(404, f"{fixmedins_code} 不是已登记的定点医药机构")
         try:
             resume_offset(last_event_id, await partition_of(svc.runtime.bus, fixmedins_code))
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        return StreamingResponse(results(svc.runtime.bus, fixmedins_code, last_event_id),
+        return StreamingResponse(results(svc.runtime.bus, fixmedins_code, last_event_id, names_key),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/clearing/advance-funds", tags=["clearing"])
-    async def advance() -> list[dict[str, Any]]:
-        """预付金 per (insured province, treatment province): amount, used since the last clearing, level."""
-        return await asyncio.to_thread(advance_funds, svc.engine)
+    async def advance(who: Annotated[Caller, allow("operator", "province", "supervisor")]) -> list[dict[str, Any]]:
+        """预付金 per (insured province, treatment province): amount, used since the last clearing, level
+        (a province or supervisor sees the pairs its region is part of)."""
+        return of_pairs(who, await asyncio.to_thread(advance_funds, svc.engine))
 
     @app.post("/clearing/{period}/run", tags=["clearing"])
-    async def clearing_run(period: str) -> list[dict[str, Any]]:
+    async def clearing_run(period: str, _: Annotated[Caller, allow("operator")]) -> list[dict[str, Any]]:
         """Close a month and return its statements per province pair (the same ones if already closed)."""
         try:
             return await asyncio.to_thread(clearing.run, svc.engine, period, svc.ctx.ref.advance)
@@ -413,10 +425,11 @@ def create_api(svc: SettleService) -> FastAPI:
             raise HTTPException(409 if "not ended" in str(exc) else 422, str(exc)) from None
 
     @app.get("/clearing/{period}", tags=["clearing"], response_model=None)
-    async def clearing_statements(period: str, format: Literal["json", "csv"] = "json") -> Any:
-        """The statements of a closed month, as JSON or CSV (?format=csv)."""
+    async def clearing_statements(period: str, who: Annotated[Caller, allow("operator", "province", "supervisor")],
+                                  format: Literal["json", "csv"] = "json") -> Any:
+        """The statements of a closed month, as JSON or CSV (?format=csv); a province's own pairs."""
         try:
-            rows = await asyncio.to_thread(clearing.statements, svc.engine, period)
+            rows = of_pairs(who, await asyncio.to_thread(clearing.statements, svc.engine, period))
         except ClearingError as exc:
             raise HTTPException(404, str(exc)) from None
         if format == "csv":
@@ -425,28 +438,30 @@ def create_api(svc: SettleService) -> FastAPI:
         return rows
 
     @app.get("/ops/faults", tags=["ops"])
-    async def get_faults() -> list[Fault]:
+    async def get_faults(_: Annotated[Caller, allow("operator")]) -> list[Fault]:
         """Faults in force (in every settle process)."""
         return svc.ctx.faults.listed()
 
     @app.put("/ops/faults", tags=["ops"])
-    async def put_fault(fault: Fault) -> list[Fault]:
+    async def put_fault(fault: Fault, who: Annotated[Caller, allow("operator")]) -> list[Fault]:
         """Make a hop down, slow or failing, in every settle process; all zero/false removes it."""
         if fault.level not in ("city", "province", "national"):
             raise HTTPException(422, f"level {fault.level!r}: use city, province or national")
         svc.ctx.faults.set(fault)
+        log.warning("%s set fault %s", who, fault.model_dump_json())
         await svc.publish_faults()
         return svc.ctx.faults.listed()
 
     @app.delete("/ops/faults", tags=["ops"])
-    async def clear_faults() -> list[Fault]:
+    async def clear_faults(who: Annotated[Caller, allow("operator")]) -> list[Fault]:
         """Remove every injected fault, in every settle process."""
         svc.ctx.faults.clear()
+        log.warning("%s cleared every fault", who)
         await svc.publish_faults()
         return []
 
     @app.get("/ops/stats", tags=["ops"])
-    async def stats() -> dict[str, Any]:
+    async def stats(_: Annotated[Caller, allow("operator")]) -> dict[str, Any]:
         """Counters of the hop workers and the outbox relay."""
         return {"worker": svc.worker.stats if svc.worker else None,
                 "outbox_published": svc.runtime.relay.published}
@@ -458,10 +473,27 @@ def create_api(svc: SettleService) -> FastAPI:
 def add_person_status(app: FastAPI, svc: SettleService) -> None:
     from services.settle.handlers import person_status
 
-    @app.get("/persons/{psn_no}/status", tags=["hospital"])
-    async def status(psn_no: str, year: int | None = Query(None, ge=2000, le=2100)) -> dict[str, Any]:
-        """What the insured city knows of a person: enrolment, filings, year-to-date accumulators."""
+    @app.get("/persons/{psn_no}/status", tags=["persons"])
+    async def status(psn_no: str, who: Annotated[Caller, allow("operator", "province", "supervisor", "insured")],
+                     year: int | None = Query(None, ge=2000, le=2100)) -> dict[str, Any]:
+        """What the insured city knows of a person: enrolment, filings, year-to-date accumulators
+        (a province or supervisor: people insured in its region; an insured person: their own)."""
         found = await asyncio.to_thread(person_status, svc.engine, psn_no, year or date.today().year)
-        if found is None:
-            raise HTTPException(404, f"the insured city has no enrolment for {psn_no} (yet)")
+        if found is None or not (who.is_person(psn_no) or any(
+                who.covers(e["insuplc_admdvs"]) for e in found["enrolments"])):  # type: ignore[attr-defined]
+            raise not_yours(f"an enrolment of {psn_no} at its insured city")
         return found
+
+
+def of_pairs(who: Caller, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of province pairs (clearing, advance funds) the caller's region is part of."""
+    return [r for r in rows if who.covers(r["insured_prov"]) or who.covers(r["treat_prov"])]
+
+
+def hospital_check(gate: Gate) -> Any:
+    def check(headers: Any) -> str:
+        try:
+            return gate.check(headers)
+        except AuthError as exc:
+            raise IdentityError(str(exc)) from None
+    return check

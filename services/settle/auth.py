@@ -4,7 +4,8 @@ A hospital sends `x-tif-paasid` (its fixmedins_code), `x-tif-timestamp` (epoch s
 `x-tif-nonce` (random, used once) and `x-tif-signature` = SHA-256 hex of timestamp + key + nonce,
 where key is the hospital's secret (reference data `key`, per fixmedins_code). A request is
 accepted when the signature matches, the timestamp is within the window and the nonce is new;
-the hospital may then act and read only for itself.
+the hospital may then act and read only for itself. Nonces are remembered in memory and, through
+`durable`, in the settle database, so a replay is refused after a restart too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 
 import httpx
 
@@ -40,8 +41,10 @@ def hospital_headers(fixmedins_code: str, key: str) -> dict[str, str]:
 class Gate:
     """Checks the headers against the hospitals' keys; remembers recent nonces against replays."""
 
-    def __init__(self, keys: Mapping[str, str], window_s: int = WINDOW_S, remember: int = 200_000) -> None:
-        self.keys, self.window_s, self.remember = keys, window_s, remember
+    def __init__(self, keys: Mapping[str, str], window_s: int = WINDOW_S, remember: int = 200_000,
+                 durable: Callable[[str, str, float], bool] | None = None) -> None:
+        """`durable(code, nonce, now)` records a nonce where a restart keeps it; False if it was there."""
+        self.keys, self.window_s, self.remember, self.durable = keys, window_s, remember, durable
         self._nonces: OrderedDict[str, float] = OrderedDict()
 
     def check(self, headers: Mapping[str, str], now: float | None = None) -> str:
@@ -53,6 +56,8 @@ class Gate:
             raise AuthError(f"缺少认证头 {', '.join(missing)}：每个请求须带 x-tif-paasid（机构编码）、x-tif-timestamp、"
                             "x-tif-nonce 和 x-tif-signature = sha256(timestamp + 密钥 + nonce)")
         code, ts, nonce = headers["x-tif-paasid"], headers["x-tif-timestamp"], headers["x-tif-nonce"]
+        if len(nonce) > 64:
+            raise AuthError("x-tif-nonce 过长：最多 64 个字符")
         key = self.keys.get(code)
         if not key:
             raise AuthError(f"x-tif-paasid {code} 不是已登记的定点医药机构")
@@ -65,7 +70,7 @@ class Gate:
         if not hmac.compare_digest(sign(ts, key, nonce), headers["x-tif-signature"].lower()):
             raise AuthError("x-tif-signature 校验失败：应为 sha256(timestamp + 密钥 + nonce) 的十六进制小写")
         seen = f"{code}:{nonce}"
-        if seen in self._nonces:
+        if seen in self._nonces or (self.durable is not None and not self.durable(code, nonce, now)):
             raise AuthError("x-tif-nonce 已使用过：每个请求须用新的 nonce（防重放）")
         self._nonces[seen] = now
         while len(self._nonces) > self.remember or (

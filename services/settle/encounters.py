@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from schemas.events import Claim, FeeLine, FeeSplit
 from services.bus.envelope import now_ms
 from services.settle.domain import CatalogueItem, Hospital, split_line
-from services.settle.store import Encounter, EncounterFee, LocalAnswer
+from services.settle.store import ClaimRecord, Encounter, EncounterFee, LocalAnswer
 
 ENCOUNTERS = Encounter.__table__  # type: ignore[attr-defined]
 FEES = EncounterFee.__table__  # type: ignore[attr-defined]
@@ -121,6 +121,20 @@ def mark_settled(conn: Connection, mdtrt_id: str) -> None:
 def begin_date(e: dict[str, object]) -> date:
     d = e["begntime"]
     return d if isinstance(d, date) else date.fromisoformat(str(d))
+
+
+CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]
+
+
+def knows_person(engine: Engine, fixmedins_code: str, psn_no: str, since_ms: int) -> bool:
+    """Whether the person presented themselves at this hospital: a request of theirs answered
+    since `since_ms` (a 1101 with a credential, a registration, a settlement), or an open encounter."""
+    answered = (select(CLAIMS.c.msgid).where(CLAIMS.c.fixmedins_code == fixmedins_code, CLAIMS.c.psn_no == psn_no,
+                                             CLAIMS.c.status == "settled", CLAIMS.c.created_ms >= since_ms).limit(1))
+    staying = (select(ENCOUNTERS.c.mdtrt_id).where(ENCOUNTERS.c.fixmedins_code == fixmedins_code,
+                                                   ENCOUNTERS.c.psn_no == psn_no, ENCOUNTERS.c.status == "open").limit(1))
+    with engine.connect() as conn:
+        return conn.execute(answered).first() is not None or conn.execute(staying).first() is not None
 
 
 LOCAL_ANSWERS = LocalAnswer.__table__  # type: ignore[attr-defined]

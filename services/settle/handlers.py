@@ -422,6 +422,12 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     log.info(fmt, *args)
 
 
+def person_of(outcome: Outcome) -> str:
+    """The psn_no a 1101 by credential found (the claim carried only the credential's digest)."""
+    base = (outcome.data or {}).get("baseinfo")
+    return str(base.get("psn_no", "")) if isinstance(base, dict) else ""
+
+
 def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     """Treatment city: record the answer and publish it to the hospital, once."""
     c = hop.claim
@@ -439,6 +445,7 @@ def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     conn = s.connection()
     changed = conn.execute(CLAIM_ANSWER, {
         "k_msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
+        "psn_no": c.psn_no or person_of(outcome),
         "updated_ms": now_ms()}).rowcount
     if not changed:  # answered before (a redelivery), or never submitted here
         return "claim %s: no pending request to answer (answered before, or not sent here)", (c.msgid,)

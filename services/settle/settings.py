@@ -18,7 +18,8 @@ class SettleSettings(BaseSettings):
     reply_grace_ms: int = 1_000  # extra wait for an answer decided just before the deadline
     faults: str = ""  # e.g. "city:360100=down;province:*=slow:50"
     advance_funds_file: Path = ADVANCE_FILE  # 预付金 per province pair and warning thresholds
-    auth: bool = True  # hospitals sign their calls (x-tif-* headers); off only for local experiments
+    # 1101 by psn_no alone and 5206 need a credential read at this hospital within this time (or an open encounter)
+    person_query_window_h: int = 24
 
     @property
     def level_list(self) -> list[str]:

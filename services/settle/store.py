@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import BigInteger, Connection, LargeBinary, bindparam, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    LargeBinary,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Column, Field, SQLModel
 
 from schemas.common import FilingType
@@ -211,9 +221,20 @@ class AdvanceFund(SQLModel, table=True):
     updated_ms: int = Field(sa_type=BigInteger)
 
 
+class GatewayNonce(SQLModel, table=True):
+    """An x-tif-nonce already used by a hospital, kept for the signature window so that a replayed
+    signed request is refused after a restart too."""
+
+    __tablename__ = "settle_gateway_nonce"
+
+    fixmedins_code: str = Field(primary_key=True, max_length=12)
+    nonce: str = Field(primary_key=True, max_length=64)
+    seen_ms: int = Field(sa_type=BigInteger, index=True)
+
+
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, AccumulatorRow, AccountRow,
-                                Encounter, EncounterFee, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund, InboxRecord,
-                                OutboxRow]
+                                Encounter, EncounterFee, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
+                                GatewayNonce, InboxRecord, OutboxRow]
 
 
 # --- Core queries for the insured city's hot path (one settlement = a handful of statements) ---
@@ -285,3 +306,22 @@ def load_balance(c: Connection, psn_no: str) -> int:
 def save_balance(c: Connection, psn_no: str, balance_fen: int) -> None:
     if not c.execute(_BALANCE_UPDATE, {"k_psn_no": psn_no, "balance_fen": balance_fen}).rowcount:
         c.execute(_ACCOUNT_INSERT, {"psn_no": psn_no, "balance_fen": balance_fen})
+
+
+NONCES = GatewayNonce.__table__  # type: ignore[attr-defined]
+_NONCE_INSERT = insert(NONCES)
+
+
+def first_use_of_nonce(engine: Engine, fixmedins_code: str, nonce: str, seen_ms: int, forget_before_ms: int) -> bool:
+    """Record a hospital's nonce; False when it was recorded before. Now and then the nonces older
+    than the signature window are dropped (their requests are refused by their timestamp anyway)."""
+    try:
+        with engine.begin() as c:
+            if c.dialect.name == "postgresql":  # a nonce lost with the last few ms before a crash is
+                c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # worth less than an fsync per request
+            if seen_ms % 64 == 0:
+                c.execute(NONCES.delete().where(NONCES.c.seen_ms < forget_before_ms))
+            c.execute(_NONCE_INSERT, {"fixmedins_code": fixmedins_code, "nonce": nonce, "seen_ms": seen_ms})
+    except IntegrityError:
+        return False
+    return True

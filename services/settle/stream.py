@@ -15,9 +15,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.bus.client import Bus
+from services.credentials import reveal_names
 
 log = logging.getLogger("yibao.settle.stream")
 TOPIC = "settle.hospital"
@@ -43,7 +45,19 @@ def resume_offset(last_event_id: str | None, partition: int) -> int | None:
     return int(o) + 1
 
 
-async def results(bus: Bus, fixmedins_code: str, last_event_id: str | None) -> AsyncIterator[bytes]:
+def opened(value: bytes, names_key: str | None) -> bytes:
+    try:
+        result = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    if isinstance(result, dict) and isinstance(result.get("outcome"), dict):
+        result["outcome"] = reveal_names(result["outcome"], names_key)
+    return orjson.dumps(result)
+
+
+async def results(bus: Bus, fixmedins_code: str, last_event_id: str | None,
+                  names_key: str | None = None) -> AsyncIterator[bytes]:
+    """The hospital's results from settle.hospital, names opened (they travel sealed)."""
     partition = await partition_of(bus, fixmedins_code)
     start = resume_offset(last_event_id, partition)
     tp = bus.tp(TOPIC, partition)
@@ -72,7 +86,7 @@ async def results(bus: Bus, fixmedins_code: str, last_event_id: str | None) -> A
                 sent[ce_id] = None
                 if len(sent) > SEEN_IDS:
                     sent.popitem(last=False)
-                yield b"id: %d:%d\nevent: result\ndata: %s\n\n" % (partition, rec.offset, rec.value)
+                yield b"id: %d:%d\nevent: result\ndata: %s\n\n" % (partition, rec.offset, opened(rec.value, names_key))
     finally:
         await consumer.stop()
         log.info("results stream of %s closed", fixmedins_code)

@@ -17,6 +17,7 @@ from schemas.common import new_msgid
 from schemas.regions import designated_hospitals
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
+from services.identity import Role, headers_for, province_of
 from services.platform import build_service
 from services.service import Service
 from services.settle.auth import SigningAuth
@@ -29,8 +30,13 @@ YEAR_END = f"{date.today().year}-12-31"
 
 @dataclass
 class Stack:
+    """`http[service]` signs as the hospital a request is for (x-tif-*); `as_(service, role, scope)`
+    carries a bearer token of another caller."""
+
     services: dict[str, Service]
     http: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    callers: dict[tuple[str, str, str], httpx.AsyncClient] = field(default_factory=dict)
+    certnos: dict[str, str] = field(default_factory=dict)  # psn_no → the ID number it was registered with
 
     async def start(self) -> None:
         await asyncio.gather(*(s.start() for s in self.services.values()))  # the group joins overlap
@@ -40,8 +46,22 @@ class Stack:
                                           auth=SigningAuth())
                      for n, s in self.services.items()}
 
+    def as_(self, service: str, role: Role, scope: str = "*") -> httpx.AsyncClient:
+        key = (service, role, scope)
+        if key not in self.callers:
+            self.callers[key] = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.services[service].app),
+                                                  base_url=f"http://{service}", headers=headers_for(role, scope, "test"))
+        return self.callers[key]
+
+    def province(self, service: str, admdvs: str) -> httpx.AsyncClient:
+        """The provincial platform of the province `admdvs` belongs to."""
+        return self.as_(service, "province", province_of(admdvs))
+
+    def operator(self, service: str) -> httpx.AsyncClient:
+        return self.as_(service, "operator")
+
     async def stop(self) -> None:
-        for c in self.http.values():
+        for c in [*self.http.values(), *self.callers.values()]:
             await c.aclose()
         await asyncio.gather(*(s.stop() for s in self.services.values()))
 
@@ -50,21 +70,33 @@ class Stack:
         return self.services["settle"]
 
     async def person(self, region: str = "360100", insutype: str = "310", male: bool = True,
-                     paid_through: str | None = YEAR_END, voucher: bool = True, balance: str = "0") -> str:
+                     paid_through: str | None = YEAR_END, voucher: bool = True, balance: str = "0",
+                     name: str = "测试") -> str:
         seq = secrets.randbelow(499) * 2 + (1 if male else 2)
         certno = with_check_char(f"{region}{1960 + secrets.randbelow(40)}0315{seq:03d}")
-        r = await self.http["enroll"].post("/persons", json={"certno": certno, "psn_name": "测试", "admdvs": region})
+        enroll = self.province("enroll", region)
+        r = await enroll.post("/persons", json={"certno": certno, "psn_name": name, "admdvs": region})
         assert r.status_code in (200, 201), r.text
         psn = r.json()["psn_no"]
-        r = await self.http["enroll"].post("/enrolments", json={
+        self.certnos[psn] = certno
+        r = await enroll.post("/enrolments", json={
             "psn_no": psn, "insuplc_admdvs": region, "insutype": insutype, "paid_through": paid_through,
             "voucher_active": voucher, "acct_balc": balance})
         assert r.status_code == 201, r.text
         await wait_until(lambda: self._settle_knows(psn), what=f"settle to see {psn}")
         return psn
 
+    async def present(self, psn: str, hospital: str, treat: str = "440100", insured: str = "360100") -> None:
+        """The person shows their ID card at the hospital's desk: a 1101 with it, after which the
+        hospital may ask by psn_no (1101, 5206) for a while."""
+        body = {"infno": "1101", "msgid": new_msgid(hospital), "mdtrtarea_admvs": treat, "insuplc_admdvs": insured,
+                "fixmedins_code": hospital, "input": {"data": {"mdtrt_cert_type": "02",
+                                                               "mdtrt_cert_no": self.certnos[psn]}}}
+        r = await self.http["settle"].post("/fsi/callService", json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["infcode"] == 0, r.text
+
     async def _settle_knows(self, psn: str, filings: int = 0) -> bool:
-        r = await self.http["settle"].get(f"/persons/{psn}/status")
+        r = await self.operator("settle").get(f"/persons/{psn}/status")
         return r.status_code == 200 and len(r.json()["filings"]) >= filings
 
     async def file(self, psn: str, target: str, fil_type: str = "REFERRAL") -> dict[str, Any]:
@@ -75,7 +107,7 @@ class Stack:
             extra["commitment"] = True
 
         async def attempt() -> Any:
-            r = await self.http["filing"].post("/filings", json={
+            r = await self.province("filing", psn[:6]).post("/filings", json={
                 "psn_no": psn, "fil_type": fil_type, "target_admdvs": target,
                 "begndate": date.today().replace(day=1).isoformat()} | extra)
             return r.json() if r.status_code == 201 else None

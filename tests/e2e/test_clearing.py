@@ -46,7 +46,7 @@ async def reverse(stack: Stack, psn: str, setl_id: str) -> dict:  # type: ignore
 
 
 async def test_monthly_statements_net_of_reversals_and_carried(stack: Stack) -> None:
-    settle = stack.http["settle"]
+    settle = stack.operator("settle")
     psn = await stack.person()
     await stack.file(psn, "440100")
     a = (await stack.settle_claim(psn, GZ, "440100", "360100"))["output"]["setlinfo"]
@@ -100,12 +100,12 @@ async def test_advance_fund_warnings_and_replenishment(small_advance: Stack, bro
     await stack.file(psn, "440100")
     info = (await stack.settle_claim(psn, GZ, "440100", "360100"))["output"]["setlinfo"]
     assert D(info["fund_pay_sumamt"]) >= D("90")  # more than 90 % of a 100-yuan advance: red
-    (fund,) = (await stack.http["settle"].get("/clearing/advance-funds")).json()
+    (fund,) = (await stack.as_("settle", "province", "440000").get("/clearing/advance-funds")).json()
     assert fund["level"] == "red" and D(fund["used"]) == D(info["fund_pay_sumamt"])
     (warning,) = [json.loads(m.value) for m in await read_topic(broker, "settle.advance", 1)]
     assert (warning["insured_prov"], warning["treat_prov"], warning["level"]) == ("360000", "440000", "red")
     october = last_month(datetime.now(UTC))
     move_to(stack, october)
-    await stack.http["settle"].post(f"/clearing/{october}/run")
-    (fund,) = (await stack.http["settle"].get("/clearing/advance-funds")).json()
+    await stack.operator("settle").post(f"/clearing/{october}/run")
+    (fund,) = (await stack.as_("settle", "province", "440000").get("/clearing/advance-funds")).json()
     assert fund["level"] == "normal" and D(fund["used"]) == 0  # the cleared month replenished it

@@ -39,7 +39,7 @@ async def test_insured_city_down_for_a_while(stack: Stack) -> None:
     await stack.file(nanchang, "440100")
     hangzhou = await stack.person("330100")
     await stack.file(hangzhou, "440100")
-    ops = stack.http["settle"]
+    ops = stack.operator("settle")
     r = await ops.put("/ops/faults", json={"level": "city", "region": "360100", "down": True})
     assert r.status_code == 200 and r.json()[0]["down"] is True
 

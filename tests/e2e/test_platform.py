@@ -17,6 +17,7 @@ import pytest
 from services import bench, demo
 from services.bus.broker import free_port
 from services.enroll.domain import with_check_char
+from services.identity import headers_for
 from services.platform import SERVICES, Platform
 from services.settle.auth import SigningAuth
 from tests.conftest import BrokerUnderTest
@@ -65,7 +66,8 @@ def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) ->
     """`yibao run` serves national/province hops in another process: faults must reach it too."""
     c = httpx.Client(timeout=60, auth=SigningAuth())
     psn = enrol_and_file(c, platform, "11010519491231002X")
-    r = c.put(platform.url("settle") + "/ops/faults", json={"level": "national", "region": "*", "down": True})
+    r = c.put(platform.url("settle") + "/ops/faults", json={"level": "national", "region": "*", "down": True},
+              headers=headers_for("operator"))
     assert r.status_code == 200
     end = time.monotonic() + 30
     while True:  # the change reaches the relay process asynchronously (within about a second)
@@ -76,22 +78,23 @@ def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) ->
         assert time.monotonic() < end, ans
         time.sleep(POLL_S)
     assert "national" in ans["err_msg"]
-    assert c.delete(platform.url("settle") + "/ops/faults").json() == []
+    assert c.delete(platform.url("settle") + "/ops/faults", headers=headers_for("operator")).json() == []
 
 
 def enrol_and_file(c: httpx.Client, platform: Platform, certno: str) -> str:
+    jiangxi = headers_for("province", "360000", "test")
     psn = c.post(platform.url("enroll") + "/persons", json={
-        "certno": certno, "psn_name": "钱七", "admdvs": "360100"}).json()["psn_no"]
+        "certno": certno, "psn_name": "钱七", "admdvs": "360100"}, headers=jiangxi).json()["psn_no"]
     c.post(platform.url("enroll") + "/enrolments", json={
-        "psn_no": psn, "insuplc_admdvs": "360100", "insutype": "310", "paid_through": "2099-12-31"})
+        "psn_no": psn, "insuplc_admdvs": "360100", "insutype": "310", "paid_through": "2099-12-31"}, headers=jiangxi)
     for _ in range(400):  # until the filing service has seen the enrolment
         if c.post(platform.url("filing") + "/filings", json={"psn_no": psn, "fil_type": "REFERRAL",
                   "target_admdvs": "440100", "begndate": date.today().isoformat(),
-                  "referral_fixmedins_code": "H36010200001"}).status_code == 201:
+                  "referral_fixmedins_code": "H36010200001"}, headers=jiangxi).status_code == 201:
             break
         time.sleep(POLL_S)
     for _ in range(400):  # until the insured city has seen the filing
-        r = c.get(f"{platform.url('settle')}/persons/{psn}/status")
+        r = c.get(f"{platform.url('settle')}/persons/{psn}/status", headers=jiangxi)
         if r.status_code == 200 and r.json()["filings"]:
             return psn  # type: ignore[no-any-return]
         time.sleep(POLL_S)

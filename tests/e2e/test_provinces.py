@@ -54,7 +54,7 @@ def bus_settings(bus_settings: BusSettings) -> BusSettings:
 
 async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: BrokerUnderTest) -> None:
     pytest.importorskip("confluent_kafka")
-    enroll, settle = stack.http["enroll"], stack.http["settle"]
+    enroll, settle = stack.operator("enroll"), stack.operator("settle")
     a = with_check_char("36010219700101101")  # enrolled by 江西, and again by 广东: a duplicate
     bad_certno = "360102197001011010"
     records = [
@@ -103,7 +103,11 @@ async def test_provinces_publish_then_hospitals_settle(stack: Stack, broker: Bro
     await wait_until(lambda: stack._settle_knows(psn, filings=1), what="the insured city to see the filing")
 
     # the duplicate is resolved by ending 广东's enrolment; the national answer stays consistent
-    r = await enroll.post(f"/duplicates/{dups[0]['dup_id']}/resolve", json={"end_admdvs": "440100"})
+    r = await stack.province("enroll", "360100").post(f"/duplicates/{dups[0]['dup_id']}/resolve",
+                                                      json={"end_admdvs": "440100"})
+    assert r.status_code == 403 and "440100" in r.json()["error"]  # 江西 may not end 广东's enrolment
+    r = await stack.province("enroll", "440100").post(f"/duplicates/{dups[0]['dup_id']}/resolve",
+                                                      json={"end_admdvs": "440100"})
     assert r.status_code == 200 and r.json()["status"] == "resolved"
     assert (await enroll.get("/duplicates/check")).json() | {"batch": 0, "consistent": True} == \
         (await enroll.get("/duplicates/check")).json()
@@ -125,7 +129,7 @@ async def test_a_filing_ahead_of_its_enrolment_is_retried_until_the_enrolment_ar
     filing waits on the retry topic and is approved once the enrolment is there; a filing for a
     person who never enrols is refused NOT_ENROLLED when the retries are spent."""
     pytest.importorskip("confluent_kafka")
-    enroll, filing = stack.http["enroll"], stack.http["filing"]
+    enroll, filing = stack.province("enroll", "360100"), stack.province("filing", "360100")
     psn = {}
     for tag, digits in (("LATE", "36010219850101707"), ("NEVER", "36010219850101808")):
         r = await enroll.post("/persons", json={"certno": with_check_char(digits), "psn_name": tag, "admdvs": "360100"})
@@ -161,7 +165,8 @@ async def test_a_filing_ahead_of_its_enrolment_is_retried_until_the_enrolment_ar
 
 
 async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(stack: Stack, broker: BrokerUnderTest) -> None:
-    enroll, filing = stack.http["enroll"], stack.http["filing"]
+    enroll, ops = stack.province("enroll", "360100"), stack.operator("enroll")
+    filing = stack.province("filing", "330100")  # the person moves to 杭州: 浙江 files for them
 
     # 居民 enrolling late: the waiting period, refused with its own reason at a local hospital
     late = with_check_char("36010219900101303")
@@ -203,9 +208,9 @@ async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(sta
         "certno": with_check_char("36010219750101505"), "psn_name": "欠费", "insuplc_admdvs": "360100",
         "insutype": "310", "begndate": "2020-01-01", "paid_through": "2026-10-31", "emp_no": "E360100009"})
     assert r.status_code == 201
-    scan = (await enroll.post("/ops/reminders/scan", params={"on": "2026-11-16"})).json()
+    scan = (await ops.post("/ops/reminders/scan", params={"on": "2026-11-16"})).json()
     assert scan["persons_reminded"] >= 1 and scan["employers_reminded"] >= 1
-    assert (await enroll.post("/ops/reminders/scan", params={"on": "2026-11-17"})).json() == \
+    assert (await ops.post("/ops/reminders/scan", params={"on": "2026-11-17"})).json() == \
         {"persons_reminded": 0, "employers_reminded": 0}
     def kinds(records: list[Any]) -> set[str]:
         return {m["kind"] for m in map(lambda r: json.loads(r.value), records) if m.get("emp_no") == "E360100009"}
@@ -228,8 +233,9 @@ async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(sta
     r = await filing.patch(f"/filings/{temp['fil_id']}", json={"target_admdvs": "310000"})
     assert r.status_code == 200 and r.json()["change"] == "changed" and r.json()["version"] == 2
     end = date.fromisoformat(temp["enddate"])
-    assert (await filing.post("/ops/expire", params={"on": end.isoformat()})).json()["expired"] == 0
-    assert (await filing.post("/ops/expire", params={"on": (end + timedelta(days=1)).isoformat()})).json()[
+    expire = stack.operator("filing")
+    assert (await expire.post("/ops/expire", params={"on": end.isoformat()})).json()["expired"] == 0
+    assert (await expire.post("/ops/expire", params={"on": (end + timedelta(days=1)).isoformat()})).json()[
         "expired"] >= 1
     assert (await filing.get(f"/filings/{temp['fil_id']}")).json()["status"] == "expired"
     def changes(records: list[Any]) -> list[str]:
@@ -240,7 +246,7 @@ async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(sta
 
 
 async def test_a_reported_death_ends_every_enrolment_and_settlement_says_why(stack: Stack) -> None:
-    enroll = stack.http["enroll"]
+    enroll = stack.province("enroll", "360100")
     certno = with_check_char("36010219400101606")
     base = {"certno": certno, "psn_name": "身故", "insuplc_admdvs": "360100", "begndate": "2010-01-01",
             "paid_through": YEAR_END}

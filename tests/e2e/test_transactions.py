@@ -28,6 +28,7 @@ async def call(stack: Stack, infno: str, data: dict[str, Any], hospital: str = G
 
 
 async def ytd(stack: Stack, psn: str) -> dict[str, Any]:
+    await stack.present(psn, GZ)
     ans = await call(stack, "5206", {"psn_no": psn})
     assert ans["infcode"] == 0, ans
     return {k: v for k, v in ans["output"].items() if k != "hop_trace"}
@@ -186,7 +187,7 @@ def datetime_now() -> str:
 
 async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack, broker: BrokerUnderTest) -> None:
     certno = with_check_char("36010219880808707")
-    r = await stack.http["enroll"].post("/enrolments/records", json={
+    r = await stack.province("enroll", "360100").post("/enrolments/records", json={
         "certno": certno, "psn_name": "凭证", "insuplc_admdvs": "360100", "insutype": "310",
         "begndate": "2015-01-01", "paid_through": f"{datetime.now().year}-12-31",
         "hardship": [{"hardship_type": "DIBAO", "begndate": "2025-01-01"}],
@@ -206,13 +207,15 @@ async def test_person_info_by_id_card_without_the_number_on_the_bus(stack: Stack
     assert card["output"]["baseinfo"]["psn_no"] == psn
     r = await request(stack, "1101", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": "A36010001"}})
     assert r.status_code == 422 and "card_sn" in r.json()["err_msg"]
-    token = (await stack.http["enroll"].post(f"/persons/{psn}/ectoken")).json()["ectoken"]
+    r = await stack.province("enroll", "360100").post(f"/persons/{psn}/ectoken")
+    assert r.status_code == 403  # only the person themselves
+    token = (await stack.as_("enroll", "insured", psn).post(f"/persons/{psn}/ectoken")).json()["ectoken"]
     scanned = await call(stack, "1101", {"mdtrt_cert_type": "01", "mdtrt_cert_no": token})
     assert scanned["output"]["baseinfo"]["psn_no"] == psn
     r = await request(stack, "1101", {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": token[:-1] + ("1" if token[-1] == "0" else "0")}})
     assert r.status_code == 422 and "校验失败" in r.json()["err_msg"]
     off = await stack.person(voucher=False)
-    r = await stack.http["enroll"].post(f"/persons/{off}/ectoken")
+    r = await stack.as_("enroll", "insured", off).post(f"/persons/{off}/ectoken")
     assert r.status_code == 422 and r.json()["code"] == "VOUCHER_INACTIVE"
     for topic in ("enroll.events", "settle.city", "settle.national"):  # the raw number never travels
         records = await read_topic(broker, topic, 10**6, timeout=3)  # everything there is

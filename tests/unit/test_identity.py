@@ -1,0 +1,94 @@
+"""Callers' bearer tokens and scopes (services/identity.py), and hospitals' nonces kept across a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.regions import covers_region
+from services.bus.db import create_tables, make_engine
+from services.identity import Authenticator, Caller, IdentityError, bearer, issue_token, read_token
+from services.settle.auth import AuthError, Gate, hospital_headers
+from services.settle.store import GatewayNonce, first_use_of_nonce
+
+KEY = "test-key"
+
+
+def test_a_token_names_its_role_scope_and_holder() -> None:
+    who = read_token(issue_token("province", "360000", "jx-platform", key=KEY), key=KEY)
+    assert who == Caller(role="province", subject="jx-platform", scope="360000")
+    assert who.covers("360100") and who.covers("360402") and not who.covers("440100")
+    assert read_token(issue_token("operator", "whatever", "ops", key=KEY), key=KEY).scope == "*"
+
+
+@pytest.mark.parametrize("scope,inside,outside", [
+    ("000000", ["110100", "650100"], []),
+    ("360000", ["360100", "361100"], ["440100", "350100"]),
+    ("360100", ["360100", "360102"], ["360400", "440100"]),
+    ("360102", ["360102"], ["360100", "360103"]),
+])
+def test_regions_cover_their_own_cities_only(scope: str, inside: list[str], outside: list[str]) -> None:
+    assert all(covers_region(scope, a) for a in inside)
+    assert not any(covers_region(scope, a) for a in outside)
+
+
+def test_an_insured_person_is_only_themselves() -> None:
+    who = read_token(issue_token("insured", "360100000000000001", "app", key=KEY), key=KEY)
+    assert who.is_person("360100000000000001") and not who.is_person("360100000000000002")
+    assert not who.covers("360100")  # a person is not a region's caller
+
+
+@pytest.mark.parametrize("mangle,fragment", [
+    (lambda t: t[:-2] + ("00" if not t.endswith("00") else "11"), "signature"),
+    (lambda t: "Zm9v.bar", "not a yibao token"),
+    (lambda t: t.replace("yb1.", "yb1.x"), "signature"),
+])
+def test_a_forged_or_malformed_token_is_refused(mangle, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(IdentityError, match=fragment):
+        read_token(mangle(issue_token("operator", "*", "ops", key=KEY)), key=KEY)
+
+
+def test_a_token_of_another_key_or_expired_is_refused() -> None:
+    with pytest.raises(IdentityError, match="YIBAO_AUTH_KEY"):
+        read_token(issue_token("operator", "*", "ops", key="other"), key=KEY)
+    with pytest.raises(IdentityError, match="expired"):
+        read_token(issue_token("operator", "*", "ops", ttl_s=-1, key=KEY), key=KEY)
+
+
+def test_tokens_are_not_issued_for_hospitals_or_bad_scopes() -> None:
+    with pytest.raises(ValueError, match="x-tif"):
+        issue_token("hospital", "H44010400001", "h", key=KEY)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="6-digit"):
+        issue_token("supervisor", "44", "s", key=KEY)
+
+
+def test_one_request_carries_one_identity() -> None:
+    auth = Authenticator(KEY, hospitals=lambda h: h["x-tif-paasid"])
+    assert auth.identify({"x-tif-paasid": "H44010400001"}).role == "hospital"
+    token = bearer(issue_token("operator", "*", "ops", key=KEY))
+    assert auth.identify({k.lower(): v for k, v in token.items()}).role == "operator"
+    with pytest.raises(IdentityError, match="one identity"):
+        auth.identify({"x-tif-paasid": "H44010400001", "authorization": token["Authorization"]})
+    with pytest.raises(IdentityError, match="who is calling"):
+        auth.identify({})
+    with pytest.raises(IdentityError, match="Bearer"):
+        auth.identify({"authorization": "Basic dXNlcjpwYXNz"})
+    with pytest.raises(IdentityError, match="hospitals call the settle service"):
+        Authenticator(KEY).identify({"x-tif-paasid": "H44010400001"})
+
+
+def test_a_replayed_signed_request_is_refused_after_a_restart(tmp_path: Path) -> None:
+    """The nonce goes to the settle database: a gateway that starts afresh still knows it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'settle.db'}")
+    create_tables(engine, [GatewayNonce])
+    keys = {"H44010400001": "k-gz"}
+
+    def gate() -> Gate:
+        return Gate(keys, durable=lambda code, nonce, t: first_use_of_nonce(engine, code, nonce, int(t * 1000),
+                                                                            int((t - 300) * 1000)))
+    signed = hospital_headers("H44010400001", "k-gz")
+    assert gate().check(signed) == "H44010400001"
+    with pytest.raises(AuthError, match="nonce 已使用"):
+        gate().check(signed)  # a new process, the same headers
+    assert gate().check(hospital_headers("H44010400001", "k-gz")) == "H44010400001"
