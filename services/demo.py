@@ -96,7 +96,8 @@ def main(host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> None:
         raise SystemExit(f"  settlement refused: {ans['err_msg']}")
     out = ans["output"]
     s = out["setlinfo"]
-    print(f"  answered in {ms:.0f} ms, infcode 0, setl_id {s['setl_id']}")
+    print(f"  answered in {ms:.0f} ms, infcode 0, setl_id {s['setl_id']} for {s['psn_name']} "
+          "(the name travelled sealed; the settle API opened it for the hospital)")
     print("\n  fee lines as split by the treatment city's catalogue (就医地目录):")
     print(f"  {'sn':>3} {'item':<24} {'lv':>3} {'amount':>9} {'全自费':>8} {'超限价':>8} {'先自付':>8} {'范围内':>9}")
     for f in out["feedetail"]:
