@@ -29,8 +29,9 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from schemas.regions import pooling_regions
-from services.bus.broker import EmbeddedBroker, free_port
+from services.bus.broker import free_port
 from services.bus.client import Bus
+from services.bus.kafka import KafkaCluster, kafka_version
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.identity import headers_for
@@ -133,15 +134,17 @@ def main() -> None:
     out_dir = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="yibao-bench-enroll-") as tmp:
-        broker = EmbeddedBroker(free_port(), Path(tmp) / "broker.log")
+        broker = KafkaCluster.on_free_ports(Path(tmp) / "kafka")  # the same Apache Kafka as `yibao run`
         bootstrap = broker.start()
+        progress(f"Apache Kafka {kafka_version()} on {bootstrap}")
         proc = None
         try:
             asyncio.run(Bus(BusSettings(), bootstrap, "bench-setup").ensure_topics())
             port = free_port()
             # ERROR by default: the 2 % duplicates are planted, and a WARNING line for each of them
             # (2,000 at the default size) buried the progress lines; the bench counts them itself
-            env = dict(os.environ, YIBAO_KAFKA_BOOTSTRAP=bootstrap, YIBAO_VAR_DIR=tmp, YIBAO_ENROLL_PORT=str(port),
+            env = dict(os.environ, YIBAO_KAFKA_BOOTSTRAP=bootstrap, YIBAO_BROKER="kafka", YIBAO_VAR_DIR=tmp,
+                       YIBAO_ENROLL_PORT=str(port),
                        YIBAO_ENROLL_REMINDER_INTERVAL_S="0",
                        YIBAO_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "ERROR"))
             proc = subprocess.Popen([sys.executable, "-m", "services.enroll"], env=env)
