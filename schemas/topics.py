@@ -88,6 +88,8 @@ def topic_configs(name: str) -> dict[str, str]:
     """Broker configs of a topic at creation: retention and cleanup policy from the registry."""
     if name.startswith(REPLY_PREFIX):
         return {"retention.ms": str(REPLY_RETENTION_MS)}
+    if name == "yibao.epoch":  # its token at offset 0 names the broker's epoch: kept for ever
+        return {"retention.ms": "-1"}
     base = name.removesuffix(RETRY_SUFFIX).removesuffix(DLQ_SUFFIX)
     spec = TOPICS.get(base)
     if spec is None:

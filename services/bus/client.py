@@ -20,7 +20,9 @@ from services.bus.settings import BusSettings
 
 log = logging.getLogger("yibao.bus")
 
-EPOCH_TOPIC = "yibao.epoch"  # exists while the broker keeps its data; gone after a restart
+# The broker's epoch: the token at offset 0 of this topic. A broker that lost its data (the embedded
+# one after a restart) or a cluster put in its place has no such topic, or another token in it.
+EPOCH_TOPIC = "yibao.epoch"
 
 
 class Bus:
@@ -31,7 +33,10 @@ class Bus:
         self.producer: AIOKafkaProducer | None = None
         self._epoch_listeners: list[Callable[[], Awaitable[None]]] = []
         self._epoch_task: asyncio.Task[None] | None = None
+        self._epoch_reader: AIOKafkaConsumer | None = None
+        self.epoch_token: str | None = None
         self.epochs_seen = 0
+        self._stopping = False
 
     async def start(self) -> None:
         # acks=all everywhere; idempotence (no duplicate or reordered batch when a send is retried)
@@ -58,9 +63,14 @@ class Bus:
         await self.producer.client.set_topics([self.settings.topic(n) for n in names])
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._epoch_task:
+            # bounded: a cancellation swallowed inside a client call must not hold up the stop
             self._epoch_task.cancel()
-            await asyncio.gather(self._epoch_task, return_exceptions=True)
+            _, pending = await asyncio.wait({self._epoch_task}, timeout=10)
+            if pending:
+                log.warning("%s: the epoch watch did not stop within 10 s; leaving it", self.client_id)
+        await self._close_epoch_reader()
         if self.producer:
             await self.producer.stop()
             self.producer = None
@@ -213,16 +223,49 @@ class Bus:
         self._epoch_task = asyncio.create_task(self._watch_epoch(), name="epoch-watch")
 
     async def _watch_epoch(self) -> None:
-        while True:
+        """Every process watches on its own: whichever notices first re-creates the topics and
+        writes a new token; every other one sees the token change and recovers too."""
+        while not self._stopping:
             await asyncio.sleep(self.settings.epoch_check_s)
             try:
-                topics = await self._topics_now()
+                if self.settings.topic(EPOCH_TOPIC) not in await self._topics_now():
+                    await self.handle_new_epoch()
+                    continue
+                token = await self._claim_epoch()
+                if self.epoch_token is None:
+                    self.epoch_token = token
+                elif token != self.epoch_token:
+                    await self.handle_new_epoch()
             except Exception:
-                log.warning("broker at %s not answering", self.bootstrap)
-                continue
-            if self.settings.topic(EPOCH_TOPIC) in topics:
-                continue
-            await self.handle_new_epoch()
+                log.warning("broker at %s not answering", self.bootstrap, exc_info=True)
+                await self._close_epoch_reader()
+
+    async def _read_epoch_token(self) -> str | None:
+        if self._epoch_reader is None:
+            self._epoch_reader = self.consumer(group_id=None, fetch_max_wait_ms=100)
+            await asyncio.wait_for(self._epoch_reader.start(), 15)
+            self._epoch_reader.assign([self.tp(EPOCH_TOPIC, 0)])
+        tp = self.tp(EPOCH_TOPIC, 0)
+        self._epoch_reader.seek(tp, 0)
+        got = await asyncio.wait_for(self._epoch_reader.getmany(tp, timeout_ms=500, max_records=1), 10)
+        records = got.get(tp) or []
+        return bytes(records[0].value).decode() if records and records[0].value else None
+
+    async def _claim_epoch(self) -> str:
+        """The epoch's token; the first process to find none writes one (the record at offset 0 wins)."""
+        token = await self._read_epoch_token()
+        for _ in range(20):
+            if token is not None:
+                return token
+            await (await self.send_raw(EPOCH_TOPIC, None, uuid.uuid4().hex.encode(), []))
+            token = await self._read_epoch_token()
+        raise RuntimeError("the epoch topic keeps no token")
+
+    async def _close_epoch_reader(self) -> None:
+        if self._epoch_reader is not None:
+            reader, self._epoch_reader = self._epoch_reader, None
+            with contextlib.suppress(Exception):  # bounded: a stop must never hold up the process's own stop
+                await asyncio.wait_for(reader.stop(), 5)
 
     async def _topics_now(self) -> set[str]:
         # Over the producer's open connection: a new admin client every check meant a connection,
@@ -236,6 +279,8 @@ class Bus:
         self.epochs_seen += 1
         log.warning("broker lost its data (new epoch %d): re-creating topics, restarting clients",
                     self.epochs_seen)
+        self.epoch_token = None  # adopted at the next check if claiming it below fails
+        await self._close_epoch_reader()
         await self.ensure_topics()
         if self.producer is not None:
             await self.pin_producer_topics()
@@ -244,6 +289,7 @@ class Bus:
                 await listener()
             except Exception:
                 log.exception("epoch listener failed")
+        self.epoch_token = await self._claim_epoch()
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout: float = 30.0) -> None:

@@ -19,6 +19,7 @@ from services.bus.client import Bus
 from services.bus.db import create_tables, transaction
 from services.bus.envelope import Incoming, encode, make_headers
 from services.bus.inbox import InboxRecord, already_processed
+from services.bus.kafka import KafkaCluster
 from services.bus.outbox import OutboxRelay, OutboxRow
 from services.bus.settings import BusSettings
 from services.bus.worker import BatchHandler, DeadLetter, PermanentError, Worker
@@ -299,6 +300,60 @@ async def test_broker_restart_republishes_recent_events(embedded_broker, engine_
     assert [orjson.loads(r.value)["fil_id"] for r in records] == ["F3"]
     await relay.stop()
     await bus.stop()
+
+
+async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(embedded_broker) -> None:  # type: ignore[no-untyped-def]
+    """Two processes watch the epoch; whichever notices first re-creates the topics, and the other
+    still sees the new epoch (its token changed) and recovers too."""
+    settings = BrokerUnderTest(embedded_broker.bootstrap, "embedded").settings()
+    first, second = Bus(settings, embedded_broker.bootstrap, "p1"), Bus(settings, embedded_broker.bootstrap, "p2")
+    recovered: list[str] = []
+    for bus in (first, second):
+        await bus.start()
+        bus.on_new_epoch(lambda name=bus.client_id: asyncio.sleep(0, recovered.append(name)))
+        bus.watch_epoch()
+    await wait_until(lambda: first.epoch_token and first.epoch_token == second.epoch_token, what="one epoch token")
+    old = first.epoch_token
+    await embedded_broker.restart()
+    await wait_until(lambda: sorted(recovered) == ["p1", "p2"], what="both processes to recover")
+    assert first.epoch_token == second.epoch_token != old
+    assert (first.epochs_seen, second.epochs_seen) == (1, 1)
+    await first.stop()
+    await second.stop()
+
+
+async def test_a_replaced_kafka_cluster_is_a_new_epoch_for_every_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On Apache Kafka a restart loses nothing; a cluster put in the place of another (same address,
+    empty data) is a new epoch: both processes re-create the topics and recover, not only the first."""
+    old = KafkaCluster.on_free_ports(tmp_path / "a")
+    bootstrap = await asyncio.to_thread(old.start)
+    settings = BrokerUnderTest(bootstrap, "kafka").settings()
+    buses = [Bus(settings, bootstrap, f"p{i}") for i in (1, 2)]
+    recovered: list[str] = []
+    try:
+        for bus in buses:
+            await bus.start()
+            await bus.ensure_topics()
+            bus.on_new_epoch(lambda name=bus.client_id: asyncio.sleep(0, recovered.append(name)))
+            bus.watch_epoch()
+        await wait_until(lambda: buses[0].epoch_token and buses[0].epoch_token == buses[1].epoch_token,
+                         what="one epoch token", timeout=60)
+        token = buses[0].epoch_token
+        await asyncio.to_thread(old.stop)
+        new = KafkaCluster(tmp_path / "b", [n.port for n in old.nodes], [n.controller_port for n in old.nodes])
+        await asyncio.to_thread(new.start)
+        try:
+            await wait_until(lambda: sorted(recovered) == ["p1", "p2"], what="both processes to recover", timeout=90)
+            await wait_until(lambda: buses[0].epoch_token and buses[0].epoch_token == buses[1].epoch_token,
+                             what="the new epoch's token", timeout=30)
+            assert buses[0].epoch_token != token
+            assert settings.topic("settle.city") in await buses[0]._topics_now()
+        finally:
+            for bus in buses:
+                await bus.stop()
+            await asyncio.to_thread(new.stop)
+    finally:
+        await asyncio.to_thread(old.stop)
 
 
 async def test_a_plain_kafka_client_reads_a_topic_with_only_the_schema_files(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
