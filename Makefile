@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test bench lint schemas demo clean postgres kafka
+.PHONY: run test bench chaos lint schemas demo clean postgres kafka
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
@@ -23,6 +23,9 @@ test: $(STAMP)  ## unit, integration and end-to-end tests on Apache Kafka (one n
 bench: $(STAMP)  ## settlements/s and latency (var/bench.json); enrolment intake (var/bench-enroll.json)
 	.venv/bin/yibao bench settle
 	.venv/bin/yibao bench enroll
+
+chaos: $(STAMP)  ## claims while processes, a broker and PostgreSQL die; the books checked (var/chaos.json)
+	YIBAO_DATABASE_URL=$${YIBAO_DATABASE_URL:-postgresql://postgres@127.0.0.1/test} .venv/bin/yibao chaos
 
 lint: $(STAMP)
 	.venv/bin/ruff check services schemas tests deploy

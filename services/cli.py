@@ -98,6 +98,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     main(args.host)
 
 
+def cmd_chaos(args: argparse.Namespace) -> None:
+    from services.chaos import main as chaos
+
+    chaos()
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.what == "enroll":
         from services.bench_enroll import main as enroll_bench
@@ -217,6 +223,13 @@ def main(argv: list[str] | None = None) -> None:
                                    "BENCH_LOG_LEVEL: the services' log level (settle WARNING, enroll ERROR).")
     b.add_argument("what", nargs="?", choices=["settle", "enroll"], default="settle")
     b.set_defaults(func=cmd_bench)
+    ch = sub.add_parser("chaos", help="claims while processes, a broker (and PostgreSQL) die; the books checked",
+                        description="Three Kafka brokers and the platform; hospitals send claims while a driver "
+                                    "kills -9 a random service or worker every CHAOS_KILL_EVERY_S (5) seconds, then "
+                                    "a broker, and (on PostgreSQL, YIBAO_DATABASE_URL) stops PostgreSQL for "
+                                    "CHAOS_PG_DOWN_S (10). Then: every claim closed, none booked twice, ledger = "
+                                    "results = clearing. CHAOS_SECONDS (60). var/chaos.json; exit 1 on a breach.")
+    ch.set_defaults(func=cmd_chaos)
     cl = sub.add_parser("clearing", help="monthly clearing between provinces (清算) at the running settle service",
                         description="run: close a month and write its statements per province pair (net of "
                                     "reversals) as JSON and CSV; show: the statements of a closed month.")

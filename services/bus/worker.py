@@ -35,6 +35,9 @@ from services.bus.envelope import (
     replace_header,
 )
 
+GIVE_UP = "yibao-give-up"  # on a retry record: its handling was given up; telling the sender is due
+GIVE_UP_TRIES = "yibao-give-up-tries"
+GIVE_UP_ATTEMPTS = 120  # at the backoff ceiling (5 s) about ten minutes of a database outage
 log = logging.getLogger("yibao.bus.worker")
 
 Handler = Callable[[Incoming], Awaitable[None]]
@@ -290,7 +293,7 @@ class Worker:
             return
         headers = header_list(rec.headers)
         msg = await self._decode_or_dead_letter(rec, topic, headers)
-        if msg is None or await self._expired(rec, topic, msg):
+        if msg is None or await self._giving_up(rec, topic, msg) or await self._expired(rec, topic, msg):
             return
         try:
             await self.handlers[topic](msg)
@@ -307,7 +310,7 @@ class Worker:
         for rec in records:
             headers = header_list(rec.headers)
             msg = await self._decode_or_dead_letter(rec, topic, headers)
-            if msg is not None and not await self._expired(rec, topic, msg):
+            if msg is not None and not (await self._giving_up(rec, topic, msg) or await self._expired(rec, topic, msg)):
                 valid.append((rec, msg))
         if not valid:
             return
@@ -364,14 +367,38 @@ class Worker:
         await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key, rec.value, hs)
         self.stats["retried"] += 1
 
+    async def _giving_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming) -> bool:
+        """A message back from the retry topic because telling its sender failed: tell again."""
+        reason = msg.headers.get(GIVE_UP)
+        if reason is None:
+            return False
+        await self._give_up(rec, topic, msg, reason, RuntimeError(reason))
+        return True
+
     async def _give_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming, reason: str,
                        exc: BaseException) -> None:
-        await self._dead_letter(rec, topic, msg.raw_headers, exc, attempts=msg.attempt, reason=reason)
+        """Dead-letter the message once its sender was told (on_give_up). Telling is part of giving
+        up: when it fails (the database down), the message goes back to the retry topic and the
+        telling is tried again, with backoff, for up to GIVE_UP_ATTEMPTS times."""
         if self.on_give_up:
             try:
                 await self.on_give_up(msg, reason)
-            except Exception:
-                log.exception("%s: on_give_up failed for %s", self.group, msg.correlation_id)
+            except Exception as err:
+                tries = int(msg.headers.get(GIVE_UP_TRIES, "0") or 0) + 1
+                if tries < GIVE_UP_ATTEMPTS:
+                    log.warning("%s: telling the sender of %s failed (%s); again in a while (%d) [claim %s]",
+                                self.group, topic, err, tries, msg.correlation_id)
+                    s = self.bus.settings
+                    hs = replace_header(msg.raw_headers, GIVE_UP, reason)
+                    hs = replace_header(hs, GIVE_UP_TRIES, str(tries))
+                    hs = replace_header(hs, DUE, str(now_ms() + min(s.retry_backoff_ms * 2 ** tries,
+                                                                    s.retry_backoff_max_ms)))
+                    hs = replace_header(hs, CONSUMER, self.group)
+                    await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key, rec.value, hs)
+                    return
+                log.exception("%s: on_give_up failed %d times for %s; dead-lettered untold", self.group, tries,
+                              msg.correlation_id)
+        await self._dead_letter(rec, topic, msg.raw_headers, exc, attempts=msg.attempt, reason=reason)
 
     async def _dead_letter(self, rec: ConsumerRecord[Any, Any], topic: str, headers: Headers,
                            exc: BaseException, attempts: int, reason: str | None = None) -> None:

@@ -86,6 +86,7 @@ log = logging.getLogger("yibao.settle")
 CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]  # Core statements on the hot path, built once
 CLAIM_INSERT = insert(CLAIMS)
 CLAIM_ANSWER = (update(CLAIMS).where(CLAIMS.c.msgid == bindparam("k_msgid"), CLAIMS.c.status == "pending"))
+CLAIM_SUPERSEDE = (update(CLAIMS).where(CLAIMS.c.msgid == bindparam("k_msgid"), CLAIMS.c.status == "failed"))
 SERVICE = "settle"
 
 
@@ -443,10 +444,15 @@ def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     hdr = dict(correlation_id=c.msgid, traceparent=msg.headers.get("traceparent"))
     body = encode(result)  # one encoding for the claim record and every topic it goes to
     conn = s.connection()
-    changed = conn.execute(CLAIM_ANSWER, {
-        "k_msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
-        "psn_no": c.psn_no or person_of(outcome),
-        "updated_ms": now_ms()}).rowcount
+    answer = {"k_msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
+              "psn_no": c.psn_no or person_of(outcome), "updated_ms": now_ms()}
+    changed = conn.execute(CLAIM_ANSWER, answer).rowcount
+    if not changed and outcome.infcode == 0:
+        # the insured city booked it after a hop had given up and the hospital was told "unknown,
+        # ask again by msgid": the booking is the truth, and now the answer to that question
+        changed = conn.execute(CLAIM_SUPERSEDE, answer).rowcount
+        if changed:
+            log.warning("claim %s: settled after a hop had given up on it; the record now says settled", c.msgid)
     if not changed:  # answered before (a redelivery), or never submitted here
         return "claim %s: no pending request to answer (answered before, or not sent here)", (c.msgid,)
     if outcome.infcode == 0 and c.infno in REGISTRATIONS:

@@ -195,6 +195,34 @@ async def test_after_the_budget_the_message_is_dead_lettered_and_reported(broker
     await bus.stop()
 
 
+async def test_telling_the_sender_is_tried_again_until_it_works(broker: BrokerUnderTest) -> None:
+    """Giving up includes telling the sender (on_give_up, e.g. recording the hospital's answer). When
+    that fails too (its database is down), the message goes back to the retry topic and the telling
+    is tried again; it reaches the dead-letter topic once, after the sender was told."""
+    settings = broker.settings(retry_attempts=2, retry_backoff_ms=50, retry_backoff_max_ms=100)
+    bus = await started_bus(settings, broker)
+    tries: list[str] = []
+
+    async def always_fail(msg: Incoming) -> None:
+        raise TimeoutError("national hub did not answer")
+
+    async def on_give_up(msg: Incoming, reason: str) -> None:
+        tries.append(reason)
+        if len(tries) < 3:
+            raise ConnectionRefusedError("the database is down")
+
+    worker = Worker(bus, "t-tell", {"filing.events": always_fail}, on_give_up)
+    await worker.start()
+    await bus.send("filing.events", "P8", filing_event(8), "/test")
+    await wait_until(lambda: len(tries) >= 3, what="the third attempt to tell the sender")
+    assert len(set(tries)) == 1 and "after 2 attempts" in tries[0]  # the same give-up, told again
+    dlq = await read_topic(broker, "filing.events.dlq", 1)
+    await asyncio.sleep(0.5)
+    assert len(await read_topic(broker, "filing.events.dlq", 1)) == len(dlq) == 1 and len(tries) == 3
+    await worker.stop()
+    await bus.stop()
+
+
 @pytest.mark.embedded_smoke
 async def test_end_offsets_are_right_when_batches_hold_many_records(broker: BrokerUnderTest, bus_settings: BusSettings) -> None:
     """broker-notes item 1: ListOffsets(LATEST) is wrong for multi-record batches."""
