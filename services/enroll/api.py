@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from services.enroll.app import EnrollService
 
 
-READERS = allow("province", "supervisor", "operator", "insured")
+READERS = allow("province", "supervisor", "operator", "insured")  # who may read a person
+
 
 class Lookup(BaseModel):
     certno: str = Field(min_length=18, max_length=18)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 FILERS = allow("insured", "province")
 READERS = allow("insured", "province", "supervisor", "operator")
 
+
 class ChangeBody(Command):
     target_admdvs: Admdvs | None = None
     fil_type: FilingType | None = None
