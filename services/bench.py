@@ -94,11 +94,14 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
                 "psn_no": psn, "insuplc_admdvs": region, "insutype": "310", "paid_through": year_end,
                 "voucher_active": True, "acct_balc": "500.00"}, headers=province)
             for _ in range(200):
-                r = await c.post(p.url("filing") + "/filings", json={
-                    "psn_no": psn, "fil_type": "OTHER_TEMP", "target_admdvs": "440000",
-                    "begndate": date.today().replace(day=1).isoformat()}, headers=province)
-                if r.status_code == 201:
-                    break
+                try:
+                    r = await c.post(p.url("filing") + "/filings", json={
+                        "psn_no": psn, "fil_type": "OTHER_TEMP", "target_admdvs": "440000",
+                        "begndate": date.today().replace(day=1).isoformat()}, headers=province)
+                    if r.status_code == 201:
+                        break
+                except httpx.TransportError:  # a keep-alive connection the server closed as it was reused
+                    pass
                 await asyncio.sleep(0.05)
         return psn, region
 

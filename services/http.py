@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("yibao.http")
@@ -28,6 +29,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"description": "the request clashes with one made before"} | _ERROR,
     413: {"description": f"the body is over {MAX_BODY_BYTES // 1024 // 1024} MiB"} | _ERROR,
     422: {"description": "the body or a parameter does not match the contract; the fields are named"} | _ERROR,
+    503: {"description": "the database is unavailable for a moment: retry (Retry-After)"} | _ERROR,
 }
 
 
@@ -96,6 +98,14 @@ def install_error_handlers(app: FastAPI, national_paths: tuple[str, ...] = ()) -
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         answer = body(request, exc.status_code, str(exc.detail))
         answer.headers.update(exc.headers or {})  # 405: Allow
+        return answer
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("%s %s: database unavailable (%s)", request.method, request.url.path, exc.orig)
+        answer = body(request, 503, "数据库暂不可用 (the database is unavailable): retry in a few seconds; "
+                                    "a request sent again with the same msgid is answered once")
+        answer.headers["Retry-After"] = "5"
         return answer
 
     @app.exception_handler(ValueError)
