@@ -359,13 +359,17 @@ class Worker:
             await self._give_up(rec, topic, msg, f"deadline passes before the next attempt: {exc}", exc)
             return
         hs = replace_header(msg.raw_headers, ATTEMPT, str(msg.attempt + 1))
-        hs = replace_header(hs, DUE, str(due))
-        hs = replace_header(hs, CONSUMER, self.group)
         hs = replace_header(hs, "yibao-last-error", f"{type(exc).__name__}: {exc}"[:500])
         log.info("%s: %s attempt %d failed (%s); retry in %d ms [claim %s]", self.group, topic,
                  msg.attempt, exc, delay, msg.correlation_id or msg.key)
-        await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key, rec.value, hs)
+        await self._requeue(rec, topic, hs, delay)
         self.stats["retried"] += 1
+
+    async def _requeue(self, rec: ConsumerRecord[Any, Any], topic: str, headers: Headers, delay_ms: int) -> None:
+        """The record again on `<topic>.retry`, due after `delay_ms`, for this consumer group only."""
+        hs = replace_header(headers, DUE, str(now_ms() + delay_ms))
+        hs = replace_header(hs, CONSUMER, self.group)
+        await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key, rec.value, hs)
 
     async def _giving_up(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming) -> bool:
         """A message back from the retry topic because telling its sender failed: tell again."""
@@ -391,10 +395,7 @@ class Worker:
                     s = self.bus.settings
                     hs = replace_header(msg.raw_headers, GIVE_UP, reason)
                     hs = replace_header(hs, GIVE_UP_TRIES, str(tries))
-                    hs = replace_header(hs, DUE, str(now_ms() + min(s.retry_backoff_ms * 2 ** tries,
-                                                                    s.retry_backoff_max_ms)))
-                    hs = replace_header(hs, CONSUMER, self.group)
-                    await self.bus.send_raw(topic + RETRY_SUFFIX, rec.key, rec.value, hs)
+                    await self._requeue(rec, topic, hs, min(s.retry_backoff_ms * 2 ** tries, s.retry_backoff_max_ms))
                     return
                 log.exception("%s: on_give_up failed %d times for %s; dead-lettered untold", self.group, tries,
                               msg.correlation_id)

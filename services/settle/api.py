@@ -22,9 +22,9 @@ from services.bus.envelope import now_ms
 from services.bus.faults import Fault
 from services.credentials import TokenError, card_digest, cert_digest, read_ectoken, reveal_names
 from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, json_response
-from services.identity import Authenticator, Caller, IdentityError, allow, install, not_yours
+from services.identity import Authenticator, Caller, allow, install, not_yours
 from services.settle import clearing, encounters, reconcile
-from services.settle.auth import AuthError, Gate
+from services.settle.auth import Gate
 from services.settle.clearing import ClearingError, advance_funds
 from services.settle.handlers import claim_status, result_of, submit_claim
 from services.settle.store import ClaimRecord, first_use_of_nonce
@@ -263,7 +263,7 @@ def create_api(svc: SettleService) -> FastAPI:
     known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
     gate = Gate({code: h.key for code, h in svc.ctx.ref.hospitals.items()}, durable=lambda code, nonce, t: (
         first_use_of_nonce(svc.engine, code, nonce, int(t * 1000), int((t - gate.window_s) * 1000))))
-    install(app, Authenticator(svc.common.auth_key, hospitals=hospital_check(gate)))
+    install(app, Authenticator(svc.common.auth_key, hospitals=gate.check))
     names_key = svc.common.cert_digest_key
 
     def answer(req: FsiRequest, result: dict[str, Any] | None, **kw: Any) -> dict[str, Any]:
@@ -488,12 +488,3 @@ def add_person_status(app: FastAPI, svc: SettleService) -> None:
 def of_pairs(who: Caller, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of province pairs (clearing, advance funds) the caller's region is part of."""
     return [r for r in rows if who.covers(r["insured_prov"]) or who.covers(r["treat_prov"])]
-
-
-def hospital_check(gate: Gate) -> Any:
-    def check(headers: Any) -> str:
-        try:
-            return gate.check(headers)
-        except AuthError as exc:
-            raise IdentityError(str(exc)) from None
-    return check

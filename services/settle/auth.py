@@ -20,11 +20,13 @@ from collections.abc import Callable, Generator, Mapping
 
 import httpx
 
+from services.identity import IdentityError
+
 WINDOW_S = 300
 
 
-class AuthError(Exception):
-    """401: the caller could not be identified."""
+class AuthError(IdentityError):
+    """401: the hospital's signature does not identify it."""
 
 
 def sign(timestamp: str, key: str, nonce: str) -> str:
