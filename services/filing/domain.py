@@ -80,8 +80,11 @@ def validate_filing(status: EnrolmentStatus, *, fil_type: FilingType, target_adm
                     enddate: date | None, commitment: bool, materials: list[str],
                     referral_hospital: dict[str, object] | None, referral_code: str | None,
                     rules: FilingRules, known_regions: set[str], known_provinces: set[str],
-                    today: date) -> Decision:
-    """Check a filing request against the rules; returns its end date (None: long-term) and notices."""
+                    today: date, changing: bool = False) -> Decision:
+    """Check a filing request against the rules; returns its end date (None: long-term) and notices.
+
+    `changing`: the filing exists and keeps its start date; whether it was filed late was judged
+    when it was filed, not again on each change."""
     insured = status.insuplc_admdvs
     if target_admdvs not in known_regions and target_admdvs not in known_provinces:
         raise FilingRefusedError(f"备案地 {target_admdvs} 不是已知的统筹区或省份代码", "UNKNOWN_TARGET")
@@ -90,7 +93,7 @@ def validate_filing(status: EnrolmentStatus, *, fil_type: FilingType, target_adm
     notices: list[str] = []
     if not rules.filing_required(insured, target_admdvs):
         notices.append(f"{insured[:2]}0000 参保人员到 {target_admdvs[:2]}0000 就医无需备案即可直接结算；本备案仍已登记")
-    late = begndate < today
+    late = begndate < today and not changing
     if late:
         if (today - begndate).days > rules.late_filing_max_days:
             raise FilingRefusedError(

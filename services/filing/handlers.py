@@ -68,12 +68,14 @@ def _publish(s: Session, f: Filing) -> None:
 
 
 def _decide(ctx: FilingContext, insured: EnrolmentView, fil_type: FilingType, target: str, begndate: date,
-            enddate: date | None, commitment: bool, materials: list[str], referral: str | None) -> Decision:
+            enddate: date | None, commitment: bool, materials: list[str], referral: str | None,
+            changing: bool = False) -> Decision:
     return validate_filing(
         insured.status(), fil_type=fil_type, target_admdvs=target, begndate=begndate, enddate=enddate,
         commitment=commitment, materials=materials,
         referral_hospital=designated_hospitals().get(referral) if referral else None, referral_code=referral,
-        rules=ctx.rules, known_regions=set(pooling_regions()), known_provinces=set(provinces()), today=ctx.today())
+        rules=ctx.rules, known_regions=set(pooling_regions()), known_provinces=set(provinces()), today=ctx.today(),
+        changing=changing)
 
 
 def file_treatment(ctx: FilingContext, cmd: FileTreatment, province: str | None = None) -> tuple[Filing, str | None]:
@@ -128,8 +130,8 @@ def change_in(ctx: FilingContext, s: Session, cmd: ChangeFiling, province: str |
                                                     EnrolmentView.insuplc_admdvs == f.insuplc_admdvs)).all())
     chosen = pick_enrolment([v.status() for v in views], f.psn_no, f.insuplc_admdvs, ctx.today())
     view = next(v for v in views if v.insutype == chosen.insutype)
-    d = _decide(ctx, view, fil_type, target, f.begndate if f.begndate >= ctx.today() else ctx.today(), enddate,
-                f.commitment, orjson.loads(f.materials), f.referral_fixmedins_code)
+    d = _decide(ctx, view, fil_type, target, f.begndate, enddate, f.commitment, orjson.loads(f.materials),
+                f.referral_fixmedins_code, changing=True)
     f.fil_type, f.target_admdvs, f.enddate = fil_type, target, d.enddate
     f.change, f.version = "changed", f.version + 1
     s.add(f)

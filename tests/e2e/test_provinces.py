@@ -231,7 +231,7 @@ async def test_counter_paths_transfer_waiting_reminders_and_filing_lifecycle(sta
     assert r.status_code == 422 and r.json()["code"] == "HOLDING_PERIOD"
     temp = await file({"fil_type": "OTHER_TEMP", "target_admdvs": "110000"})
     r = await filing.patch(f"/filings/{temp['fil_id']}", json={"target_admdvs": "310000"})
-    assert r.status_code == 200 and r.json()["change"] == "changed" and r.json()["version"] == 2
+    assert r.status_code == 200 and r.json()["change"] == "changed" and r.json()["version"] == 2, r.text
     end = date.fromisoformat(temp["enddate"])
     expire = stack.operator("filing")
     assert (await expire.post("/ops/expire", params={"on": end.isoformat()})).json()["expired"] == 0

@@ -63,12 +63,12 @@ H_REFERRER = designated_hospitals()["H36010200001"]  # 江西省人民医院, le
 
 def file(fil_type: FilingType = FilingType.REFERRAL, target: str = "440100", begn: date = TODAY,
          end: date | None = None, commitment: bool = False, materials: list[str] | None = None,
-         referral: str | None = "H36010200001", status: EnrolmentStatus = OK) -> Decision:
+         referral: str | None = "H36010200001", status: EnrolmentStatus = OK, changing: bool = False) -> Decision:
     return validate_filing(status, fil_type=fil_type, target_admdvs=target, begndate=begn, enddate=end,
                            commitment=commitment, materials=materials or [],
                            referral_hospital=designated_hospitals().get(referral) if referral else None,
                            referral_code=referral, rules=RULES, known_regions=set(pooling_regions()),
-                           known_provinces=set(provinces()), today=TODAY)
+                           known_provinces=set(provinces()), today=TODAY, changing=changing)
 
 
 def test_temporary_filing_lasts_at_least_six_months() -> None:
@@ -97,6 +97,14 @@ def test_late_filing_is_accepted_with_the_manual_reimbursement_notice() -> None:
     with pytest.raises(FilingRefusedError) as e:
         file(begn=date(2026, 1, 1))
     assert e.value.code == "LATE_FILING_TOO_LATE" and "手工报销" in str(e.value)
+
+
+def test_a_change_keeps_the_start_date_and_is_not_late_again() -> None:
+    # filed yesterday for the minimum six months, its target changed today: still valid, not 补办
+    d = file(FilingType.OTHER_TEMP, begn=date(2026, 11, 22), end=date(2027, 5, 22), changing=True)
+    assert d.enddate == date(2027, 5, 22) and not d.late and "手工报销" not in (d.notice or "")
+    d = file(FilingType.OTHER_TEMP, begn=date(2026, 1, 1), end=date(2027, 1, 1), changing=True)
+    assert d.enddate == date(2027, 1, 1)  # begun long ago: a change is not a late filing
 
 
 def test_no_filing_pair_is_said_in_the_notice() -> None:
