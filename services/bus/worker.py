@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CorruptRecordException
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, RETRY_SUFFIX
@@ -42,6 +43,8 @@ log = logging.getLogger("yibao.bus.worker")
 
 Handler = Callable[[Incoming], Awaitable[None]]
 GiveUp = Callable[[Incoming, str], Awaitable[None]]
+UNPARSABLE = (UnicodeDecodeError, CorruptRecordException)  # raised by the client's record parser
+CAREFUL_RECORDS = 1000  # read one at a time per partition while looking for an unparsable record
 YIELD_AFTER_S = 0.004  # the longest a batch holds the loop; yielding after every message fetched too often
 BatchFn = Callable[[list[Incoming]], Awaitable[list[BaseException | None]]]
 
@@ -241,11 +244,15 @@ class Worker:
 
     async def _loop(self, consumer: AIOKafkaConsumer, retry: bool) -> None:
         offsets = Committer(self.bus, consumer, self.group)
+        handled_to: dict[TopicPartition, int] = {}  # the next offset to handle, per partition, by our count
         loop = asyncio.get_running_loop()
         try:
             while self._running:
                 try:
                     batches = await consumer.getmany(timeout_ms=200)
+                except UNPARSABLE as exc:
+                    await self._step_over_unparsable(consumer, retry, handled_to, offsets, exc)
+                    continue
                 except Exception:
                     log.warning("%s: fetch failed; retrying", self.group, exc_info=True)
                     await asyncio.sleep(0.5)
@@ -271,9 +278,64 @@ class Worker:
                     else:
                         continue
                     break
+                handled_to.update(done)
                 offsets.add(done)
         finally:
             await offsets.close()
+
+    async def _step_over_unparsable(self, consumer: AIOKafkaConsumer, retry: bool,
+                                    handled_to: dict[TopicPartition, int], offsets: Committer,
+                                    exc: BaseException) -> None:
+        """The client could not parse a fetched record (a header name that is not UTF-8, a corrupt
+        batch). Its error names neither partition nor offset, and the fetch it broke drops the
+        records parsed before it. So: every partition goes back to what was handled, then each is
+        read one record at a time until the record that fails is found; it is dead-lettered by its
+        place (topic, partition, offset: still on the topic for retention) and stepped over. The
+        client parses a producer batch in order, so the records after it in the same batch fail
+        the same way and are dead-lettered one by one too; the next batch is read as usual."""
+        log.warning("%s: a fetched record cannot be parsed (%s); finding it", self.group, exc)
+        for tp in consumer.assignment():
+            start = handled_to.get(tp)
+            if start is None:
+                start = await consumer.committed(tp)
+            if start is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start)
+        for tp in sorted(consumer.assignment()):
+            for _ in range(CAREFUL_RECORDS):
+                if not self._running:
+                    return
+                try:
+                    got = (await consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp, [])
+                except UNPARSABLE as err:
+                    at = await consumer.position(tp)  # parsed records moved it; the failing one did not
+                    await self._dead_letter_unparsable(tp, at, err)
+                    consumer.seek(tp, at + 1)
+                    handled_to[tp] = at + 1
+                    offsets.add({tp: at + 1})
+                    break
+                if not got:
+                    break
+                rec = got[0]
+                if retry and not await self._wait_due(rec):
+                    return
+                await self._process(rec, retry)
+                handled_to[tp] = rec.offset + 1
+                offsets.add({tp: rec.offset + 1})
+
+    async def _dead_letter_unparsable(self, tp: TopicPartition, offset: int, err: BaseException) -> None:
+        topic = self.bus.settings.logical(tp.topic)
+        reason = (f"the record cannot be parsed by the Kafka client ({type(err).__name__}: {err}), or follows "
+                  f"one that cannot in its producer batch; it stays on {tp.topic} partition {tp.partition} "
+                  f"offset {offset} until retention: read it there with a byte-level tool (kcat -o {offset})")
+        hs = {"dlq-error-class": type(err).__name__, "dlq-error-message": reason[:1000],
+              "dlq-original-topic": topic, "dlq-original-partition": str(tp.partition),
+              "dlq-original-offset": str(offset), "dlq-attempts": "1", "dlq-consumer": self.group}
+        log.warning("%s: dead-lettered %s@%d/%d: %s", self.group, topic, tp.partition, offset, reason)
+        await self.bus.send_raw(topic.removesuffix(RETRY_SUFFIX) + DLQ_SUFFIX, None, b"",
+                                [(k, v.encode()) for k, v in hs.items()])
+        self.stats["dead_lettered"] += 1
 
     async def _wait_due(self, rec: ConsumerRecord[Any, Any]) -> bool:
         hd = header_dict(rec.headers)

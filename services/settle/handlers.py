@@ -52,6 +52,7 @@ from services.settle.domain import (
     hardship_on,
     mirror,
     plan_route,
+    refuse,
     route_kind,
     split_line,
 )
@@ -72,6 +73,7 @@ from services.settle.store import (
     load_enrolments,
     save_accumulators,
     save_balance,
+    voided_by,
 )
 from services.settle.transactions import (
     REVERSALS,
@@ -325,6 +327,7 @@ def _decide(ctx: SettleContext, conn: Connection, hop: SettlementHop, enrolments
     """What the insured city answers, by transaction: a refusal raises SettlementRefusedError."""
     c = hop.claim
     if c.infno in REVERSALS:
+        _refuse_if_voided(conn, c)
         return reverse(conn, c, c.orig_setl_id)
     if c.infno in REGISTRATIONS:  # 挂号/入院: the insured city says whether it will pay
         elig = check_eligibility(
@@ -346,7 +349,17 @@ def _decide(ctx: SettleContext, conn: Connection, hop: SettlementHop, enrolments
         cert_type=c.mdtrt_cert_type, day=c.begntime, rules=ctx.ref.filing_rules,
     )
     policy = benefits.pick_policy(ctx.ref.policies, c.insuplc_admdvs, c.insutype, c.begntime)
-    return _settle(conn, c, hop, elig.person, policy, elig.filing, persist=c.infno not in PRE_SETTLEMENTS)
+    persist = c.infno not in PRE_SETTLEMENTS
+    if persist:
+        _refuse_if_voided(conn, c)
+    return _settle(conn, c, hop, elig.person, policy, elig.filing, persist=persist)
+
+
+def _refuse_if_voided(conn: Connection, c: Claim) -> None:
+    """A request that a 2601 undid while it was on its way is not carried out when it arrives."""
+    by = voided_by(conn, c.msgid)
+    if by:
+        raise refuse("VOIDED", f"交易 {c.msgid} 已由冲正交易 {by} (2601) 撤销，参保地不再办理")
 
 
 def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState, policy: benefits.Policy,

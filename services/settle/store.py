@@ -109,6 +109,17 @@ class LedgerEntry(SQLModel, table=True):
     created_ms: int = Field(sa_type=BigInteger)
 
 
+class VoidedRequest(SQLModel, table=True):
+    """A request undone by 2601 before it reached the insured city: if it arrives later, it is refused."""
+
+    __tablename__ = "settle_voided"
+
+    msgid: str = Field(primary_key=True, max_length=30)
+    by_msgid: str = Field(max_length=30)  # the 2601 that voided it
+    psn_no: str = Field(max_length=30)
+    created_ms: int = Field(sa_type=BigInteger)
+
+
 class AccumulatorRow(SQLModel, table=True):
     """人员累计信息 per person, year and insutype."""
 
@@ -232,8 +243,8 @@ class GatewayNonce(SQLModel, table=True):
     seen_ms: int = Field(sa_type=BigInteger, index=True)
 
 
-TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, AccumulatorRow, AccountRow,
-                                Encounter, EncounterFee, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
+TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, VoidedRequest, AccumulatorRow,
+                                AccountRow, Encounter, EncounterFee, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
                                 GatewayNonce, InboxRecord, OutboxRow]
 
 
@@ -244,6 +255,7 @@ FILINGS = FilingView.__table__  # type: ignore[attr-defined]
 LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
 ACCUMULATORS = AccumulatorRow.__table__  # type: ignore[attr-defined]
 ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
+VOIDED = VoidedRequest.__table__  # type: ignore[attr-defined]
 ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "compliant_selfpay", "critical_paid",
               "chronic_paid", "maf_dedc_used", "maf_paid")
 
@@ -262,6 +274,12 @@ _BALANCE = select(ACCOUNTS.c.balance_fen).where(ACCOUNTS.c.psn_no == bindparam("
 _BALANCE_UPDATE = update(ACCOUNTS).where(ACCOUNTS.c.psn_no == bindparam("k_psn_no"))
 _ACCOUNT_INSERT = insert(ACCOUNTS)
 LEDGER_INSERT = insert(LEDGER)
+_VOIDED_BY = select(VOIDED.c.by_msgid).where(VOIDED.c.msgid == bindparam("msgid"))
+
+
+def voided_by(c: Connection, msgid: str) -> str | None:
+    """The 2601 that undid `msgid` before it was settled here, if one did."""
+    return c.execute(_VOIDED_BY, {"msgid": msgid}).scalar()
 
 
 def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:

@@ -25,10 +25,12 @@ from services.settle.store import (
     ACCUMULATORS,
     LEDGER,
     PERSONS,
+    VOIDED,
     load_accumulators,
     load_balance,
     save_accumulators,
     save_balance,
+    voided_by,
 )
 
 REVERSALS = {"2208": "门诊结算撤销", "2305": "住院结算撤销"}
@@ -88,9 +90,12 @@ def redo(conn: Connection, c: Claim) -> Outcome:
     """2601 冲正: undo a request whose answer never reached the hospital, whatever became of it."""
     row = conn.execute(select(LEDGER.c.setl_id, LEDGER.c.reversed_by, LEDGER.c.refd_setl_id).where(
         LEDGER.c.msgid == (c.orig_msgid or ""), LEDGER.c.psn_no == c.psn_no)).first()
-    if row is None:  # never settled here (refused, lost, or still on its way and now too late)
-        return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "none",
-                                        "note": "原交易在参保地没有结算记录，无需冲正"})
+    if row is None:  # never settled here: refused, lost, or still on its way, and voided should it come
+        if voided_by(conn, c.orig_msgid or "") is None:
+            conn.execute(insert(VOIDED).values(msgid=c.orig_msgid or "", by_msgid=c.msgid, psn_no=c.psn_no,
+                                               created_ms=now_ms()))
+        return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "voided",
+                                        "note": "原交易在参保地没有结算记录；若其后到达，参保地将拒绝结算"})
     if row.reversed_by or row.refd_setl_id:
         return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "none",
                                         "note": f"原交易 {row.setl_id} 已撤销或本身是撤销，无需冲正"})

@@ -75,8 +75,15 @@ async def test_pre_settle_settle_reverse_and_redo(stack: Stack) -> None:
     redo = await call(stack, "2601", {"psn_no": psn, "omsgid": lost["msgid"]})
     assert redo["infcode"] == 0 and redo["output"]["effect"] == "reversed"
     assert (await ytd(stack, psn))["acct_balc"] == "500.00"
-    nothing = await call(stack, "2601", {"psn_no": psn, "omsgid": new_msgid(GZ)})
-    assert nothing["infcode"] == 0 and nothing["output"]["effect"] == "none"
+
+    # 冲正 of a request the insured city has not seen yet (still on its way): voided, refused should it come
+    late = new_msgid(GZ)
+    void = await call(stack, "2601", {"psn_no": psn, "omsgid": late})
+    assert void["infcode"] == 0 and void["output"]["effect"] == "voided", void
+    arrived = await stack.settle_claim(psn, GZ, "440100", "360100", msgid=late)
+    assert arrived["output"]["err_code"] == "VOIDED" and void["msgid"] in arrived["err_msg"], arrived
+    assert (await ytd(stack, psn))["acct_balc"] == "500.00"
+    assert (await stack.http["settle"].get(f"/claims/{late}")).json()["status"] == "failed"
 
 
 @pytest.mark.one_database

@@ -117,6 +117,60 @@ async def test_a_bad_key_or_header_is_dead_lettered_and_the_worker_goes_on(broke
     await bus.stop()
 
 
+class _NotUtf8Name(str):
+    """A header name whose bytes on the wire are not UTF-8 (what a foreign producer may write)."""
+
+    def encode(self, *_: object, **__: object) -> bytes:  # type: ignore[override]
+        return b"\xff\xfe-note"
+
+
+async def test_a_record_the_client_cannot_parse_is_stepped_over_and_nothing_around_it_is_lost(
+        broker: BrokerUnderTest, bus_settings: BusSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header *name* that is not UTF-8 breaks the Kafka client's own record parser, before any
+    decoder of ours sees the record; the client cannot read past it within its producer batch either.
+    The consumer finds the offset, dead-letters those records by their place (topic, partition,
+    offset) with the reason, and handles every record before them and after their batch."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.producer import message_accumulator, producer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    # aiokafka's own producer cannot write such a name; its pure-Python record builder writes what
+    # the name's encode() gives
+    for module in (message_accumulator, producer):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    bus = await started_bus(bus_settings, broker)
+    seen: list[str] = []
+
+    async def handle(msg: Incoming) -> None:
+        seen.append(msg.event.fil_id)
+
+    worker = Worker(bus, "t-unparsable", {"filing.events": handle})
+    raw = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=100)
+    await raw.start()
+    offsets: dict[int, int] = {}
+    for batch in ((1, 2, 9, 7), (3, 4, 5)):  # two producer batches; 9 is the unparsable record
+        sent = {n: await raw.send(bus_settings.topic("filing.events"), encode(filing_event(n)), key=b"P",
+                                  headers=make_headers(filing_event(n), "/test") +
+                                  ([(_NotUtf8Name("x"), b"1")] if n == 9 else []))
+                for n in batch}
+        offsets |= {n: (await f).offset for n, f in sent.items()}
+    await raw.stop()
+    await worker.start()
+    await wait_until(lambda: len(seen) == 5 and worker.stats["dead_lettered"] == 2,
+                     what="the readable records handled, the unparsable one and the rest of its batch dead-lettered")
+    assert seen == ["F1", "F2", "F3", "F4", "F5"]
+    dead = await read_topic(broker, "filing.events.dlq", 2)
+    hs = [headers_of(r) for r in dead]
+    assert [(h["dlq-original-topic"], int(h["dlq-original-offset"])) for h in hs] == \
+        [("filing.events", offsets[9]), ("filing.events", offsets[7])], hs
+    assert all("cannot be parsed" in h["dlq-error-message"] for h in hs), hs
+    assert [c["state"] for c in worker.health()] == ["running", "running"]
+    await bus.send("filing.events", "P", filing_event(6), "/test")  # and the partition flows on
+    await wait_until(lambda: "F6" in seen, what="a record after it")
+    await worker.stop()
+    await bus.stop()
+
+
 class CrashOnceWorker(Worker):
     """A worker whose loop dies on its first message, as a bug in the runtime would make it."""
 
