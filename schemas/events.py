@@ -252,9 +252,16 @@ class Setlinfo(BaseModel):
     mdtrt_id: str
     psn_no: str
     psn_name: str = Field(description="sealed on the bus; the hospital's answer carries it opened")
+    psn_cert_type: str = Field("01", description="人员证件类型: enrolment is by 居民身份证")
+    certno: str = Field("", description="empty: ID numbers never travel; the hospital holds the one it read")
+    naty: str = Field("", description="民族: not kept by yibao")
     gend: str
+    brdy: str = ""
+    age: int = 0
     insutype: str
     psn_type: str
+    cvlserv_flag: str = "0"
+    mdtrt_cert_type: str = ""
     med_type: str
     setl_time: str
     medfee_sumamt: Yuan
@@ -266,8 +273,10 @@ class Setlinfo(BaseModel):
     hifp_pay: Yuan
     pool_prop_selfpay: Decimal
     cvlserv_pay: Yuan = Decimal("0.00")
+    hifes_pay: Yuan = Decimal("0.00")
     hifmi_pay: Yuan = Decimal("0.00")
     hifob_pay: Yuan = Decimal("0.00")
+    hifdm_pay: Yuan = Decimal("0.00")
     maf_pay: Yuan = Decimal("0.00")
     oth_pay: Yuan = Decimal("0.00")
     fund_pay_sumamt: Yuan
@@ -276,8 +285,10 @@ class Setlinfo(BaseModel):
     psn_cash_pay: Yuan
     hosp_part_amt: Yuan = Decimal("0.00")
     balc: Yuan
+    acct_mulaid_pay: Yuan = Decimal("0.00")
     medins_setl_id: str
-    clr_optins: Admdvs
+    clr_optins: Admdvs = Field(description="清算经办机构: the insured city's agency (reference §4.5)")
+    clr_way: str = Field("", description="清算方式: empty until the national code list is known")
     clr_type: str
 
 
@@ -285,6 +296,7 @@ class Setldetail(BaseModel):
     fund_pay_type: str
     fund_pay_type_name: str
     inscp_scp_amt: Yuan
+    crt_payb_lmt_amt: Yuan = Field(Decimal("0.00"), description="本次可支付限额金额: no such limit is applied")
     fund_payamt: Yuan
     setl_proc_info: str = ""
 

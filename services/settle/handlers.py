@@ -401,6 +401,8 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
 def _setlinfo(c: Claim, p: PersonState, comp: benefits.Computation, setl_id: str) -> Setlinfo:
     return Setlinfo(
         setl_id=setl_id, mdtrt_id=c.mdtrt_id or f"MD{setl_id[6:]}", psn_no=c.psn_no, psn_name=p.psn_name, gend=p.gend,
+        brdy=p.brdy.isoformat() if p.brdy else "", age=age_on(p.brdy, c.begntime) if p.brdy else 0,
+        cvlserv_flag="1" if p.cvlserv_flag else "0", mdtrt_cert_type=c.mdtrt_cert_type or "",
         insutype=c.insutype, psn_type=p.psn_type, med_type=c.med_type,
         setl_time=f"{datetime.now():%Y-%m-%d %H:%M:%S}",
         medfee_sumamt=benefits.yuan_of(comp.medfee_sumamt), fulamt_ownpay_amt=benefits.yuan_of(comp.fulamt_ownpay_amt),

@@ -34,6 +34,18 @@ async def ytd(stack: Stack, psn: str) -> dict[str, Any]:
     return {k: v for k, v in ans["output"].items() if k != "hop_trace"}
 
 
+# the national setlinfo / setldetail fields (reference: domain-nhsa.md, settlement output)
+NATIONAL_SETLINFO = {"mdtrt_id", "setl_id", "psn_no", "psn_name", "psn_cert_type", "certno", "gend", "naty", "brdy",
+                     "age", "insutype", "psn_type", "cvlserv_flag", "setl_time", "mdtrt_cert_type", "med_type",
+                     "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+                     "act_pay_dedc", "hifp_pay", "pool_prop_selfpay", "cvlserv_pay", "hifes_pay", "hifmi_pay",
+                     "hifob_pay", "hifdm_pay", "maf_pay", "oth_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay",
+                     "psn_cash_pay", "hosp_part_amt", "balc", "acct_mulaid_pay", "medins_setl_id", "clr_optins",
+                     "clr_way", "clr_type"}
+NATIONAL_SETLDETAIL = {"fund_pay_type", "fund_pay_type_name", "inscp_scp_amt", "crt_payb_lmt_amt", "fund_payamt",
+                       "setl_proc_info"}
+
+
 async def test_pre_settle_settle_reverse_and_redo(stack: Stack) -> None:
     psn = await stack.person(balance="500")
     await stack.file(psn, "440100")
@@ -50,6 +62,9 @@ async def test_pre_settle_settle_reverse_and_redo(stack: Stack) -> None:
         {k: pre["output"]["setlinfo"][k] for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")}
     used = await ytd(stack, psn)
     assert used["cuminfo"] and D(used["acct_balc"]) == D("500") - D(s["acct_pay"])
+    assert set(s) >= NATIONAL_SETLINFO, NATIONAL_SETLINFO - set(s)  # adapters read these without a null check
+    assert all(set(d) >= NATIONAL_SETLDETAIL for d in done["output"]["setldetail"])
+    assert s["age"] > 0 and s["brdy"] and s["certno"] == "" and D(s["hifes_pay"]) == D(s["acct_mulaid_pay"]) == 0
 
     # another hospital cannot reverse it; an unknown settlement is refused with a reason
     other = await call(stack, "2208", {"psn_no": psn, "setl_id": s["setl_id"]}, hospital=GZ2)
