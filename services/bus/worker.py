@@ -329,13 +329,24 @@ class Worker:
         reason = (f"the record cannot be parsed by the Kafka client ({type(err).__name__}: {err}), or follows "
                   f"one that cannot in its producer batch; it stays on {tp.topic} partition {tp.partition} "
                   f"offset {offset} until retention: read it there with a byte-level tool (kcat -o {offset})")
-        hs = {"dlq-error-class": type(err).__name__, "dlq-error-message": reason[:1000],
-              "dlq-original-topic": topic, "dlq-original-partition": str(tp.partition),
-              "dlq-original-offset": str(offset), "dlq-attempts": "1", "dlq-consumer": self.group}
+        hs = self._dlq_headers(topic, tp.partition, offset, err, reason, attempts=1)
         log.warning("%s: dead-lettered %s@%d/%d: %s", self.group, topic, tp.partition, offset, reason)
         await self.bus.send_raw(topic.removesuffix(RETRY_SUFFIX) + DLQ_SUFFIX, None, b"",
                                 [(k, v.encode()) for k, v in hs.items()])
         self.stats["dead_lettered"] += 1
+
+    def _dlq_headers(self, topic: str, partition: int, offset: int, exc: BaseException, reason: str,
+                     attempts: int) -> dict[str, str]:
+        """Why and from where, in the `dlq-*` headers (as Kafka Connect names them)."""
+        return {
+            "dlq-error-class": type(exc).__name__,
+            "dlq-error-message": reason[:1000],
+            "dlq-original-topic": topic,
+            "dlq-original-partition": str(partition),
+            "dlq-original-offset": str(offset),
+            "dlq-attempts": str(attempts),
+            "dlq-consumer": self.group,
+        }
 
     async def _wait_due(self, rec: ConsumerRecord[Any, Any]) -> bool:
         hd = header_dict(rec.headers)
@@ -466,15 +477,7 @@ class Worker:
     async def _dead_letter(self, rec: ConsumerRecord[Any, Any], topic: str, headers: Headers,
                            exc: BaseException, attempts: int, reason: str | None = None) -> None:
         """Original key and value bytes, unchanged; the reason in headers, as Kafka Connect does."""
-        extra = {
-            "dlq-error-class": type(exc).__name__,
-            "dlq-error-message": (reason or str(exc))[:1000],
-            "dlq-original-topic": topic,
-            "dlq-original-partition": str(rec.partition),
-            "dlq-original-offset": str(rec.offset),
-            "dlq-attempts": str(attempts),
-            "dlq-consumer": self.group,
-        }
+        extra = self._dlq_headers(topic, rec.partition, rec.offset, exc, reason or str(exc), attempts)
         hs = list(headers)
         for k, v in extra.items():
             hs = replace_header(hs, k, v)
