@@ -17,6 +17,8 @@ FixmedinsCode = Annotated[
     str, Field(pattern=r"^[HP]\d{11}$", description="定点医药机构编号: H + 6-digit 区划 + 5-digit 顺序号")
 ]
 Yuan = Annotated[Decimal, Field(max_digits=16, decimal_places=2, description="amount in yuan, 2 decimals")]
+UnitPrice = Annotated[Decimal, Field(max_digits=16, decimal_places=6, description="unit price in yuan, up to 6 decimals")]
+Quantity = Annotated[Decimal, Field(max_digits=16, decimal_places=4, description="count, up to 4 decimals")]
 
 
 class Wire(BaseModel):

@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from schemas.common import (
     Admdvs,
@@ -17,6 +17,8 @@ from schemas.common import (
     HardshipType,
     Insutype,
     PsnType,
+    Quantity,
+    UnitPrice,
     Wire,
     Yuan,
 )
@@ -154,22 +156,41 @@ class FilingUpdated(Wire):
 
 
 class FeeLine(BaseModel):
-    """feedetail: one fee line as the hospital uploads it."""
+    """feedetail: one fee line as the hospital uploads it, at the national precision: count to 4
+    decimals, unit price to 6, the line's amount to the fen."""
 
     feedetl_sn: str = Field(max_length=30)
     med_list_codg: str = Field(max_length=50)
-    cnt: Decimal = Field(gt=0)
-    pric: Yuan = Field(ge=0)
+    cnt: Quantity = Field(gt=0)
+    pric: UnitPrice = Field(ge=0)
     det_item_fee_sumamt: Yuan = Field(ge=0)
+    chrg_bchno: str | None = Field(None, max_length=30, description="收费批次号: 2205 takes back a batch by it")
 
     @model_validator(mode="after")
     def _amount_is_cnt_times_pric(self) -> FeeLine:
-        """The line's amount is its count times its unit price, to the fen (a fen of rounding allowed)."""
+        """The line's amount is cnt × pric rounded half up to the fen, a fen either way allowed
+        (a HIS that rounds each dose, or computes in binary floating point, lands a fen off)."""
         expected = (self.cnt * self.pric).quantize(FEN, ROUND_HALF_UP)
         if abs(self.det_item_fee_sumamt - expected) > FEN:
             raise ValueError(f"fee line {self.feedetl_sn}: det_item_fee_sumamt {self.det_item_fee_sumamt} is not "
                              f"cnt × pric = {self.cnt} × {self.pric} = {expected}; send the line's amount to the fen")
         return self
+
+
+class Diagnosis(BaseModel):
+    """diseinfo: one diagnosis of an encounter (2203, 2401), as the hospital sends it (a code
+    sent as a JSON number is read as its text)."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    diag_code: str = Field(min_length=1, max_length=20, description="诊断代码 (ICD-10 医保版)")
+    diag_name: str = Field("", max_length=100)
+    diag_type: str = Field("", max_length=3, description="诊断类别: 1 西医, 2 中医主病, 3 中医主证")
+    diag_srt_no: int | None = Field(None, ge=0, description="诊断排序号")
+    maindiag_flag: str = Field("", max_length=3, description="主诊断标志 (2401)")
+    diag_time: str | None = Field(None, max_length=19)
+    vali_flag: str = Field("1", max_length=3, description="有效标志")
+
 
 
 class Claim(BaseModel):
@@ -194,6 +215,9 @@ class Claim(BaseModel):
                                                       "of what was presented")
     orig_setl_id: str | None = Field(None, description="2208/2305: the settlement to reverse")
     orig_msgid: str | None = Field(None, description="2601 冲正: the request whose answer never arrived")
+    ipt_otp_no: str | None = Field(None, description="2201/2401: the hospital's own outpatient/inpatient number, "
+                                                     "echoed in the answer")
+    diagnoses: list[Diagnosis] = Field([], description="2401: diseinfo, kept with the encounter it opens")
 
 
 class FeeSplit(BaseModel):
@@ -213,6 +237,22 @@ class FeeSplit(BaseModel):
     lmt_age_min: int | None = Field(None, description="item restricted to this age or older")
     lmt_age_max: int | None = Field(None, description="item restricted to this age or younger")
     lmt_reason: str | None = Field(None, description="why the line fell to self-pay (限定支付范围)")
+    # echoed and flagged as the national 2204/2301 output has them ("0" where the catalogue says nothing)
+    cnt: Quantity | None = None
+    pric: UnitPrice | None = None
+    med_chrgitm_type: str = Field("", description="医疗收费项目类别 of the catalogue item")
+    lmt_used_flag: Literal["0", "1"] = Field("0", description="1: the item has a restriction (限制使用)")
+    bas_medn_flag: Literal["0", "1"] = "0"
+    hi_nego_drug_flag: Literal["0", "1"] = "0"
+    chld_medc_flag: Literal["0", "1"] = "0"
+    list_sp_item_flag: Literal["0", "1"] = "0"
+    drt_reim_flag: Literal["0", "1"] = "0"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def memo(self) -> str:
+        """备注 (明细分割信息): the reason the line fell to self-pay, or empty."""
+        return self.lmt_reason or ""
 
 
 class HopLevel(StrEnum):

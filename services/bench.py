@@ -33,7 +33,7 @@ from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.identity import headers_for, province_of
 from services.platform import SERVICES, Platform
-from services.settle.auth import SigningAuth, hospital_headers
+from services.settle.auth import SigningAuth
 
 TICK_S = 10.0  # a progress line, and a point of the time series in bench.json, every TICK_S seconds
 LEGS = 10  # a cross-province claim: 9 hop legs plus the reply
@@ -201,7 +201,7 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
     measure_from, end = start + warmup, start + warmup + seconds
     url = p.url("settle") + "/fsi/callService"
 
-    keys = SigningAuth().keys
+    signer = SigningAuth()
 
     async def hospital() -> None:
         # one session (one keep-alive connection) per simulated hospital, as in the field; aiohttp
@@ -220,7 +220,7 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
             else:
                 body = claim(psn, region, inpatient=mixed and x < MIX["2208"] + MIX["2304"])
             hosp = body["fixmedins_code"]
-            headers = {"content-type": "application/json"} | hospital_headers(hosp, keys[hosp])
+            headers = {"content-type": "application/json"} | signer.headers(hosp)
             t0 = time.perf_counter()
             try:
                 async with c.post(url, data=orjson.dumps(body), headers=headers) as r:

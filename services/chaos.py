@@ -36,14 +36,14 @@ from services.bus.db import database_url, make_engine
 from services.bus.kafka import KafkaCluster
 from services.platform import SERVICES, Platform
 from services.settle import clearing
-from services.settle.auth import SigningAuth, hospital_headers
+from services.settle.auth import SigningAuth
 from services.settle.refdata import Reference
 
 
 async def send_claims(p: Platform, people: list[tuple[str, str]], seconds: float, concurrency: int,
                       answers: dict[str, dict[str, Any]]) -> None:
     """Cross-province 2207s; each msgid's answer as the hospital saw it (or the error it got)."""
-    keys, url, end = SigningAuth().keys, p.url("settle") + "/fsi/callService", time.monotonic() + seconds
+    signer, url, end = SigningAuth(), p.url("settle") + "/fsi/callService", time.monotonic() + seconds
 
     async def hospital() -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as c:
@@ -51,7 +51,7 @@ async def send_claims(p: Platform, people: list[tuple[str, str]], seconds: float
                 psn, region = random.choice(people)
                 body = claim(psn, region)
                 hosp = body["fixmedins_code"]
-                headers = {"content-type": "application/json"} | hospital_headers(hosp, keys[hosp])
+                headers = {"content-type": "application/json"} | signer.headers(hosp)
                 try:
                     async with c.post(url, data=orjson.dumps(body), headers=headers) as r:
                         answers[body["msgid"]] = {"http": r.status, **orjson.loads(await r.read())}

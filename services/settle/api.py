@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from schemas.common import Admdvs, FixmedinsCode, Insutype
-from schemas.events import Claim, FeeLine
+from schemas.events import Claim, Diagnosis, FeeLine
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
 from services.credentials import TokenError, card_digest, cert_digest, read_ectoken, reveal_names
@@ -37,7 +37,7 @@ log = logging.getLogger("yibao.settle.api")
 
 SETTLEMENT_INFNOS = {"2207": "门诊结算", "2304": "住院结算", "2206": "门诊预结算", "2303": "住院预结算"}
 RECONCILIATION = {"3201": "医药机构费用结算对总账", "3202": "医药机构费用结算对明细账"}
-LOCAL_ENCOUNTER = {"2202": "门诊挂号撤销"} | encounters.UPLOADS | encounters.UPLOAD_CANCELS
+LOCAL_ENCOUNTER = {"2202": "门诊挂号撤销"} | encounters.VISIT_INFO | encounters.UPLOADS | encounters.UPLOAD_CANCELS
 TRANSACTIONS = SETTLEMENT_INFNOS | {"1101": "人员信息获取", "2208": "门诊结算撤销", "2305": "住院结算撤销",
                                     "2601": "冲正交易", "5206": "人员累计信息查询"} | RECONCILIATION | encounters.REGISTRATIONS \
     | LOCAL_ENCOUNTER
@@ -57,14 +57,19 @@ class FsiRequest(BaseModel):
 
 
 class VisitData(BaseModel):
-    """What a registration (2201/2401) or a settlement with its fees inline says about the visit."""
+    """What a registration (2201 data, 2401 mdtrtinfo) or a settlement with its fees inline says
+    about the visit. The national 2201 has no med_type (it comes with 2203): 11 普通门诊 until then."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
 
     psn_no: str = Field(min_length=1, max_length=30)
     insutype: Insutype
-    med_type: str = Field(pattern=r"^\d{2,6}$")
+    med_type: str | None = Field(None, pattern=r"^\d{2,6}$")
     mdtrt_cert_type: Literal["01", "02", "03"] = "02"
     begntime: date
-    dise_codg: str | None = Field(None, max_length=20, description="门诊慢特病 (med_type 14): the disease code")
+    dise_codg: str | None = Field(None, max_length=30, description="病种编码: 门诊慢特病 (med_type 14) needs it")
+    ipt_otp_no: str | None = Field(None, max_length=30, description="住院/门诊号 (2201), echoed in the answer")
+    ipt_no: str | None = Field(None, max_length=30, description="住院号 (2401), echoed as ipt_otp_no")
 
     @field_validator("begntime", mode="before")
     @classmethod
@@ -73,7 +78,19 @@ class VisitData(BaseModel):
 
 
 class SettleData(VisitData):
+    med_type: str = Field(pattern=r"^\d{2,6}$")
     acct_used_flag: Literal["0", "1"] = "0"
+
+
+class EncounterInfo(BaseModel):
+    """2203 门诊就诊信息上传 mdtrtinfo: what the visit turned out to be."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    mdtrt_id: str = Field(min_length=1, max_length=30)
+    psn_no: str = Field(min_length=1, max_length=30)
+    med_type: str = Field(pattern=r"^\d{2,6}$")
+    dise_codg: str | None = Field(None, max_length=30, description="病种编码: 门诊慢特病 (med_type 14) needs it")
 
 
 class SettleInput(BaseModel):
@@ -103,11 +120,20 @@ class UploadInput(BaseModel):
     data: dict[str, Any] = {}
     feedetail: list[FeeLine] = Field(min_length=1, max_length=2000)
 
+    @field_validator("feedetail", mode="before")
+    @classmethod
+    def _one_line_as_object(cls, v: Any) -> Any:
+        """Some adapters send a single fee line as an object rather than a list of one."""
+        return [v] if isinstance(v, dict) else v
+
 
 class EncounterRef(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
     psn_no: str = Field(min_length=1, max_length=30)
     mdtrt_id: str = Field(min_length=1, max_length=30)
-    feedetl_sn: str = Field("0000", description="2205/2302: one line, or 0000 for all")
+    feedetl_sn: str | None = Field(None, max_length=30, description="2302 (and 2205): one line, or 0000 for all")
+    chrg_bchno: str | None = Field(None, max_length=30, description="2205 (national): a charge batch, or 0000 for all")
 
 
 class PersonRef(BaseModel):
@@ -126,10 +152,45 @@ class RedoData(PersonRef):
 
 class YearData(PersonRef):
     year: int = Field(default_factory=lambda: date.today().year, ge=2000, le=2100)
+    cum_ym: str | None = Field(None, pattern=r"^20\d{2}(0[1-9]|1[0-2])$", description="累计年月 YYYYMM (national)")
+
+    def as_of(self) -> date:
+        """The month the accumulators are answered for: cum_ym, this month, or December of a past year."""
+        if self.cum_ym:
+            return date(int(self.cum_ym[:4]), int(self.cum_ym[4:]), 1)
+        today = date.today()
+        return today if self.year == today.year else date(self.year, 12, 31)
 
 
-class DataInput(BaseModel):
-    data: dict[str, Any]
+# The node under `input` that carries a transaction's main record (national interface); every
+# other transaction carries it in `data`. 2401 in `data` is read too (yibao's earlier form).
+MAIN_NODE = {"2401": "mdtrtinfo", "2203": "mdtrtinfo", "2203A": "mdtrtinfo"}
+
+
+def main_record(req: FsiRequest) -> tuple[str, dict[str, Any]]:
+    """(node name, record): the transaction's main input record, read at its national node."""
+    node = MAIN_NODE.get(req.infno, "data")
+    raw = req.input.get(node)
+    if raw is None and node != "data":
+        node, raw = "data", req.input.get("data")
+    if isinstance(raw, list) and len(raw) == 1:  # a record sent as a list of one
+        raw = raw[0]
+    if not isinstance(raw, dict):
+        want = MAIN_NODE.get(req.infno, "data")
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "input", want),
+                                       "msg": f"{req.infno} reads its main record from input.{want} (an object)",
+                                       "input": raw}])
+    return node, raw
+
+
+def diagnoses_of(req: FsiRequest) -> list[Diagnosis]:
+    """input.diseinfo (2203, 2401): a list of diagnoses, or one as an object."""
+    raw = req.input.get("diseinfo") or []
+    rows = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(rows, list):
+        raise RequestValidationError([{"type": "list_type", "loc": ("body", "input", "diseinfo"),
+                                       "msg": "diseinfo: a list of diagnoses", "input": raw}])
+    return [_input(Diagnosis, r, "diseinfo", str(i)) for i, r in enumerate(rows)]
 
 
 def _input(model: type[BaseModel], raw: dict[str, Any], *path: str) -> Any:
@@ -150,9 +211,9 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
     """The request as it travels the hops, whatever the transaction."""
     base = dict(msgid=req.msgid, infno=req.infno, fixmedins_code=req.fixmedins_code,
                 mdtrtarea_admvs=req.mdtrtarea_admvs, insuplc_admdvs=req.insuplc_admdvs, deadline_ms=deadline)
-    data = _input(DataInput, req.input).data
+    node, data = main_record(req)
     if req.infno in SETTLEMENT_INFNOS and "mdtrt_id" in data and not req.input.get("feedetail"):
-        ref = _input(EncounterSettleData, data, "data")
+        ref = _input(EncounterSettleData, data, node)
         e, lines = encounters.for_settlement(engine, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
         if e["insuplc_admdvs"] != req.insuplc_admdvs:
             raise HTTPException(422, f"insuplc_admdvs {req.insuplc_admdvs} 与就诊 {ref.mdtrt_id} 登记的参保地 "
@@ -164,10 +225,15 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
         inp = _input(SettleInput, req.input)
         return Claim(**base, fees=inp.feedetail, **inp.data.model_dump())
     if req.infno in encounters.REGISTRATIONS:
-        v = _input(VisitData, data, "data")
-        return Claim(**base, **v.model_dump())
+        v = _input(VisitData, data, node)
+        if v.med_type is None and req.infno == "2401":
+            raise RequestValidationError([{"type": "missing", "loc": ("body", "input", node, "med_type"),
+                                           "msg": "2401 入院办理: med_type (医疗类别, e.g. 21 普通住院) is required",
+                                           "input": data}])
+        return Claim(**base, **v.model_dump(exclude={"med_type", "ipt_no", "ipt_otp_no"}), med_type=v.med_type or "11",
+                     ipt_otp_no=v.ipt_otp_no or v.ipt_no, diagnoses=diagnoses_of(req))
     if req.infno == "1101":
-        cred = _input(CredentialData, data, "data")
+        cred = _input(CredentialData, data, node)
         person = dict(insutype="310", med_type="11", begntime=date.today())
         if cred.psn_no:
             return Claim(**base, psn_no=cred.psn_no, **person)
@@ -189,15 +255,15 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
         return Claim(**base, psn_no="", cert_digest=cert_digest(cred.mdtrt_cert_no), **person)
     ward = "21" if req.infno == "2305" else "11"
     if req.infno in ("2208", "2305"):
-        r = _input(ReverseData, data, "data")
+        r = _input(ReverseData, data, node)
         return Claim(**base, psn_no=r.psn_no, insutype=r.insutype, med_type=ward, begntime=date.today(),
                      orig_setl_id=r.setl_id)
     if req.infno == "2601":
-        o = _input(RedoData, data, "data")
+        o = _input(RedoData, data, node)
         return Claim(**base, psn_no=o.psn_no, insutype=o.insutype, med_type=ward, begntime=date.today(),
                      orig_msgid=o.omsgid)
-    y = _input(YearData, data, "data")  # 5206
-    return Claim(**base, psn_no=y.psn_no, insutype=y.insutype, med_type=ward, begntime=date(y.year, 12, 31))
+    y = _input(YearData, data, node)  # 5206
+    return Claim(**base, psn_no=y.psn_no, insutype=y.insutype, med_type=ward, begntime=y.as_of())
 
 
 def by_person_number(claim: Claim) -> bool:
@@ -215,6 +281,8 @@ def envelope(req: FsiRequest) -> dict[str, Any]:
     t = f"{datetime.now():%Y%m%d%H%M%S%f}"[:17]
     return {"inf_refmsgid": _refmsgid(req.mdtrtarea_admvs), "refmsg_time": t, "respond_time": t}
 
+
+REGISTRATION_NODE = {"2201": "data", "2401": "result"}  # where adapters read mdtrt_id in the answer
 
 REPLAY_FIELDS = ("infno", "psn_no", "insuplc_admdvs")
 
@@ -245,7 +313,10 @@ def national_answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg:
     if o["infcode"] != 0:
         return base | {"infcode": -1, "err_msg": o["err_msg"],
                        "output": {"err_code": o["err_code"], "hop_trace": trace}}
-    if o.get("setlinfo") is None:  # 5206, a 2601 with nothing to undo
+    if req.infno in REGISTRATION_NODE:  # the national node: output.data (2201), output.result (2401)
+        return base | {"infcode": 0, "err_msg": None,
+                       "output": {REGISTRATION_NODE[req.infno]: o.get("data") or {}, "hop_trace": trace}}
+    if o.get("setlinfo") is None:  # 1101, 5206, a 2601 with nothing to undo
         return base | {"infcode": 0, "err_msg": None, "output": (o.get("data") or {}) | {"hop_trace": trace}}
     return base | {"infcode": 0, "err_msg": None, "output": {
         "setlinfo": o["setlinfo"],
@@ -261,8 +332,11 @@ def create_api(svc: SettleService) -> FastAPI:
     install_error_handlers(app, national_paths=("/fsi",))
     add_healthz(app, "settle", lambda: svc.runtime.health())
     known_regions = {p.admdvs for p in svc.ctx.ref.policies} | {h.admdvs for h in svc.ctx.ref.hospitals.values()}
-    gate = Gate({code: h.key for code, h in svc.ctx.ref.hospitals.items()}, durable=lambda code, nonce, t: (
-        first_use_of_nonce(svc.engine, code, nonce, int(t * 1000), int((t - gate.window_s) * 1000))))
+    hospitals = svc.ctx.ref.hospitals
+    gate = Gate({code: h.key for code, h in hospitals.items()}, durable=lambda code, nonce, t: (
+        first_use_of_nonce(svc.engine, code, nonce, int(t * 1000), int((t - gate.window_s) * 1000))),
+        schemes={code: h.signature for code, h in hospitals.items() if h.signature},
+        paasids={h.paasid: code for code, h in hospitals.items() if h.paasid})
     install(app, Authenticator(svc.common.auth_key, hospitals=gate.check))
     names_key = svc.common.cert_digest_key
 
@@ -352,31 +426,47 @@ def create_api(svc: SettleService) -> FastAPI:
         return body
 
     def encounter_request(conn: Connection, req: FsiRequest) -> dict[str, Any]:
-        """2202, 2204/2301, 2205/2302: the treatment city's own records of an encounter."""
+        """2202, 2203, 2204/2301, 2205/2302: the treatment city's own records of an encounter."""
         if req.infno in encounters.UPLOADS:
             up = _input(UploadInput, req.input)
-            mdtrt_id = up.data.get("mdtrt_id") or (req.input["feedetail"][0] or {}).get("mdtrt_id")
+            raw = req.input["feedetail"]
+            named = {str(ln["mdtrt_id"]) for ln in ([raw] if isinstance(raw, dict) else raw)
+                     if isinstance(ln, dict) and ln.get("mdtrt_id")}
+            if len(named) > 1:
+                raise HTTPException(422, f"feedetail names several encounters ({', '.join(sorted(named))}): "
+                                         "upload each encounter's lines in its own request")
+            mdtrt_id = up.data.get("mdtrt_id") or next(iter(named), None)
             if not mdtrt_id:
                 raise HTTPException(422, "mdtrt_id: give it in input.data or on the fee lines (from 2201/2401)")
             splits = encounters.upload(conn, req.fixmedins_code, str(mdtrt_id), up.feedetail,
                                        svc.ctx.ref.hospitals[req.fixmedins_code], svc.ctx.ref.catalogue)
             out: dict[str, Any] = {"result": [sp.model_dump(mode="json") for sp in splits]}
+        elif req.infno in encounters.VISIT_INFO:
+            node, data = main_record(req)
+            info = _input(EncounterInfo, data, node)
+            n = encounters.describe(conn, req.fixmedins_code, info.mdtrt_id, info.psn_no, info.med_type,
+                                    info.dise_codg, diagnoses_of(req))
+            out = {"mdtrt_id": info.mdtrt_id, "med_type": info.med_type, "diag_cnt": n}
         else:
-            ref = _input(EncounterRef, _input(DataInput, req.input).data, "data")
+            node, data = main_record(req)
+            ref = _input(EncounterRef, data, node)
             if req.infno == "2202":
                 encounters.cancel_encounter(conn, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
                 out = {"mdtrt_id": ref.mdtrt_id, "status": "cancelled"}
             else:
-                n = encounters.cancel_fees(conn, req.fixmedins_code, ref.mdtrt_id, ref.feedetl_sn)
+                if ref.feedetl_sn is None and ref.chrg_bchno is None:
+                    raise HTTPException(422, f"{req.infno}: say which lines to take back: chrg_bchno (收费批次号) or "
+                                             "feedetl_sn (费用明细流水号), \"0000\" for every line not yet settled")
+                n = encounters.cancel_fees(conn, req.fixmedins_code, ref.mdtrt_id, ref.feedetl_sn, ref.chrg_bchno)
                 out = {"mdtrt_id": ref.mdtrt_id, "cancelled_lines": n}
         return envelope(req) | {"infcode": 0, "err_msg": None, "output": out}
 
     def reconciliation(req: FsiRequest) -> dict[str, Any]:
+        node, raw = main_record(req)
         if req.infno == "3201":
-            out = reconcile.totals(svc.engine, req.fixmedins_code, _input(reconcile.Totals,
-                                                                          _input(DataInput, req.input).data, "data"))
+            out = reconcile.totals(svc.engine, req.fixmedins_code, _input(reconcile.Totals, raw, node))
         else:
-            data = _input(reconcile.Period, _input(DataInput, req.input).data, "data")
+            data = _input(reconcile.Period, raw, node)
             rows = [_input(reconcile.DetailRow, r, "detail", str(i)) for i, r in enumerate(req.input.get("detail") or [])]
             out = reconcile.detail(svc.engine, req.fixmedins_code, data, rows)
         return envelope(req) | {"infcode": 0, "err_msg": None, "output": out}

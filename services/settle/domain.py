@@ -85,6 +85,8 @@ class Hospital:
     hosp_lv: str
     cross_province_enabled: bool
     key: str = ""
+    paasid: str = ""  # the gateway account id, when it is not the fixmedins_code
+    signature: str = ""  # x-tif-signature scheme (services.settle.auth.SCHEMES); empty: the default
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,12 @@ class CatalogueItem:
     lmt_age_max: int | None = None
     lmt_hosp_lv: str | None = None  # 限医院级别: this level or higher
     lmt_scope: str | None = None  # 限门诊 "op" / 限住院 "ip"
+
+    @property
+    def restricted(self) -> bool:
+        """限制使用: the item is paid only for some people, hospitals or settings."""
+        return any(v is not None for v in (self.lmt_gend, self.lmt_age_min, self.lmt_age_max, self.lmt_hosp_lv,
+                                           self.lmt_scope))
 
 
 def check_hospital(h: Hospital | None, code: str, treat: str, kind: RouteKind) -> Hospital:
@@ -138,13 +146,15 @@ def split_line(line: FeeLine, item: CatalogueItem | None, hosp_lv: str | None = 
     amt = yuan(line.det_item_fee_sumamt)
     zero = Decimal("0.00")
     reason = treatment_restriction(item, hosp_lv, med_type) if item is not None else "目录外项目"
+    echo = {"cnt": line.cnt, "pric": line.pric, "med_chrgitm_type": item.med_chrgitm_type if item else "",
+            "lmt_used_flag": "1" if item is not None and item.restricted else "0"}
     if item is None or item.chrgitm_lv == "03" or reason:
         return FeeSplit(
             feedetl_sn=line.feedetl_sn, med_list_codg=line.med_list_codg, det_item_fee_sumamt=amt,
             chrgitm_lv="03" if item is None or item.chrgitm_lv == "03" else item.chrgitm_lv,
             selfpay_prop=Decimal("1"), pric_uplmt_amt=item.pric_uplmt_amt if item else None,
             fulamt_ownpay_amt=amt, overlmt_amt=zero, preselfpay_amt=zero, inscp_scp_amt=zero,
-            lmt_gend=item.lmt_gend if item else None, lmt_reason=reason,
+            lmt_gend=item.lmt_gend if item else None, lmt_reason=reason, **echo,
         )
     overlmt = zero
     if item.pric_uplmt_amt is not None and line.pric > item.pric_uplmt_amt:
@@ -156,7 +166,7 @@ def split_line(line: FeeLine, item: CatalogueItem | None, hosp_lv: str | None = 
         chrgitm_lv=item.chrgitm_lv,
         selfpay_prop=item.selfpay_prop, pric_uplmt_amt=item.pric_uplmt_amt,
         fulamt_ownpay_amt=zero, overlmt_amt=overlmt, preselfpay_amt=pre, inscp_scp_amt=rest - pre,
-        lmt_gend=item.lmt_gend, lmt_age_min=item.lmt_age_min, lmt_age_max=item.lmt_age_max,
+        lmt_gend=item.lmt_gend, lmt_age_min=item.lmt_age_min, lmt_age_max=item.lmt_age_max, **echo,
     )
 
 

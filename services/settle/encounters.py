@@ -1,7 +1,9 @@
 """The treatment city's side of an encounter (就诊): registration, fee upload, cancellation.
 
 2201/2401 travel the hop chain like a settlement (the insured city checks eligibility) and, when
-accepted, open an encounter here with its mdtrt_id. 2204/2301 upload fee lines to an open
+accepted, open an encounter here with its mdtrt_id. 2203 says what an outpatient visit turned out
+to be (med_type, 病种, diagnoses): the settlement carries it to the insured city, which judges it
+then. 2204/2301 upload fee lines to an open
 encounter: each is split against the catalogue at once and the split is returned; 2205/2302 take
 lines back; 2202 cancels an encounter that was not settled. A settlement (2206/2207, 2303/2304)
 that names the mdtrt_id and sends no fee lines settles the uploaded ones.
@@ -14,14 +16,22 @@ from datetime import date
 import orjson
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from schemas.events import Claim, FeeLine, FeeSplit
+from schemas.events import Claim, Diagnosis, FeeLine, FeeSplit
 from services.bus.envelope import now_ms
-from services.settle.domain import CatalogueItem, Hospital, split_line
-from services.settle.store import ClaimRecord, Encounter, EncounterFee, LocalAnswer
+from services.settle.domain import CatalogueItem, Hospital, is_inpatient, split_line
+from services.settle.store import (
+    ClaimRecord,
+    Encounter,
+    EncounterDiagnoses,
+    EncounterFee,
+    LocalAnswer,
+)
 
 ENCOUNTERS = Encounter.__table__  # type: ignore[attr-defined]
 FEES = EncounterFee.__table__  # type: ignore[attr-defined]
+DIAGNOSES = EncounterDiagnoses.__table__  # type: ignore[attr-defined]
 REGISTRATIONS = {"2201": "门诊挂号", "2401": "入院办理"}
+VISIT_INFO = {"2203": "门诊就诊信息上传", "2203A": "门诊就诊信息上传"}
 UPLOADS = {"2204": "门诊费用明细上传", "2301": "住院费用明细上传"}
 UPLOAD_CANCELS = {"2205": "门诊费用明细撤销", "2302": "住院费用明细撤销"}
 
@@ -47,7 +57,33 @@ def open_encounter(conn: Connection, c: Claim) -> str:
             mdtrtarea_admvs=c.mdtrtarea_admvs, insutype=c.insutype, med_type=c.med_type,
             mdtrt_cert_type=c.mdtrt_cert_type, dise_codg=c.dise_codg, begntime=c.begntime, status="open",
             created_ms=now_ms()))
+        if c.diagnoses:
+            _keep_diagnoses(conn, mdtrt_id, c.diagnoses, replace=False)
     return mdtrt_id
+
+
+def _keep_diagnoses(conn: Connection, mdtrt_id: str, diagnoses: list[Diagnosis], replace: bool) -> None:
+    body = orjson.dumps([d.model_dump(mode="json") for d in diagnoses])
+    if replace:
+        conn.execute(delete(DIAGNOSES).where(DIAGNOSES.c.mdtrt_id == mdtrt_id))
+    conn.execute(insert(DIAGNOSES).values(mdtrt_id=mdtrt_id, diagnoses=body, updated_ms=now_ms()))
+
+
+def describe(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str, med_type: str,
+             dise_codg: str | None, diagnoses: list[Diagnosis]) -> int:
+    """2203: an open outpatient encounter's med_type, 病种 and diagnoses, replacing what was said
+    before. The number of diagnoses kept. In the caller's transaction."""
+    e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
+    if e["status"] != "open":
+        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传就诊信息", "ENCOUNTER_CLOSED")
+    if is_inpatient(str(e["med_type"])) or is_inpatient(med_type):
+        raise EncounterError(f"2203 只用于门诊就诊：就诊 {mdtrt_id} 为住院 (med_type {e['med_type']})，"
+                             f"医疗类别 {med_type} 不能用于门诊；住院信息请用 2401/2403", "NOT_OUTPATIENT")
+    conn.execute(update(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id).values(
+        med_type=med_type, dise_codg=dise_codg or e["dise_codg"]))
+    _keep_diagnoses(conn, mdtrt_id, diagnoses, replace=True)
+    return len(diagnoses)
+
 
 
 def _mine(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str | None = None) -> dict[str, object]:
@@ -76,17 +112,24 @@ def upload(conn: Connection, fixmedins_code: str, mdtrt_id: str, lines: list[Fee
     return splits
 
 
-def cancel_fees(conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sn: str) -> int:
-    """`feedetl_sn` "0000" takes back every line. In the caller's transaction."""
+def cancel_fees(conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sn: str | None,
+                chrg_bchno: str | None = None) -> int:
+    """Take back uploaded lines: one by feedetl_sn, a charge batch by chrg_bchno, every line with
+    either "0000". In the caller's transaction."""
     e = _mine(conn, fixmedins_code, mdtrt_id)
     if e["status"] != "open":
         raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，费用不能撤销", "ENCOUNTER_CLOSED")
     q = delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id)
-    if feedetl_sn != "0000":
+    if chrg_bchno not in (None, "0000"):
+        sns = [sn for sn, line in conn.execute(select(FEES.c.feedetl_sn, FEES.c.line).where(FEES.c.mdtrt_id == mdtrt_id))
+               if orjson.loads(line).get("chrg_bchno") == chrg_bchno]
+        q = q.where(FEES.c.feedetl_sn.in_(sns))
+    elif feedetl_sn not in (None, "0000"):
         q = q.where(FEES.c.feedetl_sn == feedetl_sn)
     n = conn.execute(q).rowcount
     if not n:
-        raise EncounterError(f"就诊 {mdtrt_id} 没有费用明细 {feedetl_sn}", "FEE_UNKNOWN")
+        what = f"收费批次 {chrg_bchno}" if chrg_bchno not in (None, "0000") else f"费用明细 {feedetl_sn or '0000'}"
+        raise EncounterError(f"就诊 {mdtrt_id} 没有未结算的{what}", "FEE_UNKNOWN")
     return int(n)
 
 

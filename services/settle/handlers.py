@@ -340,7 +340,7 @@ def _decide(ctx: SettleContext, conn: Connection, hop: SettlementHop, enrolments
     if c.infno == "2601":
         return redo(conn, c)
     if c.infno == "5206":
-        return year_to_date(conn, c, enrolments)
+        return year_to_date(conn, c, enrolments, ctx.ref.cum_types, f"{c.begntime:%Y%m}")
     if c.infno == "1101":
         return person_info(conn, c)
     elig = check_eligibility(
@@ -449,7 +449,7 @@ def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     c = hop.claim
     outcome = hop.outcome or failure("NO_DECISION", "结算链路未返回结果")
     if outcome.infcode == 0 and c.infno in REGISTRATIONS:
-        outcome.data = (outcome.data or {}) | {"mdtrt_id": mdtrt_id_of(c.msgid)}
+        outcome.data = (outcome.data or {}) | {"mdtrt_id": mdtrt_id_of(c.msgid), "ipt_otp_no": c.ipt_otp_no or ""}
     result = SettlementResult(
         msgid=c.msgid, infno=c.infno, fixmedins_code=c.fixmedins_code,
         mdtrtarea_admvs=c.mdtrtarea_admvs, insuplc_admdvs=c.insuplc_admdvs, psn_no=c.psn_no,

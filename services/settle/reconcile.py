@@ -30,6 +30,8 @@ class Period(BaseModel):
     stmt_enddate: date
     insutype: str | None = Field(None, description="only this insutype (default: all)")
     clr_type: str | None = Field(None, description="11 门诊 / 21 住院 (default: all)")
+    setl_optins: str | None = Field(None, pattern=r"^\d{6}$", description="结算经办机构: only settlements cleared by "
+                                                                       "this agency (setlinfo clr_optins; default: all)")
 
 
 class Totals(Period):
@@ -71,7 +73,8 @@ def platform_records(engine: Engine, fixmedins_code: str, p: Period) -> dict[str
             day = date.fromisoformat(info["setl_time"][:10])
             if not p.stmt_begndate <= day <= p.stmt_enddate:
                 continue
-            if (p.insutype and info["insutype"] != p.insutype) or (p.clr_type and info["clr_type"] != p.clr_type):
+            if ((p.insutype and info["insutype"] != p.insutype) or (p.clr_type and info["clr_type"] != p.clr_type)
+                    or (p.setl_optins and info.get("clr_optins") != p.setl_optins)):
                 continue
             out[info["setl_id"]] = Record(info["setl_id"], info["psn_no"], {a: Decimal(info[a]) for a in AMOUNTS},
                                           reversal=Decimal(info["medfee_sumamt"]) < 0)
@@ -86,7 +89,8 @@ def totals(engine: Engine, fixmedins_code: str, t: Totals) -> dict[str, Any]:
     hospital = {a: getattr(t, a) for a in AMOUNTS}
     diff = {a: str(hospital[a] - platform[a]) for a in AMOUNTS}
     ok = all(hospital[a] == platform[a] for a in AMOUNTS) and count == t.fixmedins_setl_cnt
-    return {"stmt_rslt": "0" if ok else "1", "stmt_rslt_dscr": "平" if ok else "不平：请用 3202 对明细账",
+    return {"setl_optins": t.setl_optins or "", "stmt_rslt": "0" if ok else "1",
+            "stmt_rslt_dscr": "平" if ok else "不平：请用 3202 对明细账",
             "platform": {a: str(v) for a, v in platform.items()} | {"setl_cnt": count},
             "difference": diff | {"setl_cnt": t.fixmedins_setl_cnt - count}}
 

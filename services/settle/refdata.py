@@ -9,9 +9,11 @@ from pathlib import Path
 
 from schemas.filing_rules import FilingRules
 from schemas.regions import designated_hospitals
+from services.settle.auth import SCHEMES
 from services.settle.benefits import Policy
 from services.settle.clearing import ADVANCE_FILE, Thresholds
 from services.settle.domain import CatalogueItem, Hospital
+from services.settle.store import ACC_FIELDS
 
 REFDATA = Path(__file__).parent / "refdata"
 
@@ -23,6 +25,7 @@ class Reference:
     policies: list[Policy]
     filing_rules: FilingRules
     advance: Thresholds
+    cum_types: dict[str, dict[str, str]]  # insutype → accumulator → 5206 cum_type_code
 
     @classmethod
     def load(cls, directory: Path = REFDATA, advance_file: Path = ADVANCE_FILE) -> Reference:
@@ -30,6 +33,10 @@ class Reference:
             return json.loads((directory / name).read_text(encoding="utf-8"))
 
         hospitals = {code: Hospital(**h) for code, h in designated_hospitals().items()}
+        for h in hospitals.values():
+            if h.signature and h.signature not in SCHEMES:
+                raise ValueError(f"hospitals.json, {h.fixmedins_code}: signature {h.signature!r} is not one of "
+                                 f"{', '.join(SCHEMES)}")
         catalogue = {
             i["code"]: CatalogueItem(
                 code=i["code"], name=i["name"], chrgitm_lv=i["chrgitm_lv"],
@@ -42,4 +49,8 @@ class Reference:
             for i in read("catalogue.json")["items"]
         }
         policies = [Policy.from_json(p) for p in read("policies.json")["policies"]]
-        return cls(hospitals, catalogue, policies, FilingRules.load(), Thresholds.load(advance_file))
+        cum_types = read("cum_types.json")["by_insutype"]
+        for insutype, codes in cum_types.items():
+            if missing := set(ACC_FIELDS) - set(codes):
+                raise ValueError(f"cum_types.json, insutype {insutype}: no cum_type_code for {sorted(missing)}")
+        return cls(hospitals, catalogue, policies, FilingRules.load(), Thresholds.load(advance_file), cum_types)

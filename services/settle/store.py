@@ -179,8 +179,18 @@ class EncounterFee(SQLModel, table=True):
     created_ms: int = Field(sa_type=BigInteger)
 
 
+class EncounterDiagnoses(SQLModel, table=True):
+    """An encounter's diagnoses (diseinfo of 2401 or 2203), the latest list sent."""
+
+    __tablename__ = "settle_encounter_diagnoses"
+
+    mdtrt_id: str = Field(primary_key=True, max_length=30)
+    diagnoses: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # JSON list of Diagnosis
+    updated_ms: int = Field(sa_type=BigInteger)
+
+
 class LocalAnswer(SQLModel, table=True):
-    """The answer to a request the treatment city handles itself (2202, 2204/2205, 2301/2302, 3201/3202),
+    """The answer to a request the treatment city handles itself (2202, 2203, 2204/2205, 2301/2302, 3201/3202),
     kept so that the same msgid again gets the same answer."""
 
     __tablename__ = "settle_local_answer"
@@ -244,7 +254,7 @@ class GatewayNonce(SQLModel, table=True):
 
 
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, VoidedRequest, AccumulatorRow,
-                                AccountRow, Encounter, EncounterFee, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
+                                AccountRow, Encounter, EncounterFee, EncounterDiagnoses, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
                                 GatewayNonce, InboxRecord, OutboxRow]
 
 

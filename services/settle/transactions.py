@@ -104,18 +104,20 @@ def redo(conn: Connection, c: Claim) -> Outcome:
     return out
 
 
-def year_to_date(conn: Connection, c: Claim, enrolments: list[PersonState]) -> Outcome:
-    """5206: what the person has used this year, per insutype, at the insured city."""
+def year_to_date(conn: Connection, c: Claim, enrolments: list[PersonState], cum_types: dict[str, dict[str, str]],
+                 cum_ym: str) -> Outcome:
+    """5206: what the person has used this year at the insured city, as national cuminfo rows
+    (insutype, year, cum_ym, cum_type_code, cum), one per accumulator and insutype."""
     if not any(e.insuplc_admdvs == c.insuplc_admdvs for e in enrolments):
         raise refuse("PERSON_UNKNOWN", f"参保地 {c.insuplc_admdvs} 查无此人员 {c.psn_no}")
     year = c.begntime.year
     rows = conn.execute(select(ACCUMULATORS).where(ACCUMULATORS.c.psn_no == c.psn_no,
                                                    ACCUMULATORS.c.year == year)).mappings().all()
-    cum = [{"insutype": r["insutype"], "year": year,
-            **{f: str(benefits.yuan_of(r[f])) for f in ACC_FIELDS}} for r in rows]
+    cum = [{"insutype": r["insutype"], "year": str(year), "cum_ym": cum_ym,
+            "cum_type_code": cum_types.get(r["insutype"], {}).get(f, f), "cum": str(benefits.yuan_of(r[f]))}
+           for r in rows for f in ACC_FIELDS]
     balance = benefits.yuan_of(load_balance(conn, c.psn_no))
     return Outcome(infcode=0, data={"psn_no": c.psn_no, "cuminfo": cum, "acct_balc": str(balance)})
-
 
 
 def person_info(conn: Connection, c: Claim) -> Outcome:

@@ -61,7 +61,11 @@ async def test_pre_settle_settle_reverse_and_redo(stack: Stack) -> None:
     assert {k: s[k] for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")} == \
         {k: pre["output"]["setlinfo"][k] for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")}
     used = await ytd(stack, psn)
-    assert used["cuminfo"] and D(used["acct_balc"]) == D("500") - D(s["acct_pay"])
+    assert D(used["acct_balc"]) == D("500") - D(s["acct_pay"])
+    rows = {r["cum_type_code"]: r for r in used["cuminfo"]}  # national rows: insutype, year, cum_ym, code, cum
+    assert set(rows["D310101_BIZ11"]) == {"insutype", "year", "cum_ym", "cum_type_code", "cum"}
+    assert D(rows["D310101_BIZ11"]["cum"]) == D(s["hifp_pay"]) and D(rows["Q0000_BIZ11"]["cum"]) == D(s["act_pay_dedc"])
+    assert rows["Q0000_BIZ11"]["cum_ym"] == f"{datetime.now():%Y%m}" and rows["Q0000_BIZ11"]["insutype"] == "310"
     assert set(s) >= NATIONAL_SETLINFO, NATIONAL_SETLINFO - set(s)  # adapters read these without a null check
     assert all(set(d) >= NATIONAL_SETLDETAIL for d in done["output"]["setldetail"])
     assert s["age"] > 0 and s["brdy"] and s["certno"] == "" and D(s["hifes_pay"]) == D(s["acct_mulaid_pay"]) == 0
@@ -79,7 +83,7 @@ async def test_pre_settle_settle_reverse_and_redo(stack: Stack) -> None:
     assert rev["output"]["refd_setl_id"] == s["setl_id"]
     back = await ytd(stack, psn)
     assert back["acct_balc"] == "500.00"
-    assert all(D(v) == 0 for row in back["cuminfo"] for k, v in row.items() if k not in ("insutype", "year"))
+    assert back["cuminfo"] and all(D(row["cum"]) == 0 for row in back["cuminfo"])
     status = (await stack.http["settle"].get(f"/claims/{done['msgid']}")).json()
     assert status["status"] == "reversed"
     again = await call(stack, "2208", {"psn_no": psn, "setl_id": s["setl_id"]})
@@ -163,7 +167,7 @@ async def test_register_upload_settle_an_encounter(stack: Stack) -> None:
     visit = {"psn_no": psn, "insutype": "310", "med_type": "11", "begntime": datetime_now()}
     reg = await call(stack, "2201", visit)
     assert reg["infcode"] == 0, reg
-    mdtrt_id = reg["output"]["mdtrt_id"]
+    mdtrt_id = reg["output"]["data"]["mdtrt_id"]  # where adapters read it (2201: output.data)
 
     first_msgid = new_msgid(GZ)
     up = await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("1", "2", "3")}, first_msgid)
@@ -187,14 +191,14 @@ async def test_register_upload_settle_an_encounter(stack: Stack) -> None:
 
     # an inpatient stay: 2401 admission, 2301 fees, 2304 discharge settlement
     adm = await call(stack, "2401", visit | {"med_type": "21"})
-    stay = adm["output"]["mdtrt_id"]
+    stay = adm["output"]["result"]["mdtrt_id"]  # 2401: output.result
     assert (await request(stack, "2301", {"feedetail": [ln | {"mdtrt_id": stay} for ln in lines("2", "4")]})
             ).status_code == 200
     ip = await call(stack, "2304", {"psn_no": psn, "mdtrt_id": stay})
     assert ip["infcode"] == 0 and ip["output"]["setlinfo"]["clr_type"] == "21"
 
     # a registration that is not wanted any more
-    other = (await call(stack, "2201", visit))["output"]["mdtrt_id"]
+    other = (await call(stack, "2201", visit))["output"]["data"]["mdtrt_id"]
     r = await request(stack, "2202", {"data": {"psn_no": psn, "mdtrt_id": other}})
     assert r.json()["output"]["status"] == "cancelled"
     r = await request(stack, "2202", {"data": {"psn_no": psn, "mdtrt_id": other}})
@@ -249,7 +253,7 @@ async def test_chronic_disease_encounter(stack: Stack) -> None:
     await stack.file(psn, "440100")
     reg = await call(stack, "2201", {"psn_no": psn, "insutype": "310", "med_type": "14", "dise_codg": "M01600",
                                      "begntime": datetime_now()})
-    mdtrt_id = reg["output"]["mdtrt_id"]
+    mdtrt_id = reg["output"]["data"]["mdtrt_id"]
     await request(stack, "2204", {"data": {"mdtrt_id": mdtrt_id}, "feedetail": lines("1")})
     done = await call(stack, "2207", {"psn_no": psn, "mdtrt_id": mdtrt_id})
     s = done["output"]["setlinfo"]
@@ -264,7 +268,7 @@ async def test_a_crash_between_an_upload_and_its_answer_leaves_neither(stack: St
     psn = await stack.person()
     await stack.file(psn, "440100")
     reg = await call(stack, "2201", {"psn_no": psn, "insutype": "310", "med_type": "11", "begntime": datetime_now()})
-    upload = {"data": {"mdtrt_id": reg["output"]["mdtrt_id"]}, "feedetail": lines("1", "2")}
+    upload = {"data": {"mdtrt_id": reg["output"]["data"]["mdtrt_id"]}, "feedetail": lines("1", "2")}
     msgid = new_msgid(GZ)
     with stack.settle.engine.begin() as c:
         c.exec_driver_sql(f"CREATE TRIGGER crash BEFORE INSERT ON settle_local_answer WHEN NEW.msgid = '{msgid}' "

@@ -71,11 +71,35 @@ def test_split_jia_yi_bing_and_overlimit() -> None:
         assert s.fulamt_ownpay_amt + s.overlmt_amt + s.preselfpay_amt + s.inscp_scp_amt == s.det_item_fee_sumamt
 
 
+def test_national_precision_unit_price_to_six_decimals_count_to_four() -> None:
+    """A HIS sends pric with up to six decimals and cnt with four (national field formats); the
+    line's amount stays at the fen and must be cnt × pric rounded half up, a fen either way."""
+    line = FeeLine.model_validate({"feedetl_sn": "7", "med_list_codg": "C", "cnt": "28.0000", "pric": 3.7857,
+                                   "det_item_fee_sumamt": "106.00"})  # 105.9996 → 106.00
+    assert (line.cnt, line.pric) == (D("28"), D("3.7857"))
+    split = split_line(line, item("02", "0.10", cap="3.50"))
+    assert (split.cnt, split.pric, split.memo, split.lmt_used_flag) == (D("28"), D("3.7857"), "", "0")
+    assert split.overlmt_amt == D("8.00")  # (3.7857 − 3.50) × 28 = 7.9996, to the fen
+    assert split.fulamt_ownpay_amt + split.overlmt_amt + split.preselfpay_amt + split.inscp_scp_amt == D("106.00")
+    FeeLine.model_validate({"feedetl_sn": "8", "med_list_codg": "C", "cnt": "0.3333", "pric": "12.345678",
+                            "det_item_fee_sumamt": "4.11"})  # 4.1148…
+    with pytest.raises(ValueError, match="decimal places"):
+        FeeLine.model_validate({"feedetl_sn": "9", "med_list_codg": "C", "cnt": 1, "pric": "1.2345678",
+                                "det_item_fee_sumamt": "1.23"})
+    with pytest.raises(ValueError, match="decimal places"):
+        FeeLine.model_validate({"feedetl_sn": "9", "med_list_codg": "C", "cnt": "1.00001", "pric": "1",
+                                "det_item_fee_sumamt": "1.00"})
+    with pytest.raises(ValueError, match="is not cnt × pric"):
+        FeeLine.model_validate({"feedetl_sn": "9", "med_list_codg": "C", "cnt": 28, "pric": "3.7857",
+                                "det_item_fee_sumamt": "105.98"})
+
+
 def test_gender_restricted_item_falls_to_self_pay_for_the_other_gender() -> None:
     s = split_line(fee("150", "150"), item("01", gend="2"))
     assert apply_person_restrictions([s], "2")[0].inscp_scp_amt == D("150.00")
     male = apply_person_restrictions([s], "1")[0]
     assert male.fulamt_ownpay_amt == D("150.00") and male.inscp_scp_amt == 0
+    assert (s.lmt_used_flag, male.memo) == ("1", "限女性使用")  # the national flag and 备注 of the split
 
 
 def test_hospital_checks() -> None:
