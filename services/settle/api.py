@@ -106,6 +106,8 @@ class CredentialData(BaseModel):
     mdtrt_cert_no: str | None = Field(None, max_length=128)
     card_sn: str | None = Field(None, max_length=32)
     psn_no: str | None = Field(None, max_length=30)
+    certno: str | None = Field(None, max_length=50, description="证件号码: read as the ID card number (02) when "
+                                                              "mdtrt_cert_no is empty")
 
 
 class EncounterSettleData(BaseModel):
@@ -237,6 +239,8 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
         person = dict(insutype="310", med_type="11", begntime=date.today())
         if cred.psn_no:
             return Claim(**base, psn_no=cred.psn_no, **person)
+        if not cred.mdtrt_cert_no and cred.mdtrt_cert_type == "02" and cred.certno:
+            cred.mdtrt_cert_no = cred.certno
         if not cred.mdtrt_cert_no:
             raise HTTPException(422, "1101: give mdtrt_cert_no (01 e-voucher token, 02 ID card number, 03 card "
                                      "number with card_sn) or psn_no")

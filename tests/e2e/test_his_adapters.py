@@ -59,6 +59,11 @@ def split_parts(setlinfo: dict[str, Any]) -> Decimal:
 async def test_outpatient_2201_2203_2204_2206_2207_as_an_adapter_sends_them(stack: Stack) -> None:
     psn = await stack.person()
     await stack.file(psn, "440100")
+    certno = stack.certnos[psn]
+    who = await send(stack, "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "", "card_sn": "",
+                                              "begntime": now(), "psn_cert_type": "01", "certno": certno,
+                                              "psn_name": "测试"}})  # the number in certno, not mdtrt_cert_no
+    assert who["output"]["baseinfo"]["psn_no"] == psn, who
     reg = await send(stack, "2201", {"data": {  # the national 2201: no med_type
         "psn_no": psn, "insutype": "310", "begntime": now(), "mdtrt_cert_type": "02", "mdtrt_cert_no": "",
         "ipt_otp_no": "MZ202612050001", "atddr_no": "D440100000001", "dr_name": "王医生", "dept_code": "A01",
