@@ -125,6 +125,16 @@ class RecordRejected(Wire):
     reason: str
 
 
+class OperatorAction(Wire):
+    """What an operator did to the platform's topics (redrive, replay, reset), on `ops.audit`."""
+
+    action: str = Field(description="dlq.redrive, …")
+    by: str = Field(description="the operator's name, from their token")
+    at_ms: int
+    touched: list[str] = Field(description="the records acted on: topic/partition/offset")
+    detail: dict[str, Any] = {}
+
+
 # --- filing (异地就医备案) ------------------------------------------------------------
 
 
@@ -538,6 +548,7 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     "yibao.enroll.DuplicateDetected.v1": DuplicateDetected,
     "yibao.enroll.ContributionReminder.v1": ContributionReminder,
     "yibao.ops.RecordRejected.v1": RecordRejected,
+    "yibao.ops.OperatorAction.v1": OperatorAction,
     "yibao.filing.FilingUpdated.v1": FilingUpdated,
     "yibao.settle.SettlementHop.v1": SettlementHop,
     "yibao.settle.SettlementResult.v1": SettlementResult,

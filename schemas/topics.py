@@ -60,6 +60,8 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("monitor.alerts", "fixmedins_code", ("yibao.monitor.AlertRaised.v1",), consumed=False),
         TopicSpec("ops.faults", "service", ("yibao.ops.FaultsChanged.v1",), partitions=1, consumed=False,
                   compact=True),
+        TopicSpec("ops.audit", "operator name", ("yibao.ops.OperatorAction.v1",), partitions=1, consumed=False,
+                  retention_ms=365 * DAY_MS),
     )
 }
 

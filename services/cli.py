@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     cl.add_argument("--token", help="an operator's bearer token (default: $YIBAO_TOKEN, else one signed here "
                                     "with YIBAO_AUTH_KEY)")
     cl.set_defaults(func=cmd_clearing)
+    from services import ops_cli
+
+    ops_cli.add_parser(sub, operator_headers)
     t = sub.add_parser("token", help="issue a caller's bearer token (province, supervisor, operator, insured)",
                        description="Signs a token with YIBAO_AUTH_KEY (the key every service checks). Send it as "
                                    "`Authorization: Bearer <token>`. Hospitals do not use tokens: they sign each "

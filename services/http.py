@@ -132,6 +132,11 @@ def jsonable(errors: Any) -> list[dict[str, Any]]:
 
 
 def add_healthz(app: FastAPI, service: str, health: Any) -> None:
+    """The endpoints every service has for its operators: /healthz and /metrics."""
+    from services.metrics import add_metrics
+
+    add_metrics(app, service)
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
         """Liveness and readiness of this service: 503 while a consumer loop is down (each consumer's

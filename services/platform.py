@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from services.bus.client import Bus
 from services.bus.kafka import KafkaCluster, kafka_version, why_not_kafka
 from services.bus.settings import BusSettings
 from services.http import serve
+from services.metrics import MULTIPROC_ENV
 from services.service import Service
 from services.settings import CommonSettings
 
@@ -195,7 +197,8 @@ class Platform:
         except RuntimeError:
             self.stop()
             raise
-        base |= {"YIBAO_KAFKA_BOOTSTRAP": self.bootstrap, "YIBAO_VAR_DIR": str(self.var_dir), "YIBAO_BROKER": kind}
+        base |= {"YIBAO_KAFKA_BOOTSTRAP": self.bootstrap, "YIBAO_VAR_DIR": str(self.var_dir), "YIBAO_BROKER": kind,
+                 MULTIPROC_ENV: str(self.fresh_metrics_dir())}
         workers = settle_workers(base)
         partitions = topic_partitions(base, embedded=kind == "embedded")
         if partitions:  # the services re-create topics after a broker restart: the same count
@@ -222,6 +225,14 @@ class Platform:
         self._watching.clear()
         self._watcher = threading.Thread(target=self._supervise, name="yibao-supervisor", daemon=True)
         self._watcher.start()
+
+    def fresh_metrics_dir(self) -> Path:
+        """Where every process of this run writes its metrics, so that /metrics of any service
+        shows the platform's (services/metrics.py); emptied at start."""
+        d = self.var_dir / "metrics"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        return d
 
     def launch(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         self.specs[name] = (cmd, env)

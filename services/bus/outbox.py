@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Column, Field, Session, SQLModel
 
 from services.bus.envelope import Headers, encode, make_headers, now_ms
+from services.metrics import OUTBOX as OUTBOX_PUBLISHED
 
 if TYPE_CHECKING:
     from services.bus.client import Bus
@@ -239,6 +240,7 @@ class OutboxRelay:
             if failed:
                 c.execute(update(OUTBOX).where(OUTBOX.c.id.in_(failed)).values(lease_until=None))
         self.published += len(acked)
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(acked))
 
     async def drain_once(self) -> int:
         """Lease a batch of unsent rows, publish them in order, mark them sent.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ from services.bus.envelope import (
     now_ms,
     replace_header,
 )
+from services.metrics import HANDLE, LAG, RECORDS
 
 GIVE_UP = "yibao-give-up"  # on a retry record: its handling was given up; telling the sender is due
 GIVE_UP_TRIES = "yibao-give-up-tries"
@@ -246,6 +248,7 @@ class Worker:
         offsets = Committer(self.bus, consumer, self.group)
         handled_to: dict[TopicPartition, int] = {}  # the next offset to handle, per partition, by our count
         loop = asyncio.get_running_loop()
+        lag_due = 0.0
         try:
             while self._running:
                 try:
@@ -280,6 +283,9 @@ class Worker:
                     break
                 handled_to.update(done)
                 offsets.add(done)
+                if loop.time() > lag_due:  # the lag gauge, at most once a second
+                    LAG.labels(self.group + (".retry" if retry else "")).set(_lag(consumer))
+                    lag_due = loop.time() + 1.0
         finally:
             await offsets.close()
 
@@ -334,6 +340,7 @@ class Worker:
         await self.bus.send_raw(topic.removesuffix(RETRY_SUFFIX) + DLQ_SUFFIX, None, b"",
                                 [(k, v.encode()) for k, v in hs.items()])
         self.stats["dead_lettered"] += 1
+        RECORDS.labels(self.group, topic, "dead_lettered").inc()
 
     def _dlq_headers(self, topic: str, partition: int, offset: int, exc: BaseException, reason: str,
                      attempts: int) -> dict[str, str]:
@@ -368,9 +375,12 @@ class Worker:
         msg = await self._decode_or_dead_letter(rec, topic, headers)
         if msg is None or await self._giving_up(rec, topic, msg) or await self._expired(rec, topic, msg):
             return
+        t0 = time.perf_counter()
         try:
             await self.handlers[topic](msg)
             self.stats["handled"] += 1
+            HANDLE.labels(self.group, topic).observe(time.perf_counter() - t0)
+            RECORDS.labels(self.group, topic, "handled").inc()
         except PermanentError as exc:
             await self._give_up(rec, topic, msg, str(exc), exc)
         except Exception as exc:
@@ -387,13 +397,18 @@ class Worker:
                 valid.append((rec, msg))
         if not valid:
             return
+        t0 = time.perf_counter()
         try:
             errors = await handler.fn([m for _, m in valid])
         except Exception as exc:  # the whole batch failed: each message retries on its own
             errors = [exc] * len(valid)
+        share = (time.perf_counter() - t0) / len(valid)
+        timing = HANDLE.labels(self.group, topic)
         for (rec, msg), err in zip(valid, errors, strict=True):
             if err is None:
                 self.stats["handled"] += 1
+                timing.observe(share)
+                RECORDS.labels(self.group, topic, "handled").inc()
             elif isinstance(err, PermanentError):
                 await self._give_up(rec, topic, msg, str(err), err)
             else:
@@ -437,6 +452,7 @@ class Worker:
                  msg.attempt, exc, delay, msg.correlation_id or msg.key)
         await self._requeue(rec, topic, hs, delay)
         self.stats["retried"] += 1
+        RECORDS.labels(self.group, topic, "retried").inc()
 
     async def _requeue(self, rec: ConsumerRecord[Any, Any], topic: str, headers: Headers, delay_ms: int) -> None:
         """The record again on `<topic>.retry`, due after `delay_ms`, for this consumer group only."""
@@ -487,6 +503,7 @@ class Worker:
         await self.bus.send_raw(topic + DLQ_SUFFIX, rec.key, value, hs)
         key = rec.key.decode("utf-8", "replace") if rec.key else None
         self.stats["dead_lettered"] += 1
+        RECORDS.labels(self.group, topic, "dead_lettered").inc()
         if self.on_dead_letter:
             code = getattr(exc, "code", None) or ("RETRIES_EXHAUSTED" if attempts > 1 else "FAILED")
             try:

@@ -23,6 +23,7 @@ from services.bus.faults import Fault
 from services.credentials import TokenError, card_digest, cert_digest, read_ectoken, reveal_names
 from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, json_response
 from services.identity import Authenticator, Caller, allow, install, not_yours
+from services.ops import add_ops_routes
 from services.settle import clearing, encounters, reconcile
 from services.settle.auth import Gate
 from services.settle.clearing import ClearingError, advance_funds
@@ -561,6 +562,7 @@ def create_api(svc: SettleService) -> FastAPI:
                 "outbox_published": svc.runtime.relay.published}
 
     add_person_status(app, svc)
+    add_ops_routes(app, svc.runtime.bus)
     return app
 
 

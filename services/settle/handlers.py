@@ -509,7 +509,8 @@ async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
         code = "DEADLINE" if "deadline" in reason else "HOP_DOWN"
         text = (f"结算超时：{step.level} {step.admdvs} 未能在时限内处理，请稍后用原 msgid 查询结果"
                 if code == "DEADLINE" else
-                f"结算链路故障：{step.level} {step.admdvs} 多次重试仍不可用（{reason}），请稍后重试")
+                f"结算链路故障：{step.level} {step.admdvs} 多次重试仍不可用（{reason}）。故障排除后运维可能重新投递，"
+                "本交易仍可能完成：请用原 msgid 查询结果；如要重新结算，请先以 2601 冲正原 msgid")
         hop.outcome = failure(code, text)
     _finish(ctx, msg, hop)
 

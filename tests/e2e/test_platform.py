@@ -81,6 +81,25 @@ def test_a_fault_set_on_the_api_reaches_the_relay_process(platform: Platform) ->
     assert c.delete(platform.url("settle") + "/ops/faults", headers=headers_for("operator")).json() == []
 
 
+def test_the_settle_api_shows_the_whole_platform_to_an_operator(platform: Platform) -> None:
+    """/metrics of the settle API includes the hop workers' (other processes); `yibao ops` works."""
+    c = httpx.Client(timeout=60, auth=SigningAuth())
+    psn = enrol_and_file(c, platform, with_check_char("11010519500101003"))
+    ans = c.post(platform.url("settle") + "/fsi/callService",
+                 json=claim_body(psn, "H44010400001", "440100", "360100")).json()
+    assert ans["infcode"] == 0, ans
+    metrics = httpx.get(platform.url("settle") + "/metrics").text  # as `curl :8103/metrics`, no token
+    hops = {ln.split('topic="')[1].split('"')[0] for ln in metrics.splitlines()
+            if ln.startswith("yibao_handle_seconds_count") and 'topic="settle.' in ln}
+    assert hops >= {"settle.city", "settle.province", "settle.national"}, hops  # handled in the worker process
+    assert 'yibao_http_seconds_count{method="POST",route="/fsi/callService"' in metrics
+    for args, words in ((["topics"], "settle.city.dlq"), (["dlq", "list"], "no dead letters"),
+                        (["faults"], "no faults in force")):
+        out = subprocess.run([sys.executable, "-m", "services.cli", "ops", "--url", platform.url("settle"), *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and words in out.stdout, (args, out.stdout, out.stderr)
+
+
 def enrol_and_file(c: httpx.Client, platform: Platform, certno: str) -> str:
     jiangxi = headers_for("province", "360000", "test")
     psn = c.post(platform.url("enroll") + "/persons", json={

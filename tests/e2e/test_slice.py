@@ -186,7 +186,7 @@ async def test_no_name_or_id_number_travels_outside_the_inbound_topic(stack: Sta
     settled = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100")
     assert settled["output"]["setlinfo"]["psn_name"] == name  # opened for the hospital
     reg = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100", infno="2201")
-    assert reg["output"]["psn_name"] == name
+    assert reg["output"]["data"]["psn_name"] == name  # 2201 answers at output.data
     masked = (await stack.province("enroll", "360100").get(f"/persons/{psn}")).json()["certno"]
     assert "*" in masked  # the API masks it too
     # a province's record the enroll service refuses: the rejection must not repeat the number

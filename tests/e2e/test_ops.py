@@ -1,0 +1,102 @@
+"""Operators: dead letters counted and redriven, topics and lag, every action audited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+from services.bus.deadletters import AUDIT_TOPIC
+from tests.conftest import BrokerUnderTest
+from tests.e2e.stack import GZ_HOSPITAL, Stack, ledger_rows
+from tests.helpers import read_topic, wait_until
+
+CLAIMS = 100
+
+
+async def redrive(stack: Stack, topic: str, **body: object) -> list[dict[str, int]]:
+    r = await stack.operator("settle").post(f"/ops/dlq/{topic}/redrive", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return [json.loads(line) for line in r.text.splitlines() if line]
+
+
+async def test_claims_dead_lettered_while_the_insured_city_was_down_are_redriven_and_settle_once(
+        stack: Stack, broker: BrokerUnderTest) -> None:
+    people = [await stack.person("360100") for _ in range(4)]
+    for psn in people:
+        await stack.file(psn, "440100")
+    ops = stack.operator("settle")
+    await ops.put("/ops/faults", json={"level": "city", "region": "360100", "down": True})
+    gate = asyncio.Semaphore(20)
+
+    async def claim(i: int) -> dict[str, object]:
+        async with gate:
+            return await stack.settle_claim(people[i % len(people)], GZ_HOSPITAL, "440100", "360100")
+
+    answers = await asyncio.gather(*(claim(i) for i in range(CLAIMS)))
+    assert all(a["infcode"] == -1 and a["output"]["err_code"] == "HOP_DOWN" for a in answers), answers[0]
+    msgids = [str(a["msgid"]) for a in answers]
+
+    async def all_dead() -> list[dict[str, object]] | None:
+        rows = (await ops.get("/ops/dlq")).json()
+        return rows if sum(int(r["count"]) for r in rows if r["dlq_topic"] == "settle.city.dlq") == CLAIMS else None
+    summary = await wait_until(all_dead, what=f"{CLAIMS} dead letters on settle.city.dlq")
+    (row,) = [r for r in summary if r["dlq_topic"] == "settle.city.dlq"]
+    assert row["original_topic"] == "settle.city" and "still failing" in row["reason"]
+    letters = (await ops.get("/ops/dlq/settle.city.dlq", params={"limit": 1000})).json()
+    assert sorted(d["msgid"] for d in letters) == sorted(msgids) and all(d["attempts"] >= 2 for d in letters)
+
+    # the city back; the redrive moves them to where they failed and they settle, each once
+    await ops.delete("/ops/faults")
+    lines = await redrive(stack, "settle.city.dlq", reason="still failing")
+    assert lines[-1] | {"done": True} == lines[-1] and lines[-1]["redriven"] == CLAIMS, lines
+    assert len(lines) >= 3  # progress on the way (every 50)
+
+    async def all_settled() -> bool:
+        rows = [(await stack.http["settle"].get(f"/claims/{m}")).json()["status"] for m in msgids]
+        return all(s == "settled" for s in rows)
+    await wait_until(all_settled, what="every redriven claim to settle", timeout=120)
+    assert all(len(ledger_rows(stack, m)) == 1 for m in msgids)
+
+    again = await redrive(stack, "settle.city.dlq")
+    assert (again[-1]["redriven"], again[-1]["skipped_done"]) == (0, CLAIMS)  # never twice
+    audit = await read_topic(broker, AUDIT_TOPIC, 1, timeout=10)
+    action = json.loads(audit[0].value)
+    assert action["action"] == "dlq.redrive" and action["by"] == "test" and len(action["touched"]) == 50
+
+    groups = (await ops.get("/ops/groups")).json()
+    assert any(g["group"].startswith("settle") for g in groups)
+    topics = {t["topic"]: t for t in (await ops.get("/ops/topics")).json()}
+    assert topics["settle.city.dlq"]["records"] == CLAIMS
+
+    metrics = (await stack.http["settle"].get("/metrics")).text  # Prometheus, no token needed
+    assert re.search(r'yibao_handle_seconds_bucket{group="[^"]+",le="0.005",topic="settle.city"}', metrics), \
+        [ln for ln in metrics.splitlines() if "handle_seconds_bucket" in ln][:5]
+    assert 'outcome="dead_lettered",topic="settle.city"' in metrics and "yibao_http_seconds" in metrics
+
+
+async def test_a_redriven_letter_that_fails_again_returns_with_its_history(stack: Stack) -> None:
+    psn = await stack.person("360100")
+    await stack.file(psn, "440100")
+    ops = stack.operator("settle")
+    await ops.put("/ops/faults", json={"level": "city", "region": "360100", "down": True})
+    ans = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100")
+    msgid = ans["msgid"]
+
+    async def letters() -> list[dict[str, object]] | None:
+        rows = (await ops.get("/ops/dlq/settle.city.dlq", params={"msgid": msgid})).json()
+        return rows or None
+    first = await wait_until(letters, what="the dead letter")
+    lines = await redrive(stack, "settle.city.dlq", msgid=msgid)  # the city is still down
+    assert lines[-1]["redriven"] == 1
+
+    async def back() -> list[dict[str, object]] | None:
+        rows = (await ops.get("/ops/dlq/settle.city.dlq", params={"msgid": msgid})).json()
+        return rows if len(rows) == 2 else None
+    both = await wait_until(back, what="the letter back on the DLQ")
+    assert both[0]["place"] == first[0]["place"] and both[1]["redrives"] == 1
+    r = await ops.get("/ops/dlq/nope.dlq")
+    assert r.status_code == 404 and "settle.city.dlq" in r.json()["error"]
+    r = await stack.as_("settle", "province", "360000").get("/ops/dlq")
+    assert r.status_code == 403
+    await ops.delete("/ops/faults")
