@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test bench chaos lint schemas demo clean postgres kafka
+.PHONY: run test bench chaos lint schemas demo clean postgres browser kafka
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
@@ -36,6 +36,9 @@ schemas: $(STAMP)  ## regenerate schemas/json from the models
 
 postgres:  ## install (Debian's packages), start and prepare PostgreSQL for the tests; needs root
 	bash deploy/postgres/setup.sh
+
+browser:  ## install Debian's Chromium for the console's browser test; needs root
+	bash deploy/browser/setup.sh
 
 kafka: $(STAMP)  ## resolve Apache Kafka's jars from Maven Central into var/kafka/lib
 	.venv/bin/yibao kafka fetch

@@ -1,23 +1,28 @@
-"""The operator's view of the platform's topics over REST: topics and consumer-group lag, dead
-letters by topic and reason, and redriving them (operators only; every redrive is logged with who
-did it and recorded on `ops.audit`). Mounted on the settle service, which hosts `/ops`."""
+"""The operator's view of the platform's topics over REST: topics and consumer-group lag, browsing
+messages, replaying a range, dead letters by topic and reason and redriving them (operators only;
+every replay and redrive is logged with who did it and recorded on `ops.audit`). Mounted on the
+settle service, which hosts `/ops`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from schemas.topics import DLQ_SUFFIX
 from services.bus.client import Bus
-from services.bus.deadletters import dlq_topics, list_dead_letters, partitions_of, redrive, summary
+from services.bus.deadletters import dlq_topics, list_dead_letters, redrive, summary
+from services.bus.envelope import CORRELATION, header_dict
+from services.bus.reading import partitions_of, read_to_end
+from services.bus.replay import known_topic, replay
 from services.identity import Caller, allow
 
 log = logging.getLogger("yibao.ops")
@@ -42,7 +47,8 @@ async def topic_overview(bus: Bus) -> list[dict[str, Any]]:
         tps = {n: [TopicPartition(n, p) for p in await partitions_of(consumer, bus.settings.topic(n))] for n in names}
     finally:
         await consumer.stop()
-    ends = await bus.end_offsets([tp for group in tps.values() for tp in group])
+    every = [tp for group in tps.values() for tp in group]
+    ends = await bus.end_offsets(every) if every else {}
     return [{"topic": n, "partitions": len(tps[n]), "end_offsets": [ends[tp] for tp in tps[n]],
              "records": sum(ends[tp] for tp in tps[n])} for n in names]
 
@@ -59,7 +65,8 @@ async def group_lag(bus: Bus) -> list[dict[str, Any]]:
         await admin.close()
     logical = {tp: TopicPartition(bus.settings.logical(tp.topic), tp.partition)
                for offsets in committed.values() for tp in offsets}
-    ends = await bus.end_offsets(sorted(set(logical.values())))
+    wanted = sorted(set(logical.values()))
+    ends = await bus.end_offsets(wanted) if wanted else {}
     out = []
     for g in groups:
         parts = [{"topic": logical[tp].topic, "partition": tp.partition, "committed": meta.offset,
@@ -67,6 +74,56 @@ async def group_lag(bus: Bus) -> list[dict[str, Any]]:
                  for tp, meta in sorted(committed[g].items())]
         out.append({"group": bus.settings.logical(g), "lag": sum(p["lag"] for p in parts), "partitions": parts})
     return out
+
+
+SECRET_FIELDS = {"certno", "mdtrt_cert_no", "card_no", "card_sn"}  # ID and card numbers: never shown
+NAME_FIELDS = {"psn_name", "coner_name"}
+
+
+def masked(value: Any) -> Any:
+    """A decoded value with ID and card numbers masked and names cut to their first character."""
+    if isinstance(value, dict):
+        return {k: (("*" * 8 + str(v)[-2:]) if k in SECRET_FIELDS and v else
+                    (str(v)[:1] + "*" * (len(str(v)) - 1)) if k in NAME_FIELDS and v else masked(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
+def when(text: str | None, name: str) -> int | None:
+    """Epoch ms from epoch ms or an ISO date-time (local time when it has no offset)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        raise HTTPException(422, f"{name} {text!r}: give epoch milliseconds or an ISO date-time such as "
+                                 "2026-12-05T08:00") from None
+
+
+def browsed(rec: ConsumerRecord[Any, Any]) -> dict[str, Any]:
+    h = header_dict(rec.headers)
+    try:
+        value: Any = masked(orjson.loads(rec.value)) if rec.value else None
+    except orjson.JSONDecodeError:
+        value = {"not_json": len(rec.value or b"")}
+    return {"partition": rec.partition, "offset": rec.offset, "time_ms": rec.timestamp,
+            "key": rec.key.decode("utf-8", "replace") if rec.key else None,
+            "headers": {k: v for k, v in h.items() if k not in ("traceparent",)}, "value": value}
+
+
+class ReplayRequest(BaseModel):
+    """A range of a topic by record time (since/until: epoch ms or ISO date-time) or by offset."""
+
+    since: str | None = None
+    until: str | None = None
+    from_offset: int | None = Field(None, ge=0)
+    to_offset: int | None = Field(None, ge=0)
+    key: str | None = None
+    target: str | None = Field(None, description="another registry topic (default: the same)")
 
 
 def add_ops_routes(app: FastAPI, bus: Bus) -> None:
@@ -84,6 +141,50 @@ def add_ops_routes(app: FastAPI, bus: Bus) -> None:
     async def groups(_: Annotated[Caller, allow("operator")]) -> list[dict[str, Any]]:
         """Every consumer group with its lag per partition (which hop is behind)."""
         return await group_lag(bus)
+
+    async def known_topic_of(topic: str) -> None:
+        names = await bus.list_topics()
+        if topic not in names:
+            raise HTTPException(404, f"{topic} is not a topic here; they are: {', '.join(sorted(names))}")
+
+    @app.get("/ops/topics/{topic}/messages", tags=["ops"])
+    async def browse(topic: str, _: Annotated[Caller, allow("operator")], key: str | None = None,
+                     ce_type: str | None = None, msgid: str | None = None, since: str | None = None,
+                     until: str | None = None, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        """Messages of a topic, filtered by key, ce_type, msgid (ce_correlationid) and record time
+        (epoch ms or ISO date-time); values decoded, ID and card numbers masked, names cut."""
+        await known_topic_of(topic)
+        out: list[dict[str, Any]] = []
+        async for rec in read_to_end(bus, topic, when(since, "since"), when(until, "until")):
+            h = header_dict(rec.headers)
+            if ((key is not None and (rec.key or b"").decode("utf-8", "replace") != key)
+                    or (ce_type is not None and h.get("ce_type") != ce_type)
+                    or (msgid is not None and h.get(CORRELATION) != msgid)):
+                continue
+            out.append(browsed(rec))
+        return out[-limit:]
+
+    @app.post("/ops/topics/{topic}/replay", tags=["ops"], response_model=None)
+    async def replay_range(topic: str, req: ReplayRequest, who: Annotated[Caller, allow("operator")]
+                           ) -> StreamingResponse:
+        """Copy a range of a topic into itself or another topic with a `replayed-from` header
+        (consumers drop the copies by ce_id). JSON lines of progress, the last with `done: true`."""
+        await known_topic_of(topic)
+        if req.target is not None and not known_topic(req.target):
+            raise HTTPException(422, f"target {req.target}: name a registry topic (schemas/topics.py)")
+        since, until = when(req.since, "since"), when(req.until, "until")
+        log.warning("%s replays %s (%s) into %s", who, topic, req.model_dump(exclude_none=True), req.target or topic)
+
+        async def lines() -> AsyncIterator[bytes]:
+            last: dict[str, Any] = {}
+            async for p in replay(bus, topic, who.subject, target=req.target, since_ms=since, until_ms=until,
+                                  from_offset=req.from_offset, to_offset=req.to_offset, key=req.key):
+                last = p.as_dict()
+                yield orjson.dumps(last) + b"\n"
+            log.warning("%s replayed %s: %d records", who, topic, last.get("copied", 0))
+            yield orjson.dumps(last | {"done": True}) + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @app.get("/ops/dlq", tags=["ops"])
     async def dlq_summary(_: Annotated[Caller, allow("operator")]) -> list[dict[str, Any]]:
@@ -120,3 +221,21 @@ def add_ops_routes(app: FastAPI, bus: Bus) -> None:
             yield orjson.dumps((last.as_dict() if last else {}) | {"done": True}) + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+HOP_TOPICS = ("settle.city", "settle.province", "settle.national")
+
+
+async def hop_records(bus: Bus, msgid: str, since_ms: int) -> list[dict[str, Any]]:
+    """Every record of one claim on the hop topics and their retry and dead-letter topics, by time."""
+    found = []
+    for base in HOP_TOPICS:
+        for topic in (base, base + ".retry", base + DLQ_SUFFIX):
+            async for rec in read_to_end(bus, topic, since_ms=since_ms):
+                h = header_dict(rec.headers)
+                if h.get(CORRELATION) == msgid:
+                    found.append({"topic": topic, "partition": rec.partition, "offset": rec.offset,
+                                  "time_ms": rec.timestamp, "key": rec.key.decode("utf-8", "replace") if rec.key
+                                  else None, "attempt": int(h.get("ce_attempt", "1") or 1),
+                                  "reason": h.get("dlq-error-message") or h.get("yibao-last-error")})
+    return sorted(found, key=lambda r: (r["time_ms"], r["offset"]))

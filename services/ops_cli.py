@@ -4,7 +4,12 @@
     yibao ops groups [--all]               consumer groups and their lag (only those behind, unless --all)
     yibao ops dlq list [--topic T]         dead letters: counts by topic and reason, or one topic's records
     yibao ops dlq redrive --topic T [--reason R] [--msgid M] [--place P …] [--deadline-s S] [--force]
+    yibao ops browse TOPIC [--key K] [--type T] [--msgid M] [--since S] [--until U] [--limit N]
+    yibao ops replay TOPIC [--since S] [--until U] [--from-offset O] [--to-offset O] [--key K] [--into T]
+    yibao ops trace MSGID                  one claim across every hop, and where it is now
     yibao ops faults [list|clear]          hop faults in force
+
+Times (--since, --until) are ISO date-times (2026-12-05T08:00, local time) or epoch milliseconds.
 """
 
 from __future__ import annotations
@@ -38,6 +43,24 @@ def add_parser(sub: Any, operator_headers: Any) -> None:
     d.add_argument("--deadline-s", type=float, default=60.0, help="redrive: the new deadline (default %(default)s s)")
     d.add_argument("--force", action="store_true", help="redrive also letters redriven the maximum times already")
     d.add_argument("--limit", type=int, default=50, help="list: at most this many records (default %(default)s)")
+    b = osub.add_parser("browse", help="messages of a topic, decoded (ID numbers masked)")
+    b.add_argument("topic")
+    b.add_argument("--key")
+    b.add_argument("--type", dest="ce_type", help="ce_type, e.g. yibao.settle.SettlementResult.v1")
+    b.add_argument("--msgid", help="a claim's msgid (ce_correlationid)")
+    b.add_argument("--since")
+    b.add_argument("--until")
+    b.add_argument("--limit", type=int, default=20, help="the last this many (default %(default)s)")
+    r = osub.add_parser("replay", help="copy a range of a topic into itself or another, marked replayed-from")
+    r.add_argument("topic")
+    r.add_argument("--since")
+    r.add_argument("--until")
+    r.add_argument("--from-offset", type=int)
+    r.add_argument("--to-offset", type=int)
+    r.add_argument("--key")
+    r.add_argument("--into", dest="target", help="another registry topic (default: the same)")
+    t = osub.add_parser("trace", help="one claim across every hop")
+    t.add_argument("msgid")
     f = osub.add_parser("faults", help="hop faults in force in every settle process")
     f.add_argument("action", choices=["list", "clear"], nargs="?", default="list")
     ops.set_defaults(func=lambda args: run(args, operator_headers(args.token)))
@@ -46,7 +69,8 @@ def add_parser(sub: Any, operator_headers: Any) -> None:
 def run(args: argparse.Namespace, auth: dict[str, str]) -> None:
     with httpx.Client(base_url=args.url.rstrip("/"), headers=auth, timeout=600) as c:
         try:
-            {"topics": topics, "groups": groups, "dlq": dlq, "faults": faults}[args.what](c, args)
+            {"topics": topics, "groups": groups, "dlq": dlq, "faults": faults, "browse": browse, "replay": replay,
+             "trace": trace}[args.what](c, args)
         except httpx.HTTPError as exc:
             raise SystemExit(f"cannot reach the settle service at {args.url} ({exc}); is `yibao run` up?") from None
 
@@ -94,8 +118,8 @@ def dlq(c: httpx.Client, args: argparse.Namespace) -> None:
         if not rows:
             print("no dead letters")
         for r in rows:
-            print(f"{r['count']:>6}  {r['dlq_topic']}  (from {r['original_topic']}, group {r['consumer']}): "
-                  f"{r['reason']}")
+            print(f"{r['waiting']:>6} waiting of {r['count']:>6}  {r['dlq_topic']}  (from {r['original_topic']}, "
+                  f"group {r['consumer']}): {r['reason']}")
         return
     topic = dlq_topic(args.topic)
     if args.action == "list":
@@ -121,6 +145,49 @@ def dlq(c: httpx.Client, args: argparse.Namespace) -> None:
     if not last.get("done"):
         raise SystemExit("the redrive stopped before it said it was done; list the letters and run it again "
                          "(letters already redriven are skipped)")
+
+
+def clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def browse(c: httpx.Client, args: argparse.Namespace) -> None:
+    params = {k: v for k, v in (("key", args.key), ("ce_type", args.ce_type), ("msgid", args.msgid),
+                                ("since", args.since), ("until", args.until), ("limit", args.limit)) if v}
+    rows = answer(c.get(f"/ops/topics/{args.topic}/messages", params=params))
+    for m in rows:
+        print(f"{clock(m['time_ms'])}  {args.topic}/{m['partition']}/{m['offset']}  key {m['key']}  "
+              f"{m['headers'].get('ce_type', '-')}  msgid {m['headers'].get('ce_correlationid', '-')}")
+        print("    " + json.dumps(m["value"], ensure_ascii=False)[:2000])
+    print(f"{len(rows)} message(s)")
+
+
+def replay(c: httpx.Client, args: argparse.Namespace) -> None:
+    body = {"since": args.since, "until": args.until, "from_offset": args.from_offset, "to_offset": args.to_offset,
+            "key": args.key, "target": args.target}
+    last: dict[str, Any] = {}
+    with c.stream("POST", f"/ops/topics/{args.topic}/replay", json=body) as r:
+        if r.status_code >= 400:
+            r.read()
+            answer(r)
+        for line in r.iter_lines():
+            if line:
+                last = json.loads(line)
+                print(f"{args.topic} → {args.target or args.topic}: {last['copied']} copied"
+                      + ("  (done)" if last.get("done") else ""), flush=True)
+    if not last.get("done"):
+        raise SystemExit("the replay stopped before it said it was done")
+
+
+def trace(c: httpx.Client, args: argparse.Namespace) -> None:
+    t = answer(c.get(f"/ops/trace/{args.msgid}"))
+    print(f"{t['msgid']}  {t['infno']}  {t['fixmedins_code']}  received {clock(t['received_ms'])}  {t['now']}")
+    for r in t["records"]:
+        print(f"  {clock(r['time_ms'])}  {r['topic']}/{r['partition']}/{r['offset']}  key {r['key']}  "
+              f"attempt {r['attempt']}" + (f"  {r['reason']}" if r["reason"] else ""))
+    for h in t["hop_trace"]:
+        print(f"  hop {h['level']:<8} {h['admdvs']}  {h['action']:<7} attempt {h['attempt']}  "
+              f"{h['sent_ms'] - h['received_ms']} ms")
 
 
 def faults(c: httpx.Client, args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
 from schemas.events import OperatorAction
 from schemas.topics import DLQ_SUFFIX, RETRY_SUFFIX
@@ -34,12 +34,13 @@ from services.bus.envelope import (
     header_dict,
     now_ms,
 )
+from services.bus.reading import read_to_end
 
 AUDIT_TOPIC = "ops.audit"
 HISTORY = "yibao-dlq-history"  # JSON list of the earlier dead-letterings of this message
 REDRIVES = "yibao-redrives"  # how many times it was redriven
 MAX_REDRIVES = 3
-_DROPPED = ("yibao-give-up", "yibao-give-up-tries")  # a redriven message is handled, not given up again
+_DROPPED = ("yibao-give-up", "yibao-give-up-tries", "yibao-last-error")  # handled afresh, not given up again
 
 
 @dataclass(frozen=True)
@@ -77,33 +78,6 @@ def dead_letter_of(dlq_topic: str, rec: ConsumerRecord[Any, Any]) -> DeadLetterR
         redrives=int(h.get(REDRIVES, "0") or 0))
 
 
-async def partitions_of(consumer: AIOKafkaConsumer, physical: str) -> list[int]:
-    """The partitions of a topic by its broker name (none if it does not exist), from fresh metadata."""
-    await consumer._client.force_metadata_update()  # a group-less consumer has no metadata of its own yet
-    return sorted(consumer.partitions_for_topic(physical) or ())
-
-
-async def read_to_end(bus: Bus, topic: str) -> AsyncIterator[ConsumerRecord[Any, Any]]:
-    """Every record of a logical topic now on the broker, partition by partition, without a group."""
-    consumer: AIOKafkaConsumer = bus.consumer(group_id=None, fetch_max_wait_ms=100)
-    await consumer.start()
-    try:
-        tps = [bus.tp(topic, p) for p in await partitions_of(consumer, bus.settings.topic(topic))]
-        if not tps:
-            return
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        for tp in tps:
-            while await consumer.position(tp) < ends[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for rec in batch.get(tp, []):
-                    if rec.offset < ends[tp]:
-                        yield rec
-    finally:
-        await consumer.stop()
-
-
 async def dlq_topics(bus: Bus) -> list[str]:
     return sorted(t for t in await bus.list_topics() if t.endswith(DLQ_SUFFIX))
 
@@ -120,12 +94,19 @@ async def list_dead_letters(bus: Bus, dlq_topic: str, reason: str | None = None,
 
 
 async def summary(bus: Bus) -> list[dict[str, Any]]:
-    """Counts per DLQ topic, original topic, consumer and reason (the reason's first 120 characters)."""
+    """Counts per DLQ topic, original topic, consumer and reason (the reason's first 120
+    characters): every letter, and those not yet redriven (`waiting`)."""
+    done = await redriven_places(bus)
     rows = []
     for t in await dlq_topics(bus):
-        counts = Counter((d.original_topic, d.consumer, d.reason[:120]) for d in await list_dead_letters(bus, t))
-        rows += [{"dlq_topic": t, "original_topic": o, "consumer": c, "reason": r, "count": n}
-                 for (o, c, r), n in sorted(counts.items(), key=lambda x: -x[1])]
+        counts: Counter[tuple[str, str, str]] = Counter()
+        waiting: Counter[tuple[str, str, str]] = Counter()
+        for d in await list_dead_letters(bus, t):
+            k = (d.original_topic, d.consumer, d.reason[:120])
+            counts[k] += 1
+            waiting[k] += d.place not in done
+        rows += [{"dlq_topic": t, "original_topic": o, "consumer": c, "reason": r, "count": n,
+                  "waiting": waiting[(o, c, r)]} for (o, c, r), n in sorted(counts.items(), key=lambda x: -x[1])]
     return rows
 
 

@@ -20,10 +20,11 @@ from schemas.common import Admdvs, FixmedinsCode, Insutype
 from schemas.events import Claim, Diagnosis, FeeLine
 from services.bus.envelope import now_ms
 from services.bus.faults import Fault
+from services.console import add_console
 from services.credentials import TokenError, card_digest, cert_digest, read_ectoken, reveal_names
 from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, json_response
 from services.identity import Authenticator, Caller, allow, install, not_yours
-from services.ops import add_ops_routes
+from services.ops import add_ops_routes, hop_records
 from services.settle import clearing, encounters, reconcile
 from services.settle.auth import Gate
 from services.settle.clearing import ClearingError, advance_funds
@@ -487,6 +488,30 @@ def create_api(svc: SettleService) -> FastAPI:
             result["outcome"] = reveal_names(result["outcome"], names_key)
         return {"msgid": msgid, "status": rec.status, "fixmedins_code": rec.fixmedins_code, "result": result}
 
+    async def claim_trace(msgid: str) -> dict[str, Any] | None:
+        rec = await asyncio.to_thread(claim_status, svc.engine, msgid)
+        if rec is None:
+            return None
+        records = await hop_records(svc.runtime.bus, msgid, rec.created_ms - 1000)
+        result = result_of(rec)
+        last = records[-1] if records else None
+        now = (f"answered: {rec.status}" if rec.status != "pending" else
+               f"on {last['topic']} (partition {last['partition']}, key {last['key']})" if last else "not yet on a hop")
+        if last and last["topic"].endswith(".dlq"):
+            now += f"; dead-lettered on {last['topic']}: {last['reason']}"
+        return {"msgid": msgid, "infno": rec.infno, "fixmedins_code": rec.fixmedins_code, "status": rec.status,
+                "received_ms": rec.created_ms, "now": now, "records": records,
+                "hop_trace": result["trace"] if result else []}
+
+    @app.get("/ops/trace/{msgid}", tags=["ops"])
+    async def trace(msgid: str, _: Annotated[Caller, allow("operator")]) -> dict[str, Any]:
+        """One claim across every hop: its status, every record of it on the hop topics (retries and
+        dead letters too) with times and attempts, the hop trace of its answer, and where it is now."""
+        found = await claim_trace(msgid)
+        if found is None:
+            raise HTTPException(404, f"no request with msgid {msgid} was received here")
+        return found
+
     @app.get("/hospitals/{fixmedins_code}/results", tags=["hospital"], response_model=None)
     async def result_stream(fixmedins_code: str, who: Annotated[Caller, allow("hospital", "operator")],
                             last_event_id: str | None = Header(None)) -> StreamingResponse:
@@ -563,6 +588,8 @@ def create_api(svc: SettleService) -> FastAPI:
 
     add_person_status(app, svc)
     add_ops_routes(app, svc.runtime.bus)
+    add_console(app, svc.runtime.bus, svc.common.auth_key, svc.ctx.faults.listed, claim_trace,
+                lambda: asyncio.to_thread(advance_funds, svc.engine))
     return app
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import pytest
 
 from services.bus.deadletters import AUDIT_TOPIC
 from tests.conftest import BrokerUnderTest
-from tests.e2e.stack import GZ_HOSPITAL, Stack, ledger_rows
+from tests.e2e.stack import DEFAULT_LINES, FEMALE_ONLY_LINE, GZ_HOSPITAL, Stack, ledger_rows
 from tests.helpers import read_topic, wait_until
 
 CLAIMS = 100
@@ -20,6 +24,7 @@ async def redrive(stack: Stack, topic: str, **body: object) -> list[dict[str, in
     return [json.loads(line) for line in r.text.splitlines() if line]
 
 
+@pytest.mark.one_database  # the redrive is Kafka's; the ledger's databases are both covered elsewhere
 async def test_claims_dead_lettered_while_the_insured_city_was_down_are_redriven_and_settle_once(
         stack: Stack, broker: BrokerUnderTest) -> None:
     people = [await stack.person("360100") for _ in range(4)]
@@ -58,6 +63,8 @@ async def test_claims_dead_lettered_while_the_insured_city_was_down_are_redriven
     await wait_until(all_settled, what="every redriven claim to settle", timeout=120)
     assert all(len(ledger_rows(stack, m)) == 1 for m in msgids)
 
+    (after,) = [r for r in (await ops.get("/ops/dlq")).json() if r["dlq_topic"] == "settle.city.dlq"]
+    assert (after["count"], after["waiting"]) == (CLAIMS, 0)  # kept for the record, none waiting
     again = await redrive(stack, "settle.city.dlq")
     assert (again[-1]["redriven"], again[-1]["skipped_done"]) == (0, CLAIMS)  # never twice
     audit = await read_topic(broker, AUDIT_TOPIC, 1, timeout=10)
@@ -75,6 +82,7 @@ async def test_claims_dead_lettered_while_the_insured_city_was_down_are_redriven
     assert 'outcome="dead_lettered",topic="settle.city"' in metrics and "yibao_http_seconds" in metrics
 
 
+@pytest.mark.one_database
 async def test_a_redriven_letter_that_fails_again_returns_with_its_history(stack: Stack) -> None:
     psn = await stack.person("360100")
     await stack.file(psn, "440100")
@@ -100,3 +108,45 @@ async def test_a_redriven_letter_that_fails_again_returns_with_its_history(stack
     r = await stack.as_("settle", "province", "360000").get("/ops/dlq")
     assert r.status_code == 403
     await ops.delete("/ops/faults")
+
+
+async def test_replaying_settle_completed_by_time_is_harmless_and_a_claim_can_be_traced(stack: Stack) -> None:
+    """A day of settle.completed replayed into itself: the copies carry replayed-from and the same
+    ce_id; no ledger entry, advance-fund use or alert changes."""
+    since = f"{datetime.now() - timedelta(minutes=5):%Y-%m-%dT%H:%M:%S}"
+    psn = await stack.person("360100")  # a man: the female-only line raises an alert
+    await stack.file(psn, "440100")
+    msgids = [str((await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100",
+                                            lines=[*DEFAULT_LINES, FEMALE_ONLY_LINE]))["msgid"]) for _ in range(3)]
+    supervisor = stack.as_("monitor", "supervisor", "440000")
+
+    async def alerts() -> int:
+        return sum([len((await supervisor.get("/alerts", params={"msgid": m})).json()) for m in msgids])
+    await wait_until(lambda: _at_least(alerts, 3), what="the three alerts")
+    ops = stack.operator("settle")
+    funds = (await ops.get("/clearing/advance-funds")).json()
+    monitor = stack.services["monitor"].runtime.workers[0]
+    handled = monitor.stats["handled"]
+
+    r = await ops.post("/ops/topics/settle.completed/replay", json={"since": since}, timeout=60)
+    last = json.loads(r.text.splitlines()[-1])
+    assert r.status_code == 200 and last["done"] and last["copied"] >= 3, r.text
+    await wait_until(lambda: monitor.stats["handled"] >= handled + last["copied"], what="the monitor to read the copies")
+    assert await alerts() == 3 and (await ops.get("/clearing/advance-funds")).json() == funds
+    assert all(len(ledger_rows(stack, m)) == 1 for m in msgids)
+
+    seen = (await ops.get("/ops/topics/settle.completed/messages", params={"msgid": msgids[0]})).json()
+    assert len(seen) == 2 and seen[0]["headers"]["ce_id"] == seen[1]["headers"]["ce_id"]
+    assert seen[1]["headers"]["replayed-from"] == f"settle.completed/{seen[0]['partition']}/{seen[0]['offset']}"
+    assert seen[0]["value"]["msgid"] == msgids[0]
+    bad = await ops.get("/ops/topics/settle.completed/messages", params={"since": "yesterday"})
+    assert bad.status_code == 422 and "ISO" in bad.json()["error"]
+
+    t = (await ops.get(f"/ops/trace/{msgids[0]}")).json()
+    assert t["status"] == "settled" and t["now"] == "answered: settled"
+    assert {r["topic"] for r in t["records"]} >= {"settle.city", "settle.province", "settle.national"}
+    assert [h["action"] for h in t["hop_trace"]][0] == "split"
+
+
+async def _at_least(probe: Callable[[], Awaitable[int]], n: int) -> bool:
+    return await probe() >= n
