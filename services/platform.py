@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from schemas.events import HopLevel
 from services.bus.broker import EmbeddedBroker, free_port
@@ -54,9 +56,32 @@ def settle_workers(env: dict[str, str]) -> dict[str, tuple[str, ...]]:
 DEFAULT_PORTS = {"enroll": 8101, "filing": 8102, "settle": 8103, "monitor": 8104}
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (YIBAO_LOG_FORMAT=json): time, level, logger, message, and the
+    claim's msgid and the hop topic when the message names them."""
+
+    CLAIM = re.compile(r"\bclaim (\w+)")
+    HOP = re.compile(r"\b(settle\.(?:city|province|national))\b")
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        out: dict[str, Any] = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                               "message": message}
+        if m := self.CLAIM.search(message):
+            out["msgid"] = m.group(1)
+        if m := self.HOP.search(message):
+            out["hop"] = m.group(1)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out).decode()
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s [%(name)s] %(message)s",
                         stream=sys.stdout, force=True)
+    if os.environ.get("YIBAO_LOG_FORMAT", "text") == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
     for noisy in ("aiokafka", "kafka", "httpx", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
