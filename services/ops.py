@@ -22,7 +22,7 @@ from services.bus.client import Bus
 from services.bus.deadletters import dlq_topics, list_dead_letters, redrive, summary
 from services.bus.envelope import CORRELATION, header_dict
 from services.bus.reading import partitions_of, read_to_end
-from services.bus.replay import known_topic, replay
+from services.bus.replay import GroupBusyError, known_topic, replay, reset_group
 from services.identity import Caller, allow
 
 log = logging.getLogger("yibao.ops")
@@ -185,6 +185,19 @@ def add_ops_routes(app: FastAPI, bus: Bus) -> None:
             yield orjson.dumps(last | {"done": True}) + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.post("/ops/groups/{group}/reset", tags=["ops"])
+    async def reset(group: str, to: str, who: Annotated[Caller, allow("operator")]) -> list[dict[str, Any]]:
+        """Move a stopped consumer group's offsets to a time (`to`: epoch ms or ISO date-time): its
+        consumers read again from the first record at or after it when they start. 409 while the
+        group has members."""
+        to_ms = when(to, "to")
+        assert to_ms is not None
+        log.warning("%s resets group %s to %s", who, group, to)
+        try:
+            return await reset_group(bus, group, to_ms, who.subject)
+        except GroupBusyError as exc:
+            raise HTTPException(409, str(exc)) from None
 
     @app.get("/ops/dlq", tags=["ops"])
     async def dlq_summary(_: Annotated[Caller, allow("operator")]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
     yibao ops topics                       topics, partitions, records
     yibao ops groups [--all]               consumer groups and their lag (only those behind, unless --all)
+    yibao ops groups --reset GROUP --to T  move a stopped group's offsets to a time
     yibao ops dlq list [--topic T]         dead letters: counts by topic and reason, or one topic's records
     yibao ops dlq redrive --topic T [--reason R] [--msgid M] [--place P …] [--deadline-s S] [--force]
     yibao ops browse TOPIC [--key K] [--type T] [--msgid M] [--since S] [--until U] [--limit N]
@@ -34,6 +35,8 @@ def add_parser(sub: Any, operator_headers: Any) -> None:
     osub.add_parser("topics", help="every topic with its partitions and records")
     g = osub.add_parser("groups", help="consumer groups and their lag")
     g.add_argument("--all", action="store_true", help="also the groups that are not behind")
+    g.add_argument("--reset", metavar="GROUP", help="move a stopped group's offsets to --to (a time)")
+    g.add_argument("--to", help="with --reset: ISO date-time or epoch ms")
     d = osub.add_parser("dlq", help="dead letters: list, or redrive to where they failed")
     d.add_argument("action", choices=["list", "redrive"])
     d.add_argument("--topic", help="the topic the letters came from, or its .dlq (e.g. settle.city)")
@@ -95,6 +98,12 @@ def topics(c: httpx.Client, _: argparse.Namespace) -> None:
 
 
 def groups(c: httpx.Client, args: argparse.Namespace) -> None:
+    if args.reset:
+        if not args.to:
+            raise SystemExit("yibao ops groups --reset GROUP needs --to (ISO date-time or epoch ms)")
+        for m in answer(c.post(f"/ops/groups/{args.reset}/reset", params={"to": args.to})):
+            print(f"{args.reset}  {m['topic']}/{m['partition']}: {m['from']} → {m['to']}")
+        return
     rows = answer(c.get("/ops/groups"))
     shown = [r for r in rows if args.all or r["lag"]]
     if not shown:

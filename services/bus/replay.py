@@ -63,3 +63,45 @@ async def replay(bus: Bus, topic: str, who: str, *, target: str | None = None, s
                     "seconds": round(time.time() - started, 3)}), source="/yibao/ops")
         await bus.flush()
     yield p
+
+
+class GroupBusyError(Exception):
+    """The consumer group has members: its offsets can be moved only while it is stopped."""
+
+
+async def reset_group(bus: Bus, group: str, to_ms: int, who: str) -> list[dict[str, object]]:
+    """Move a stopped consumer group's committed offsets to the first record at or after `to_ms`
+    on each partition it has committed (the end where there is none); recorded on ops.audit."""
+    physical = bus.settings.topic(group)
+    admin = bus.admin()
+    await admin.start()
+    try:
+        for response in await admin.describe_consumer_groups([physical]):
+            for g in response.groups:  # (error_code, group_id, state, protocol_type, protocol, members, …)
+                if g[2] not in ("Empty", "Dead") or g[5]:
+                    raise GroupBusyError(f"group {group} is {g[2]} with {len(g[5])} member(s): stop its consumers "
+                                         "(the service or worker that runs it), then reset it")
+        committed = await admin.list_consumer_group_offsets(physical)
+    finally:
+        await admin.close()
+    if not committed:
+        raise GroupBusyError(f"group {group} has no committed offsets here: nothing to reset")
+    tps = sorted(committed)
+    consumer = bus.consumer(group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        found = await consumer.offsets_for_times({tp: to_ms for tp in tps})
+        ends = await consumer.end_offsets(tps)
+        new = {tp: found[tp].offset if found.get(tp) else ends[tp] for tp in tps}
+        await consumer.commit(new)
+    finally:
+        await consumer.stop()
+    moved = [{"topic": bus.settings.logical(tp.topic), "partition": tp.partition, "from": committed[tp].offset,
+              "to": new[tp]} for tp in tps]
+    await bus.send(AUDIT_TOPIC, who, OperatorAction(
+        action="group.reset", by=who, at_ms=now_ms(),
+        touched=[f"{m['topic']}/{m['partition']}/{m['from']}->{m['to']}" for m in moved],
+        detail={"group": group, "to_ms": to_ms}), source="/yibao/ops")
+    await bus.flush()
+    return moved

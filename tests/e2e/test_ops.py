@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -142,6 +143,20 @@ async def test_replaying_settle_completed_by_time_is_harmless_and_a_claim_can_be
     bad = await ops.get("/ops/topics/settle.completed/messages", params={"since": "yesterday"})
     assert bad.status_code == 422 and "ISO" in bad.json()["error"]
 
+    # a stopped group moved back to a time reads again from there; a running one is refused
+    bus = stack.settle.runtime.bus
+    reader = bus.consumer("settle.completed", group_id="ops-test-reader")
+    await reader.start()
+    await wait_until(lambda: _drained(reader), what="the reader to reach the end")
+    await reader.commit()
+    await reader.stop()
+    moved = await ops.post("/ops/groups/ops-test-reader/reset", params={"to": since})
+    assert moved.status_code == 200, moved.text
+    assert {m["to"] for m in moved.json()} == {0}  # every partition back to its first record since then
+    assert sum(m["from"] for m in moved.json()) >= 6  # it had read the 3 results and their 3 copies
+    busy = await ops.post("/ops/groups/monitor/reset", params={"to": since})
+    assert busy.status_code == 409 and "stop its consumers" in busy.json()["error"]
+
     t = (await ops.get(f"/ops/trace/{msgids[0]}")).json()
     assert t["status"] == "settled" and t["now"] == "answered: settled"
     assert {r["topic"] for r in t["records"]} >= {"settle.city", "settle.province", "settle.national"}
@@ -150,3 +165,12 @@ async def test_replaying_settle_completed_by_time_is_harmless_and_a_claim_can_be
 
 async def _at_least(probe: Callable[[], Awaitable[int]], n: int) -> bool:
     return await probe() >= n
+
+
+async def _drained(consumer: Any) -> bool:
+    await consumer.getmany(timeout_ms=200)
+    parts = consumer.assignment()
+    if not parts:
+        return False
+    ends = await consumer.end_offsets(list(parts))
+    return all([await consumer.position(tp) >= ends[tp] for tp in parts])
