@@ -112,7 +112,7 @@ def browsed(rec: ConsumerRecord[Any, Any]) -> dict[str, Any]:
         value = {"not_json": len(rec.value or b"")}
     return {"partition": rec.partition, "offset": rec.offset, "time_ms": rec.timestamp,
             "key": rec.key.decode("utf-8", "replace") if rec.key else None,
-            "headers": {k: v for k, v in h.items() if k not in ("traceparent",)}, "value": value}
+            "headers": h, "value": value}
 
 
 class ReplayRequest(BaseModel):

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
+from services import tracing
 from services.bus.db import create_tables, database_url, make_engine
 from services.bus.runtime import ServiceRuntime
 from services.bus.settings import BusSettings
@@ -24,6 +25,7 @@ class Service:
     def __init__(self, bootstrap: str, *, bus_settings: BusSettings | None = None,
                  common: CommonSettings | None = None, engine: Engine | None = None) -> None:
         self.common = common or CommonSettings()
+        tracing.configure(self.name)  # YIBAO_OTEL; off when unset
         self.engine = engine or make_engine(database_url(self.name, self.common.var_dir))
         create_tables(self.engine, self.tables)
         self.runtime = ServiceRuntime(self.name, bus_settings or BusSettings(), bootstrap, self.engine)

@@ -22,6 +22,7 @@ from aiokafka.errors import CorruptRecordException
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, RETRY_SUFFIX
+from services import tracing
 from services.bus.client import Bus
 from services.bus.envelope import (
     ATTEMPT,
@@ -377,7 +378,8 @@ class Worker:
             return
         t0 = time.perf_counter()
         try:
-            await self.handlers[topic](msg)
+            with tracing.handling(self.group, topic, msg.headers, rec.partition, rec.offset):
+                await self.handlers[topic](msg)
             self.stats["handled"] += 1
             HANDLE.labels(self.group, topic).observe(time.perf_counter() - t0)
             RECORDS.labels(self.group, topic, "handled").inc()
@@ -399,7 +401,8 @@ class Worker:
             return
         t0 = time.perf_counter()
         try:
-            errors = await handler.fn([m for _, m in valid])
+            with tracing.handling_many(self.group, topic, [(m.headers, r.partition, r.offset) for r, m in valid]):
+                errors = await handler.fn([m for _, m in valid])
         except Exception as exc:  # the whole batch failed: each message retries on its own
             errors = [exc] * len(valid)
         share = (time.perf_counter() - t0) / len(valid)
