@@ -1,9 +1,11 @@
 """The operator's console: server-rendered pages over the same data as the /ops API.
 
-    /console            hop health: consumer groups and their lag, dead letters per topic, faults
+    /console            hop health: consumer groups and their lag, dead letters per topic, faults,
+                        the hospitals' settlement latency at this API
     /console/dlq        the dead-letter table, with a redrive button per topic and reason
     /console/trace      one claim across every hop, as a timeline
-    /console/clearing   advance funds (预付金) per province pair and their level
+    /console/alerts     the monitor's latest alerts (read from the monitor service as the operator)
+    /console/clearing   advance funds (预付金) per province pair and their level; a month's statements
 
 An operator signs in once with their bearer token (`yibao token --role operator --name …`); the
 console keeps it in an HttpOnly, SameSite=Strict cookie and checks it on every page.
@@ -17,12 +19,15 @@ from html import escape
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
+import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.bus.client import Bus
 from services.bus.deadletters import redrive, summary
-from services.identity import Caller, IdentityError, read_token
+from services.identity import Caller, IdentityError, bearer, read_token
+from services.metrics import exposition
 from services.ops import group_lag
 
 COOKIE = "yibao_console"
@@ -40,7 +45,7 @@ class NotSignedIn(Exception):
 
 def page(title: str, body: str, who: Caller | None = None) -> HTMLResponse:
     nav = ("<nav><a href='/console'>Health</a><a href='/console/dlq'>Dead letters</a>"
-           "<a href='/console/trace'>Trace</a><a href='/console/clearing'>Clearing</a>"
+           "<a href='/console/trace'>Trace</a><a href='/console/alerts'>Alerts</a><a href='/console/clearing'>Clearing</a>"
            f"<span> signed in as {escape(who.subject)}</span></nav>" if who else "")
     return HTMLResponse(f"<!doctype html><html lang='zh'><head><meta charset='utf-8'><title>{escape(title)} · yibao"
                         f"</title><style>{STYLE}</style></head><body>{nav}<h1>{escape(title)}</h1>{body}</body></html>")
@@ -71,6 +76,30 @@ def operator(request: Request) -> Caller:
 Operator = Annotated[Caller, Depends(operator)]
 
 
+def latency_plot(route: str = "/fsi/callService") -> str:
+    """The hospitals' request time at this API since it started, per histogram bucket, as bars
+    (from /metrics: every process of the platform under `yibao run`)."""
+    cumulative: dict[float, float] = {}
+    for family in text_string_to_metric_families(exposition().decode()):
+        if family.name != "yibao_http_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("route") == route:
+                le = float(sample.labels["le"])
+                cumulative[le] = cumulative.get(le, 0.0) + sample.value
+    if not cumulative or not cumulative.get(float("inf")):
+        return f"<h2>Latency of {escape(route)}</h2><p>no requests yet</p>"
+    rows, below, total = [], 0.0, cumulative[float("inf")]
+    for le in sorted(cumulative):
+        n = cumulative[le] - below
+        below = cumulative[le]
+        label = "slower" if le == float("inf") else f"≤ {le * 1000:g} ms"
+        rows.append([td(label), td(int(n), "num"),
+                     f"<td><div class='bar' style='width:{max(1, round(300 * n / total))}px'></div></td>"])
+    return (f"<h2 id='latency'>Latency of {escape(route)} ({int(total)} requests)</h2>"
+            + table(["time", "requests", ""], rows, "no requests yet"))
+
+
 async def form(request: Request) -> dict[str, str]:
     """The fields of an application/x-www-form-urlencoded body (the console's forms)."""
     return {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
@@ -78,7 +107,8 @@ async def form(request: Request) -> dict[str, str]:
 
 def add_console(app: FastAPI, bus: Bus, auth_key: str, faults: Callable[[], list[Any]],
                 claim_trace: Callable[[str], Awaitable[dict[str, Any] | None]],
-                advance_funds: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
+                advance_funds: Callable[[], Awaitable[list[dict[str, Any]]]],
+                statements: Callable[[str], Awaitable[list[dict[str, Any]]]], monitor_url: Callable[[], str]) -> None:
     app.state.console_auth_key = auth_key
 
     @app.exception_handler(NotSignedIn)
@@ -121,7 +151,7 @@ def add_console(app: FastAPI, bus: Bus, auth_key: str, faults: Callable[[], list
         dlq_rows = [[td(t), td(n, "num " + ("bad" if n else "ok"))] for t, n in sorted(depth.items())]
         fault_rows = [[td(f.level), td(f.region), td("down" if f.down else ""), td(f.fail_p), td(f.slow_ms)]
                       for f in faults()]
-        return page("Hop health", "<h2>Consumer groups</h2>"
+        return page("Hop health", latency_plot() + "<h2>Consumer groups</h2>"
                     + table(["group", "lag", "behind"], lag_rows, "no consumer groups")
                     + "<h2>Dead letters</h2>" + table(["from topic", "waiting"], dlq_rows, "no dead letters")
                     + "<h2>Faults in force</h2>"
@@ -177,9 +207,41 @@ def add_console(app: FastAPI, bus: Bus, auth_key: str, faults: Callable[[], list
                                                            "no answer yet"), who)
 
     @app.get("/console/clearing", include_in_schema=False)
-    async def clearing(who: Operator) -> HTMLResponse:
+    async def clearing(who: Operator, month: str = "") -> HTMLResponse:
         rows = [[td(f"{r['insured_prov']} → {r['treat_prov']}"), td(r["amount"], "num"), td(r["used"], "num"),
                  td(f"{float(r['used_ratio']):.1%}", "num"), td(r["level"], "ok" if r["level"] == "normal" else "bad")]
                 for r in await advance_funds()]
-        return page("Advance funds (预付金)", table(["insured → treatment province", "amount", "used since clearing",
-                                                  "used", "level"], rows, "no advance funds"), who)
+        form = (f"<form method='get'><label>month <input name='month' value='{escape(month)}' placeholder='YYYY-MM'>"
+                "</label> <button type='submit'>Statements</button></form>")
+        body = ""
+        if month:
+            try:
+                found = await statements(month)
+            except ValueError as exc:  # not cleared yet, or not a month
+                body = f"<p class='note' id='statements'>{escape(str(exc))}</p>"
+            else:
+                body = table(["insured → treatment province", "settlements", "reversals", "medical fees", "fund",
+                              "account", "cash", ""],
+                             [[td(f"{r['insured_prov']} → {r['treat_prov']}"), td(r["settlements"], "num"),
+                               td(r["reversals"], "num"), td(r["medfee_sumamt"], "num"), td(r["fund_pay_sumamt"], "num"),
+                               td(r["acct_pay"], "num"), td(r["psn_cash_pay"], "num"), td(r["payable"])]
+                              for r in found], f"no statements for {month}")
+        return page("Advance funds (预付金) and clearing", table(
+            ["insured → treatment province", "amount", "used since clearing", "used", "level"], rows,
+            "no advance funds") + "<h2>Monthly statements</h2>" + form + body, who)
+
+    @app.get("/console/alerts", include_in_schema=False)
+    async def alerts(who: Operator, request: Request) -> HTMLResponse:
+        url = monitor_url().rstrip("/") + "/alerts"
+        try:
+            async with httpx.AsyncClient(timeout=10) as c:
+                r = await c.get(url, params={"limit": 100}, headers=bearer(request.cookies.get(COOKIE) or ""))
+            r.raise_for_status()
+            found = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return page("Alerts", f"<p class='note bad'>the monitor service at {escape(url)} did not answer: "
+                                  f"{escape(str(exc))}</p>", who)
+        rows = [[td(a["rule_id"]), td(a["sev_deg"]), td(a["fixmedins_code"]), td(a["msgid"]), td(a["vola_amt"], "num"),
+                 td(a["vola_cont"])] for a in found]
+        return page("Alerts (智能监控)", table(["rule", "severity", "hospital", "msgid", "amount", "what"], rows,
+                                             "no alerts"), who)

@@ -224,6 +224,7 @@ class Platform:
             raise
         base |= {"YIBAO_KAFKA_BOOTSTRAP": self.bootstrap, "YIBAO_VAR_DIR": str(self.var_dir), "YIBAO_BROKER": kind,
                  MULTIPROC_ENV: str(self.fresh_metrics_dir())}
+        base.setdefault("YIBAO_SETTLE_MONITOR_URL", self.url("monitor"))  # the console's alerts page
         workers = settle_workers(base)
         partitions = topic_partitions(base, embedded=kind == "embedded")
         if partitions:  # the services re-create topics after a broker restart: the same count

@@ -3,10 +3,11 @@
 # package when absent. Needs root (apt-get). `.ci/run` and `make browser` call it.
 set -euo pipefail
 
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "browser: installing Chromium from Debian's packages"
+# fonts-noto-cjk: the pages are half Chinese; without a CJK font the screenshots show boxes
+if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then
+  echo "browser: installing Chromium and a CJK font from Debian's packages"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null
 fi
 chromium --headless --no-sandbox --disable-gpu --dump-dom about:blank >/dev/null 2>&1 \
   || { echo "browser: chromium is installed but does not start headless" >&2; exit 1; }

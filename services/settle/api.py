@@ -589,7 +589,9 @@ def create_api(svc: SettleService) -> FastAPI:
     add_person_status(app, svc)
     add_ops_routes(app, svc.runtime.bus)
     add_console(app, svc.runtime.bus, svc.common.auth_key, svc.ctx.faults.listed, claim_trace,
-                lambda: asyncio.to_thread(advance_funds, svc.engine))
+                lambda: asyncio.to_thread(advance_funds, svc.engine),
+                lambda period: asyncio.to_thread(clearing.statements, svc.engine, period),
+                lambda: svc.settings.monitor_url)
     return app
 
 

@@ -20,6 +20,7 @@ class SettleSettings(BaseSettings):
     advance_funds_file: Path = ADVANCE_FILE  # 预付金 per province pair and warning thresholds
     # 1101 by psn_no alone and 5206 need a credential read at this hospital within this time (or an open encounter)
     person_query_window_h: int = 24
+    monitor_url: str = "http://127.0.0.1:8104"  # the console's alerts page reads them there
 
     @property
     def level_list(self) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 from services.bus.broker import free_port
 from services.http import serve
 from services.identity import issue_token
-from tests.e2e.stack import GZ_HOSPITAL, Stack, ledger_rows
+from tests.e2e.stack import DEFAULT_LINES, FEMALE_ONLY_LINE, GZ_HOSPITAL, Stack, ledger_rows
 from tests.helpers import wait_until
 
 ARTIFACTS = Path(os.environ.get("YIBAO_TEST_ARTIFACTS", "var/test-artifacts")) / "console"
@@ -32,12 +32,15 @@ def chromium() -> str:
 
 @pytest.fixture
 async def console(stack: Stack) -> AsyncIterator[str]:
-    """The settle service of the stack on a real port, for the browser."""
-    port, stop = free_port(), asyncio.Event()
-    task = asyncio.create_task(serve(stack.settle.app, "127.0.0.1", port, stop))
+    """The settle service of the stack on a real port, for the browser, and the monitor on another
+    (the console's alerts page reads it)."""
+    port, monitor_port, stop = free_port(), free_port(), asyncio.Event()
+    stack.settle.settings.monitor_url = f"http://127.0.0.1:{monitor_port}"
+    tasks = [asyncio.create_task(serve(stack.settle.app, "127.0.0.1", port, stop)),
+             asyncio.create_task(serve(stack.services["monitor"].app, "127.0.0.1", monitor_port, stop))]
     yield f"http://127.0.0.1:{port}"
     stop.set()
-    await task
+    await asyncio.gather(*tasks)
 
 
 @pytest.mark.one_database
@@ -51,6 +54,10 @@ async def test_an_operator_redrives_dead_letters_and_traces_a_claim_in_the_brows
     ops = stack.operator("settle")
     await ops.put("/ops/faults", json={"level": "city", "region": "360100", "down": True})
     msgids = [str((await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100"))["msgid"]) for _ in range(3)]
+    await ops.delete("/ops/faults")
+    alerted = str((await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100",
+                                            lines=[*DEFAULT_LINES, FEMALE_ONLY_LINE]))["msgid"])
+    await ops.put("/ops/faults", json={"level": "city", "region": "360100", "down": True})
 
     async def dead() -> bool:
         return len((await ops.get("/ops/dlq/settle.city.dlq")).json()) == 3
@@ -94,7 +101,18 @@ async def test_an_operator_redrives_dead_letters_and_traces_a_claim_in_the_brows
         assert "settle.city.dlq" in timeline and "settle.city.retry" in timeline  # its whole story
         await pg.screenshot(path=str(ARTIFACTS / "trace.png"), full_page=True)
 
+        await pg.click("text=Health")
+        assert "requests" in await pg.inner_text("#latency")  # the hospitals' latency at this API, as bars
+
+        await pg.click("text=Alerts")  # the man's claim with a female-only line raised one
+        alerts = await pg.inner_text("body")
+        assert "R-GENDER" in alerts and alerted in alerts, alerts
+        await pg.screenshot(path=str(ARTIFACTS / "alerts.png"), full_page=True)
+
         await pg.click("text=Clearing")
         assert "360000 → 440000" in await pg.inner_text("body")
+        await pg.fill("input[name=month]", "2020-01")
+        await pg.click("button[type=submit]")
+        assert "has not been cleared yet" in await pg.inner_text("#statements")
         await pg.screenshot(path=str(ARTIFACTS / "clearing.png"), full_page=True)
         await browser.close()
