@@ -1,7 +1,8 @@
 """The operator's console: server-rendered pages over the same data as the /ops API.
 
-    /console            hop health: consumer groups and their lag, dead letters per topic, faults,
-                        the hospitals' settlement latency at this API
+    /console            hop health: the hospitals' latency at this API, records handled, retried and
+                        dead-lettered per hop topic, consumer groups and their lag, dead letters
+                        waiting per topic, faults
     /console/dlq        the dead-letter table, with a redrive button per topic and reason
     /console/trace      one claim across every hop, as a timeline
     /console/alerts     the monitor's latest alerts (read from the monitor service as the operator)
@@ -74,6 +75,31 @@ def operator(request: Request) -> Caller:
 
 
 Operator = Annotated[Caller, Depends(operator)]
+
+
+def hop_counts() -> str:
+    """Per topic (the hop levels are settle.city/province/national): records handled, retried and
+    dead-lettered since start, and the mean handling time (from /metrics)."""
+    counts: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(exposition().decode()):
+        for sample in family.samples:
+            topic = sample.labels.get("topic")
+            if topic is None:
+                continue
+            row = counts.setdefault(topic, {})
+            if sample.name == "yibao_records_total":
+                row[sample.labels["outcome"]] = row.get(sample.labels["outcome"], 0) + sample.value
+            elif sample.name in ("yibao_handle_seconds_sum", "yibao_handle_seconds_count"):
+                row[sample.name] = row.get(sample.name, 0) + sample.value
+    rows = []
+    for topic, row in sorted(counts.items()):
+        n = row.get("yibao_handle_seconds_count", 0)
+        mean = f"{1000 * row.get('yibao_handle_seconds_sum', 0) / n:.1f} ms" if n else "—"
+        rows.append([td(topic), td(int(row.get("handled", 0)), "num"), td(int(row.get("retried", 0)), "num"),
+                     td(int(row.get("dead_lettered", 0)), "num " + ("bad" if row.get("dead_lettered") else "")),
+                     td(mean, "num")])
+    return "<h2>Records per topic since start</h2>" + table(
+        ["topic", "handled", "retried", "dead-lettered", "mean handling"], rows, "nothing handled yet")
 
 
 def latency_plot(route: str = "/fsi/callService") -> str:
@@ -151,7 +177,7 @@ def add_console(app: FastAPI, bus: Bus, auth_key: str, faults: Callable[[], list
         dlq_rows = [[td(t), td(n, "num " + ("bad" if n else "ok"))] for t, n in sorted(depth.items())]
         fault_rows = [[td(f.level), td(f.region), td("down" if f.down else ""), td(f.fail_p), td(f.slow_ms)]
                       for f in faults()]
-        return page("Hop health", latency_plot() + "<h2>Consumer groups</h2>"
+        return page("Hop health", latency_plot() + hop_counts() + "<h2>Consumer groups</h2>"
                     + table(["group", "lag", "behind"], lag_rows, "no consumer groups")
                     + "<h2>Dead letters</h2>" + table(["from topic", "waiting"], dlq_rows, "no dead letters")
                     + "<h2>Faults in force</h2>"

@@ -150,16 +150,22 @@ def add_ops_routes(app: FastAPI, bus: Bus) -> None:
     @app.get("/ops/topics/{topic}/messages", tags=["ops"])
     async def browse(topic: str, _: Annotated[Caller, allow("operator")], key: str | None = None,
                      ce_type: str | None = None, msgid: str | None = None, since: str | None = None,
-                     until: str | None = None, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
-        """Messages of a topic, filtered by key, ce_type, msgid (ce_correlationid) and record time
-        (epoch ms or ISO date-time); values decoded, ID and card numbers masked, names cut."""
+                     until: str | None = None, header: str | None = None,
+                     limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        """Messages of a topic, filtered by key, ce_type, msgid (ce_correlationid), any header
+        (`header=name=value`) and record time (epoch ms or ISO date-time); values decoded, ID and card
+        numbers masked, names cut."""
         await known_topic_of(topic)
+        name, eq, wanted = (header or "").partition("=")
+        if header is not None and (not name or not eq):
+            raise HTTPException(422, f"header {header!r}: give name=value, e.g. replayed-from=settle.completed/0/3")
         out: list[dict[str, Any]] = []
         async for rec in read_to_end(bus, topic, when(since, "since"), when(until, "until")):
             h = header_dict(rec.headers)
             if ((key is not None and (rec.key or b"").decode("utf-8", "replace") != key)
                     or (ce_type is not None and h.get("ce_type") != ce_type)
-                    or (msgid is not None and h.get(CORRELATION) != msgid)):
+                    or (msgid is not None and h.get(CORRELATION) != msgid)
+                    or (header is not None and h.get(name) != wanted)):
                 continue
             out.append(browsed(rec))
         return out[-limit:]

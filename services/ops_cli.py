@@ -5,7 +5,7 @@
     yibao ops groups --reset GROUP --to T  move a stopped group's offsets to a time
     yibao ops dlq list [--topic T]         dead letters: counts by topic and reason, or one topic's records
     yibao ops dlq redrive --topic T [--reason R] [--msgid M] [--place P …] [--deadline-s S] [--force]
-    yibao ops browse TOPIC [--key K] [--type T] [--msgid M] [--since S] [--until U] [--limit N]
+    yibao ops browse TOPIC [--key K] [--type T] [--msgid M] [--header N=V] [--since S] [--until U] [--limit N]
     yibao ops replay TOPIC [--since S] [--until U] [--from-offset O] [--to-offset O] [--key K] [--into T]
     yibao ops trace MSGID                  one claim across every hop, and where it is now
     yibao ops faults [list|clear]          hop faults in force
@@ -51,6 +51,7 @@ def add_parser(sub: Any, operator_headers: Any) -> None:
     b.add_argument("--key")
     b.add_argument("--type", dest="ce_type", help="ce_type, e.g. yibao.settle.SettlementResult.v1")
     b.add_argument("--msgid", help="a claim's msgid (ce_correlationid)")
+    b.add_argument("--header", help="name=value, e.g. replayed-from=settle.completed/0/3")
     b.add_argument("--since")
     b.add_argument("--until")
     b.add_argument("--limit", type=int, default=20, help="the last this many (default %(default)s)")
@@ -162,7 +163,7 @@ def clock(ms: int) -> str:
 
 def browse(c: httpx.Client, args: argparse.Namespace) -> None:
     params = {k: v for k, v in (("key", args.key), ("ce_type", args.ce_type), ("msgid", args.msgid),
-                                ("since", args.since), ("until", args.until), ("limit", args.limit)) if v}
+                                ("header", args.header), ("since", args.since), ("until", args.until), ("limit", args.limit)) if v}
     rows = answer(c.get(f"/ops/topics/{args.topic}/messages", params=params))
     for m in rows:
         print(f"{clock(m['time_ms'])}  {args.topic}/{m['partition']}/{m['offset']}  key {m['key']}  "

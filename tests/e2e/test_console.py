@@ -103,6 +103,7 @@ async def test_an_operator_redrives_dead_letters_and_traces_a_claim_in_the_brows
 
         await pg.click("text=Health")
         assert "requests" in await pg.inner_text("#latency")  # the hospitals' latency at this API, as bars
+        assert "Records per topic" in await pg.inner_text("body")  # handled / retried / dead-lettered per hop
 
         await pg.click("text=Alerts")  # the man's claim with a female-only line raised one
         alerts = await pg.inner_text("body")

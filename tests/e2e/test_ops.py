@@ -140,6 +140,9 @@ async def test_replaying_settle_completed_by_time_is_harmless_and_a_claim_can_be
     assert len(seen) == 2 and seen[0]["headers"]["ce_id"] == seen[1]["headers"]["ce_id"]
     assert seen[1]["headers"]["replayed-from"] == f"settle.completed/{seen[0]['partition']}/{seen[0]['offset']}"
     assert seen[0]["value"]["msgid"] == msgids[0]
+    copies = (await ops.get("/ops/topics/settle.completed/messages",
+                            params={"header": f"replayed-from={seen[1]['headers']['replayed-from']}"})).json()
+    assert [c["offset"] for c in copies] == [seen[1]["offset"]]  # by any header
     bad = await ops.get("/ops/topics/settle.completed/messages", params={"since": "yesterday"})
     assert bad.status_code == 422 and "ISO" in bad.json()["error"]
 
