@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.common import (
     Admdvs,
@@ -247,22 +247,6 @@ class FeeSplit(BaseModel):
     lmt_age_min: int | None = Field(None, description="item restricted to this age or older")
     lmt_age_max: int | None = Field(None, description="item restricted to this age or younger")
     lmt_reason: str | None = Field(None, description="why the line fell to self-pay (限定支付范围)")
-    # echoed and flagged as the national 2204/2301 output has them ("0" where the catalogue says nothing)
-    cnt: Quantity | None = None
-    pric: UnitPrice | None = None
-    med_chrgitm_type: str = Field("", description="医疗收费项目类别 of the catalogue item")
-    lmt_used_flag: Literal["0", "1"] = Field("0", description="1: the item has a restriction (限制使用)")
-    bas_medn_flag: Literal["0", "1"] = "0"
-    hi_nego_drug_flag: Literal["0", "1"] = "0"
-    chld_medc_flag: Literal["0", "1"] = "0"
-    list_sp_item_flag: Literal["0", "1"] = "0"
-    drt_reim_flag: Literal["0", "1"] = "0"
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def memo(self) -> str:
-        """备注 (明细分割信息): the reason the line fell to self-pay, or empty."""
-        return self.lmt_reason or ""
 
 
 class HopLevel(StrEnum):

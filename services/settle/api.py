@@ -28,6 +28,7 @@ from services.ops import add_ops_routes, hop_records
 from services.settle import clearing, encounters, reconcile
 from services.settle.auth import Gate
 from services.settle.clearing import ClearingError, advance_funds
+from services.settle.domain import national_row
 from services.settle.handlers import claim_status, result_of, submit_claim
 from services.settle.store import ClaimRecord, first_use_of_nonce
 from services.settle.stream import partition_of, results, resume_offset
@@ -446,7 +447,9 @@ def create_api(svc: SettleService) -> FastAPI:
                 raise HTTPException(422, "mdtrt_id: give it in input.data or on the fee lines (from 2201/2401)")
             splits = encounters.upload(conn, req.fixmedins_code, str(mdtrt_id), up.feedetail,
                                        svc.ctx.ref.hospitals[req.fixmedins_code], svc.ctx.ref.catalogue)
-            out: dict[str, Any] = {"result": [sp.model_dump(mode="json") for sp in splits]}
+            catalogue = svc.ctx.ref.catalogue
+            out: dict[str, Any] = {"result": [national_row(sp, ln, catalogue.get(ln.med_list_codg))
+                                              for sp, ln in zip(splits, up.feedetail, strict=True)]}
         elif req.infno in encounters.VISIT_INFO:
             node, data = main_record(req)
             info = _input(EncounterInfo, data, node)

@@ -146,15 +146,13 @@ def split_line(line: FeeLine, item: CatalogueItem | None, hosp_lv: str | None = 
     amt = yuan(line.det_item_fee_sumamt)
     zero = Decimal("0.00")
     reason = treatment_restriction(item, hosp_lv, med_type) if item is not None else "目录外项目"
-    echo = {"cnt": line.cnt, "pric": line.pric, "med_chrgitm_type": item.med_chrgitm_type if item else "",
-            "lmt_used_flag": "1" if item is not None and item.restricted else "0"}
     if item is None or item.chrgitm_lv == "03" or reason:
         return FeeSplit(
             feedetl_sn=line.feedetl_sn, med_list_codg=line.med_list_codg, det_item_fee_sumamt=amt,
             chrgitm_lv="03" if item is None or item.chrgitm_lv == "03" else item.chrgitm_lv,
             selfpay_prop=Decimal("1"), pric_uplmt_amt=item.pric_uplmt_amt if item else None,
             fulamt_ownpay_amt=amt, overlmt_amt=zero, preselfpay_amt=zero, inscp_scp_amt=zero,
-            lmt_gend=item.lmt_gend if item else None, lmt_reason=reason, **echo,
+            lmt_gend=item.lmt_gend if item else None, lmt_reason=reason,
         )
     overlmt = zero
     if item.pric_uplmt_amt is not None and line.pric > item.pric_uplmt_amt:
@@ -166,8 +164,21 @@ def split_line(line: FeeLine, item: CatalogueItem | None, hosp_lv: str | None = 
         chrgitm_lv=item.chrgitm_lv,
         selfpay_prop=item.selfpay_prop, pric_uplmt_amt=item.pric_uplmt_amt,
         fulamt_ownpay_amt=zero, overlmt_amt=overlmt, preselfpay_amt=pre, inscp_scp_amt=rest - pre,
-        lmt_gend=item.lmt_gend, lmt_age_min=item.lmt_age_min, lmt_age_max=item.lmt_age_max, **echo,
+        lmt_gend=item.lmt_gend, lmt_age_min=item.lmt_age_min, lmt_age_max=item.lmt_age_max,
     )
+
+
+NATIONAL_FLAGS = ("bas_medn_flag", "hi_nego_drug_flag", "chld_medc_flag", "list_sp_item_flag", "drt_reim_flag")
+
+
+def national_row(split: FeeSplit, line: FeeLine, item: CatalogueItem | None) -> dict[str, object]:
+    """One line of the 2204/2301 answer as adapters read it: the split with the line's cnt and pric
+    echoed, the item's class and flags ("0" where the catalogue says nothing) and memo (why it fell
+    to self-pay). Built for the answer only: the hops carry the lean split."""
+    return split.model_dump(mode="json") | {
+        "cnt": str(line.cnt), "pric": str(line.pric), "med_chrgitm_type": item.med_chrgitm_type if item else "",
+        "lmt_used_flag": "1" if item is not None and item.restricted else "0", "memo": split.lmt_reason or "",
+    } | dict.fromkeys(NATIONAL_FLAGS, "0")
 
 
 def age_on(brdy: date, day: date) -> int:

@@ -16,6 +16,7 @@ from services.settle.domain import (
     apply_person_restrictions,
     check_hospital,
     mirror,
+    national_row,
     plan_route,
     route_kind,
     split_line,
@@ -78,7 +79,9 @@ def test_national_precision_unit_price_to_six_decimals_count_to_four() -> None:
                                    "det_item_fee_sumamt": "106.00"})  # 105.9996 → 106.00
     assert (line.cnt, line.pric) == (D("28"), D("3.7857"))
     split = split_line(line, item("02", "0.10", cap="3.50"))
-    assert (split.cnt, split.pric, split.memo, split.lmt_used_flag) == (D("28"), D("3.7857"), "", "0")
+    row = national_row(split, line, item("02", "0.10", cap="3.50"))  # the 2204/2301 answer's line
+    assert (row["cnt"], row["pric"], row["memo"], row["lmt_used_flag"], row["med_chrgitm_type"]) == \
+        ("28.0000", "3.7857", "", "0", "09")
     assert split.overlmt_amt == D("8.00")  # (3.7857 − 3.50) × 28 = 7.9996, to the fen
     assert split.fulamt_ownpay_amt + split.overlmt_amt + split.preselfpay_amt + split.inscp_scp_amt == D("106.00")
     FeeLine.model_validate({"feedetl_sn": "8", "med_list_codg": "C", "cnt": "0.3333", "pric": "12.345678",
@@ -99,7 +102,8 @@ def test_gender_restricted_item_falls_to_self_pay_for_the_other_gender() -> None
     assert apply_person_restrictions([s], "2")[0].inscp_scp_amt == D("150.00")
     male = apply_person_restrictions([s], "1")[0]
     assert male.fulamt_ownpay_amt == D("150.00") and male.inscp_scp_amt == 0
-    assert (s.lmt_used_flag, male.memo) == ("1", "限女性使用")  # the national flag and 备注 of the split
+    row = national_row(male, fee("150", "150"), item("01", gend="2"))
+    assert (row["lmt_used_flag"], row["memo"]) == ("1", "限女性使用")  # the national flag and 备注
 
 
 def test_hospital_checks() -> None:
