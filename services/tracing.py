@@ -52,22 +52,22 @@ def configure(service: str, exporter: SpanExporter | None = None) -> None:
     _tracer = provider.get_tracer("yibao")
 
 
+def _context_and_attributes(group: str, topic: str, headers: Mapping[str, str], partition: int,
+                            offset: int) -> tuple[Any, dict[str, Any]]:
+    """The trace a record's traceparent names, and the span attributes of its handling."""
+    parent = _PROPAGATOR.extract({"traceparent": headers["traceparent"]}) if "traceparent" in headers else None
+    return parent, {"messaging.system": "kafka", "messaging.destination.name": topic,
+                    "messaging.consumer.group.name": group, "messaging.kafka.partition": partition,
+                    "messaging.kafka.offset": offset, "yibao.msgid": headers.get("ce_correlationid", "")}
+
+
 def handling(group: str, topic: str, headers: Mapping[str, str], partition: int, offset: int) -> Any:
     """The span of one record's handling, under the trace its traceparent names (a no-op when off)."""
     if _tracer is None:
         return nullcontext()
-    return _span(group, topic, headers, partition, offset)
-
-
-@contextmanager
-def _span(group: str, topic: str, headers: Mapping[str, str], partition: int, offset: int) -> Iterator[None]:
-    assert _tracer is not None
-    parent = _PROPAGATOR.extract({"traceparent": headers["traceparent"]}) if "traceparent" in headers else None
-    with _tracer.start_as_current_span(f"{topic} process", context=parent, kind=SpanKind.CONSUMER, attributes={
-            "messaging.system": "kafka", "messaging.destination.name": topic, "messaging.consumer.group.name": group,
-            "messaging.kafka.partition": partition, "messaging.kafka.offset": offset,
-            "yibao.msgid": headers.get("ce_correlationid", "")}):
-        yield
+    parent, attributes = _context_and_attributes(group, topic, headers, partition, offset)
+    return _tracer.start_as_current_span(f"{topic} process", context=parent, kind=SpanKind.CONSUMER,
+                                         attributes=attributes)
 
 
 @contextmanager
@@ -79,11 +79,9 @@ def handling_many(group: str, topic: str, records: list[tuple[Mapping[str, str],
         return
     spans = []
     for headers, partition, offset in records:
-        parent = _PROPAGATOR.extract({"traceparent": headers["traceparent"]}) if "traceparent" in headers else None
-        spans.append(_tracer.start_span(f"{topic} process", context=parent, kind=SpanKind.CONSUMER, attributes={
-            "messaging.system": "kafka", "messaging.destination.name": topic, "messaging.consumer.group.name": group,
-            "messaging.kafka.partition": partition, "messaging.kafka.offset": offset,
-            "yibao.msgid": headers.get("ce_correlationid", ""), "yibao.batch_size": len(records)}))
+        parent, attributes = _context_and_attributes(group, topic, headers, partition, offset)
+        spans.append(_tracer.start_span(f"{topic} process", context=parent, kind=SpanKind.CONSUMER,
+                                        attributes=attributes | {"yibao.batch_size": len(records)}))
     try:
         yield
     finally:
