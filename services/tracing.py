@@ -10,7 +10,7 @@ set the usual OTEL_EXPORTER_OTLP_* variables). Unset: no tracer, no cost.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -71,15 +71,15 @@ def handling(group: str, topic: str, headers: Mapping[str, str], partition: int,
 
 
 @contextmanager
-def handling_many(group: str, topic: str, records: list[tuple[Mapping[str, str], int, int]]) -> Iterator[None]:
-    """One span per record of a batch handled together, each under its own trace, all ending with
-    the batch (a no-op when off)."""
+def handling_many(group: str, topic: str, records: Sequence[tuple[Any, Any]]) -> Iterator[None]:
+    """One span per (ConsumerRecord, Incoming) of a batch handled together, each under its own
+    trace, all ending with the batch (a no-op when off: nothing is built on the hot path)."""
     if _tracer is None:
         yield
         return
     spans = []
-    for headers, partition, offset in records:
-        parent, attributes = _context_and_attributes(group, topic, headers, partition, offset)
+    for rec, msg in records:
+        parent, attributes = _context_and_attributes(group, topic, msg.headers, rec.partition, rec.offset)
         spans.append(_tracer.start_span(f"{topic} process", context=parent, kind=SpanKind.CONSUMER,
                                         attributes=attributes | {"yibao.batch_size": len(records)}))
     try:

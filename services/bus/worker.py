@@ -401,7 +401,7 @@ class Worker:
             return
         t0 = time.perf_counter()
         try:
-            with tracing.handling_many(self.group, topic, [(m.headers, r.partition, r.offset) for r, m in valid]):
+            with tracing.handling_many(self.group, topic, valid):
                 errors = await handler.fn([m for _, m in valid])
         except Exception as exc:  # the whole batch failed: each message retries on its own
             errors = [exc] * len(valid)
