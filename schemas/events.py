@@ -165,6 +165,14 @@ class FilingUpdated(Wire):
 # --- settlement (结算) ----------------------------------------------------------------
 
 
+class DrugTrace(BaseModel):
+    """drugtracinfo: one pack's 药品追溯码 (20 digits, starting with 8, on a domestic pack)."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    drug_trac_codg: str = Field(min_length=1, max_length=100)
+
+
 class FeeLine(BaseModel):
     """feedetail: one fee line as the hospital uploads it, at the national precision: count to 4
     decimals, unit price to 6, the line's amount to the fen."""
@@ -175,6 +183,15 @@ class FeeLine(BaseModel):
     pric: UnitPrice = Field(ge=0)
     det_item_fee_sumamt: Yuan = Field(ge=0)
     chrg_bchno: str | None = Field(None, max_length=30, description="收费批次号: 2205 takes back a batch by it")
+    fee_ocur_time: str | None = Field(None, max_length=19, pattern=r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2}(:\d{2})?)?$",
+                                      description="费用发生时间 yyyy-MM-dd HH:mm:ss (the encounter's day when absent)")
+    prd_days: Decimal | None = Field(None, ge=0, max_digits=8, decimal_places=2,
+                                     description="周期天数: the days a prescription lasts")
+    drugtracinfo: list[DrugTrace] = Field([], max_length=500, description="药品追溯码 of the packs sold on this line")
+
+    @property
+    def trace_codes(self) -> list[str]:
+        return [t.drug_trac_codg for t in self.drugtracinfo]
 
     @model_validator(mode="after")
     def _amount_is_cnt_times_pric(self) -> FeeLine:
@@ -357,6 +374,7 @@ class SettlementHop(Wire):
     split: list[FeeSplit] | None = None
     outcome: Outcome | None = None
     trace: list[HopStamp] = []
+    precheck: list[dict[str, Any]] = Field([], description="事中 pre-check flags (3102 result rows) for the answer")
 
 
 class SettlementHopInTransit(Wire):
@@ -373,6 +391,30 @@ class SettlementHopInTransit(Wire):
     trace: list[HopStamp] = []
 
 
+class LineFacts(BaseModel):
+    """What monitoring needs of one fee line besides its split."""
+
+    feedetl_sn: str
+    cnt: Quantity
+    pric: UnitPrice
+    day: date
+    prd_days: Decimal | None = None
+    trac: list[str] = []
+
+
+class ClaimFacts(BaseModel):
+    """A settled encounter as the rules read it (事后): dates, diagnoses, the hospital's level and
+    the lines' counts, days and trace codes."""
+
+    med_type: str
+    begntime: date
+    endtime: date
+    dise_codg: str | None = None
+    diagnoses: list[str] = []
+    hosp_lv: str | None = None
+    lines: list[LineFacts] = []
+
+
 class SettlementResult(Wire):
     """The final answer for one hospital request (settle.hospital, settle.completed, replies)."""
 
@@ -385,6 +427,7 @@ class SettlementResult(Wire):
     outcome: Outcome
     split: list[FeeSplit] = []
     trace: list[HopStamp] = []
+    facts: ClaimFacts | None = Field(None, description="a settlement's encounter as monitoring reads it")
 
 
 class AdvanceFundWarning(Wire):
@@ -413,8 +456,11 @@ class AlertRaised(Wire):
     setl_id: str | None = None
     vola_cont: str = Field(description="违规内容: what was found, in words")
     vola_amt: Yuan
-    sev_deg: str = Field(description="严重程度: 明确违规 / 高度可疑")
+    sev_deg: str = Field(description="严重程度: 明确违规 / 高度可疑 / 可疑")
     feedetl_sn: list[str] = []
+    family: str = Field("", description="两库 class of the rule: 政策 / 管理 / 医疗")
+    phase: Literal["precheck", "post", ""] = Field("", description="事中 precheck or 事后 post")
+    mdtrtarea_admvs: str = Field("", description="the treatment region (whose supervisors see it)")
 
 
 # --- operations ---------------------------------------------------------------------------

@@ -129,7 +129,8 @@ def claim(psn: str, region: str, inpatient: bool = False) -> dict[str, Any]:
     return {"infno": "2304" if inpatient else "2207", "msgid": new_msgid(hosp),
             "mdtrtarea_admvs": "440100", "insuplc_admdvs": region, "fixmedins_code": hosp,
             "input": {"data": {"psn_no": psn, "insutype": "310", "med_type": "21" if inpatient else "11",
-                               "acct_used_flag": "1", "begntime": date.today().isoformat()}, "feedetail": lines}}
+                               "acct_used_flag": "1", "begntime": date.today().isoformat()}, "feedetail": lines,
+                      "diseinfo": [{"diag_code": "E11.900", "diag_name": "2型糖尿病"}]}}  # metformin's indication
 
 
 def reversal(hosp: str, psn: str, region: str, setl_id: str) -> dict[str, Any]:
@@ -138,12 +139,16 @@ def reversal(hosp: str, psn: str, region: str, setl_id: str) -> dict[str, Any]:
 
 
 def _catalogue() -> list[tuple[str, str]]:
-    """Catalogue items without conditions, with a price under their cap, for inpatient bills."""
+    """Catalogue items without conditions that no monitoring rule names, with a price under their
+    cap, for inpatient bills (clean traffic: nothing for the pre-check to refuse)."""
+    from services.monitor.catalogue import load
     from services.settle.refdata import Reference
 
     out = []
+    named = load().items_named()
     for item in Reference.load().catalogue.values():
-        if item.lmt_gend or item.lmt_hosp_lv or item.lmt_scope or item.lmt_age_min or item.lmt_age_max:
+        if (item.lmt_gend or item.lmt_hosp_lv or item.lmt_scope or item.lmt_age_min or item.lmt_age_max
+                or item.code in named):
             continue
         price = item.pric_uplmt_amt or Decimal(random.Random(item.code).randint(5, 500))
         out.append((item.code, str(price)))

@@ -15,3 +15,4 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     cert_digest_key: str = "yibao-dev-only-change-me"  # shared by enroll and settle (services/credentials.py)
     auth_key: str = "yibao-dev-only-change-me"  # signs callers' bearer tokens (services/identity.py)
+    rules_file: Path = Path(__file__).parent / "monitor" / "refdata" / "rules.json"  # 规则库: settle's precheck, monitor

@@ -6,10 +6,12 @@ from functools import partial
 from typing import Any
 
 from services.bus.worker import BatchHandler
-from services.monitor.handlers import MonitorContext, check_batch
+from services.monitor.catalogue import RuleBook
+from services.monitor.handlers import MonitorContext, apply_person, check_batch
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import TABLES
 from services.service import Service
+from services.settle.refdata import load_catalogue
 
 
 class MonitorService(Service):
@@ -20,10 +22,10 @@ class MonitorService(Service):
         super().__init__(bootstrap, **kw)
         self.settings = settings or MonitorSettings()
         self.port = self.settings.port
-        self.ctx = MonitorContext(self.engine)
+        self.ctx = MonitorContext(self.engine, RuleBook(self.common.rules_file), load_catalogue())
         # alerts are for supervisors, seconds are fine: batches (one transaction each), fewer fetches
-        self.runtime.add_worker("monitor", {"settle.completed": BatchHandler(partial(check_batch, self.ctx))},
-                                slow=True)
+        self.runtime.add_worker("monitor", {"settle.completed": BatchHandler(partial(check_batch, self.ctx)),
+                                            "enroll.events": partial(apply_person, self.ctx)}, slow=True)
         from services.monitor.api import create_api
 
         self.app = create_api(self)

@@ -1,29 +1,40 @@
-"""Monitor handlers: check each completed settlement against the rules, raise alerts once."""
+"""Monitor handlers: every settled claim through the after-settlement rules (事后) with the history
+they read, alerts raised once; persons' deaths and hardship from enrolment, a death recorded late
+judged against the settlements already made after it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import date
 from functools import partial
 
+import orjson
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from schemas.events import AlertRaised, SettlementResult
+from schemas.events import AlertRaised, EnrolmentUpdated, SettlementResult
 from services.bus import outbox
 from services.bus.envelope import Incoming, now_ms
 from services.bus.intake import apply_batch
-from services.monitor.domain import evaluate
-from services.monitor.store import Alert
+from services.monitor import history
+from services.monitor.catalogue import Phase, RuleBook, RuleSpec
+from services.monitor.facts import Episode, Hit, from_result
+from services.monitor.rules import Items, evaluate
+from services.monitor.store import Alert, EpisodeRow, PersonFacts
 
 log = logging.getLogger("yibao.monitor")
 SERVICE = "monitor"
+REVERSALS = ("2208", "2305")
+PHASE: Phase = "post"
 
 
 @dataclass
 class MonitorContext:
     engine: Engine
+    rules: RuleBook
+    items: Items
 
 
 async def check_batch(ctx: MonitorContext, msgs: list[Incoming]) -> list[BaseException | None]:
@@ -34,26 +45,84 @@ async def check_batch(ctx: MonitorContext, msgs: list[Incoming]) -> list[BaseExc
 
 def _check(ctx: MonitorContext, s: Session, msg: Incoming) -> None:
     result: SettlementResult = msg.event
-    setl_id = result.outcome.setlinfo.setl_id if result.outcome.setlinfo else None
-    for h in evaluate(result):
-        alert = Alert(alert_id=f"{h.rule_id}-{result.msgid}", rule_id=h.rule_id, rule_name=h.rule_name,
-                      fixmedins_code=result.fixmedins_code, msgid=result.msgid, psn_no=result.psn_no,
-                      setl_id=setl_id, vola_cont=h.vola_cont, vola_amt=h.vola_amt, sev_deg=h.sev_deg,
-                      feedetl_sn=",".join(h.feedetl_sn), raised_ms=now_ms())
-        s.add(alert)
-        outbox.add(s, SERVICE, "monitor.alerts", result.fixmedins_code, AlertRaised(
-            alert_id=alert.alert_id, rule_id=h.rule_id, rule_name=h.rule_name,
-            fixmedins_code=result.fixmedins_code, msgid=result.msgid, psn_no=result.psn_no,
-            setl_id=setl_id, vola_cont=h.vola_cont, vola_amt=h.vola_amt, sev_deg=h.sev_deg,
-            feedetl_sn=h.feedetl_sn,
-        ), source="/yibao/monitor", correlation_id=result.msgid)
-        log.warning("alert %s on claim %s at %s: %s", h.rule_id, result.msgid, result.fixmedins_code,
-                    h.vola_cont)
+    if result.infno in REVERSALS and result.outcome.infcode == 0:
+        reversed_msgid = (result.outcome.data or {}).get("reversed_msgid")
+        if reversed_msgid:
+            history.reverse(s, str(reversed_msgid))
+        return
+    ep = from_result(result)
+    if ep is None or result.infno not in ("2207", "2304"):
+        return
+    rules = ctx.rules.current().for_phase(PHASE, ep.begntime)
+    hits = evaluate(rules, ep, ctx.items, history.SqlHistory(s))
+    history.record(s, ep, watched_items(rules))
+    families = {r.id: r.family for r in rules}
+    for h in hits:
+        raise_alert(s, h, ep, families.get(h.rule_id, ""))
+
+
+def watched_items(rules: list[RuleSpec]) -> set[str]:
+    return {str(r.params["item"]) for r in rules if r.kind == "frequency"}
+
+
+def raise_alert(s: Session, h: Hit, ep: Episode, family: str, phase: Phase = PHASE) -> bool:
+    """The alert and its event, unless this rule already raised it for this key (False then)."""
+    alert_id = f"{h.rule_id}-{h.key or ep.msgid}"
+    if s.get(Alert, alert_id) is not None:
+        return False
+    alert = Alert(alert_id=alert_id, rule_id=h.rule_id, rule_name=h.rule_name, family=family, severity=h.severity,
+                  phase=phase, fixmedins_code=ep.fixmedins_code, mdtrtarea_admvs=ep.mdtrtarea_admvs,
+                  msgid=ep.msgid, psn_no=ep.psn_no, setl_id=ep.setl_id, vola_cont=h.vola_cont,
+                  vola_amt=h.vola_amt, feedetl_sn=",".join(h.feedetl_sn), case_id=None, raised_ms=now_ms())
+    s.add(alert)
+    outbox.add(s, SERVICE, "monitor.alerts", ep.fixmedins_code, AlertRaised(
+        alert_id=alert_id, rule_id=h.rule_id, rule_name=h.rule_name, fixmedins_code=ep.fixmedins_code,
+        msgid=ep.msgid, psn_no=ep.psn_no, setl_id=ep.setl_id, vola_cont=h.vola_cont, vola_amt=h.vola_amt,
+        sev_deg=h.severity, feedetl_sn=list(h.feedetl_sn), family=family, phase=phase,
+        mdtrtarea_admvs=ep.mdtrtarea_admvs,
+    ), source="/yibao/monitor", correlation_id=ep.msgid)
+    log.warning("alert %s on claim %s at %s: %s", h.rule_id, ep.msgid, ep.fixmedins_code, h.vola_cont)
+    return True
+
+
+async def apply_person(ctx: MonitorContext, msg: Incoming) -> None:
+    await asyncio.to_thread(partial(apply_batch, inbox_key=lambda m: m.ce_id), ctx.engine, "monitor.persons",
+                            [msg], partial(_person, ctx), ())
+
+
+def _person(ctx: MonitorContext, s: Session, msg: Incoming) -> None:
+    """Death and hardship, newest version wins; a death learnt after settlements made after it
+    raises R-DEAD on each of them (the rule's text says when the death was recorded)."""
+    e: EnrolmentUpdated = msg.event
+    row = s.get(PersonFacts, e.psn_no) or PersonFacts(psn_no=e.psn_no)
+    if e.version < row.version:
+        return
+    newly_dead = e.death_date is not None and row.death_date != e.death_date
+    row.death_date, row.version = e.death_date, e.version
+    row.hardship = orjson.dumps([h.model_dump(mode="json") for h in e.hardship])
+    s.add(row)
+    if newly_dead and e.death_date is not None:
+        _judge_after_death(ctx, s, e.psn_no, e.death_date)
+
+
+def _judge_after_death(ctx: MonitorContext, s: Session, psn_no: str, died: date) -> None:
+    rule = next((r for r in ctx.rules.current().for_phase(PHASE, died) if r.kind == "after_death"), None)
+    if rule is None:
+        return
+    later = s.exec(select(EpisodeRow).where(EpisodeRow.psn_no == psn_no, EpisodeRow.begntime > died,
+                                            col(EpisodeRow.reversed).is_(False))).all()
+    for r in later:
+        ep = Episode(msgid=r.msgid, psn_no=psn_no, fixmedins_code=r.fixmedins_code, mdtrtarea_admvs=r.mdtrtarea_admvs,
+                     insuplc_admdvs=r.insuplc_admdvs, insutype="", med_type="21" if r.inpatient else "11",
+                     begntime=r.begntime, endtime=r.endtime, lines=())
+        raise_alert(s, Hit(rule.id, rule.name, rule.severity, rule.type,
+                           f"参保人 {died} 已死亡(死亡信息晚于结算到达)，{r.begntime} 仍在 {r.fixmedins_code} 结算",
+                           r.medfee, (), r.msgid), ep, rule.family)
 
 
 def list_alerts(engine: Engine, fixmedins_code: str | None, msgid: str | None, limit: int,
-                hospitals: list[str] | None = None) -> list[Alert]:
-    """Newest first; `hospitals` limits them to those hospitals (a supervisor's region)."""
+                hospitals: list[str] | None = None, rule_id: str | None = None) -> list[Alert]:
+    """Newest first; `hospitals` limits them to those hospitals (a supervisor's region, a hospital)."""
     q = select(Alert)
     if hospitals is not None:
         q = q.where(col(Alert.fixmedins_code).in_(hospitals))
@@ -61,5 +130,7 @@ def list_alerts(engine: Engine, fixmedins_code: str | None, msgid: str | None, l
         q = q.where(Alert.fixmedins_code == fixmedins_code)
     if msgid:
         q = q.where(Alert.msgid == msgid)
+    if rule_id:
+        q = q.where(Alert.rule_id == rule_id)
     with Session(engine) as s:
         return list(s.exec(q.order_by(col(Alert.raised_ms).desc()).limit(limit)).all())

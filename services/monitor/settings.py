@@ -1,4 +1,5 @@
-"""Settings of the monitor service (YIBAO_MONITOR_*)."""
+"""Settings of the monitor service (YIBAO_MONITOR_*); the rule catalogue's path is common
+(YIBAO_RULES_FILE), since the settle service's precheck reads it too."""
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 

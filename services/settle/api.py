@@ -225,10 +225,11 @@ def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
                                      f"{e['insuplc_admdvs']} 不一致")
         return Claim(**base, fees=lines, psn_no=ref.psn_no, insutype=e["insutype"], med_type=e["med_type"],
                      mdtrt_cert_type=e["mdtrt_cert_type"], acct_used_flag=ref.acct_used_flag,
-                     begntime=encounters.begin_date(e), mdtrt_id=ref.mdtrt_id, dise_codg=e["dise_codg"])
+                     begntime=encounters.begin_date(e), mdtrt_id=ref.mdtrt_id, dise_codg=e["dise_codg"],
+                     diagnoses=e["diagnoses"])
     if req.infno in SETTLEMENT_INFNOS:
         inp = _input(SettleInput, req.input)
-        return Claim(**base, fees=inp.feedetail, **inp.data.model_dump())
+        return Claim(**base, fees=inp.feedetail, **inp.data.model_dump(), diagnoses=diagnoses_of(req))
     if req.infno in encounters.REGISTRATIONS:
         v = _input(VisitData, data, node)
         if v.med_type is None and req.infno == "2401":

@@ -12,6 +12,7 @@ from services.bus.broadcast import Broadcast
 from services.bus.faults import Fault, Faults
 from services.bus.reply import ReplyListener
 from services.bus.worker import BatchHandler, Handler
+from services.monitor.catalogue import RuleBook
 from services.service import Service
 from services.settle.handlers import (
     SettleContext,
@@ -39,7 +40,7 @@ class SettleService(Service):
         self.port = self.settings.port
         self.ctx = SettleContext(self.engine, self.runtime.bus,
                                  Reference.load(advance_file=self.settings.advance_funds_file),
-                                 Faults.parse(self.settings.faults))
+                                 Faults.parse(self.settings.faults), RuleBook(self.common.rules_file))
         levels = self.settings.level_list
         unknown = set(levels) - set(ALL_LEVELS)
         if unknown:

@@ -144,13 +144,16 @@ def cancel_encounter(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_n
 
 def for_settlement(engine: Engine, fixmedins_code: str, mdtrt_id: str, psn_no: str) -> tuple[dict[str, object],
                                                                                              list[FeeLine]]:
-    """The encounter and its uploaded lines, for a settlement that names the mdtrt_id."""
+    """The encounter (with its diagnoses, under "diagnoses") and its uploaded lines, for a
+    settlement that names the mdtrt_id."""
     with engine.connect() as conn:
         e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
         if e["status"] != "open":
             raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能结算", "ENCOUNTER_CLOSED")
         lines = [FeeLine.model_validate(orjson.loads(r[0])) for r in
                  conn.execute(select(FEES.c.line).where(FEES.c.mdtrt_id == mdtrt_id).order_by(FEES.c.feedetl_sn))]
+        kept = conn.execute(select(DIAGNOSES.c.diagnoses).where(DIAGNOSES.c.mdtrt_id == mdtrt_id)).scalar()
+        e["diagnoses"] = [Diagnosis.model_validate(d) for d in orjson.loads(kept)] if kept else []
     if not lines:
         raise EncounterError(f"就诊 {mdtrt_id} 还没有上传费用明细 (2204/2301)", "NO_FEES")
     return e, lines

@@ -21,10 +21,12 @@ from sqlmodel import Session, select
 from schemas.common import FilingType, result_ce_id
 from schemas.events import (
     Claim,
+    ClaimFacts,
     EnrolmentUpdated,
     FilingUpdated,
     HopAction,
     HopStamp,
+    LineFacts,
     Outcome,
     RouteStep,
     Setldetail,
@@ -40,6 +42,9 @@ from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, now_m
 from services.bus.faults import Faults
 from services.bus.views import apply_state
 from services.bus.worker import YIELD_AFTER_S, PermanentError
+from services.monitor.catalogue import RuleBook
+from services.monitor.facts import line_day
+from services.monitor.precheck import check_claim
 from services.settle import benefits
 from services.settle.clearing import charge
 from services.settle.domain import (
@@ -100,6 +105,7 @@ class SettleContext:
     bus: Bus
     ref: Reference
     faults: Faults
+    rules: RuleBook
 
 
 def hop_topic(level: str) -> str:
@@ -285,7 +291,16 @@ async def _split(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received
     hop.hosp_lv = h.hosp_lv  # type: ignore[assignment]
     hop.split = [split_line(line, ctx.ref.catalogue.get(line.med_list_codg), h.hosp_lv, c.med_type)
                  for line in c.fees]
+    verdict = check_claim(ctx.rules, c, h.hosp_lv, ctx.ref.catalogue)
     _stamp(hop, received, msg.attempt)
+    if verdict is not None and verdict.refused:
+        log.warning("claim %s refused by the pre-check at %s: %s", c.msgid, c.mdtrtarea_admvs, verdict.reason())
+        out = failure("PRECHECK_REFUSED", f"事中审核不予结算：{verdict.reason()}。请撤销或更正这些明细后再结算")
+        out.data = {"precheck": verdict.rows}
+        await _turn_back(ctx, msg, hop, out)
+        return
+    if verdict is not None:
+        hop.precheck = verdict.rows
     await _forward(ctx, msg, hop)
 
 
@@ -438,6 +453,19 @@ def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     log.info(fmt, *args)
 
 
+SETTLED = ("2207", "2304")
+
+
+def facts_of(hop: SettlementHop) -> ClaimFacts:
+    """The encounter as the monitor's after-settlement rules read it (settle.completed)."""
+    c = hop.claim
+    lines = [LineFacts(feedetl_sn=f.feedetl_sn, cnt=f.cnt, pric=f.pric, day=line_day(f.fee_ocur_time, c.begntime),
+                       prd_days=f.prd_days, trac=f.trace_codes) for f in c.fees]
+    return ClaimFacts(med_type=c.med_type, begntime=c.begntime,
+                      endtime=max((ln.day for ln in lines), default=c.begntime), dise_codg=c.dise_codg,
+                      diagnoses=[d.diag_code for d in c.diagnoses], hosp_lv=hop.hosp_lv, lines=lines)
+
+
 def person_of(outcome: Outcome) -> str:
     """The psn_no a 1101 by credential found (the claim carried only the credential's digest)."""
     base = (outcome.data or {}).get("baseinfo")
@@ -448,12 +476,15 @@ def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     """Treatment city: record the answer and publish it to the hospital, once."""
     c = hop.claim
     outcome = hop.outcome or failure("NO_DECISION", "结算链路未返回结果")
+    if hop.precheck and outcome.infcode == 0:  # the pre-check's flags, for the hospital to see
+        outcome.data = (outcome.data or {}) | {"precheck": hop.precheck}
     if outcome.infcode == 0 and c.infno in REGISTRATIONS:
         outcome.data = (outcome.data or {}) | {"mdtrt_id": mdtrt_id_of(c.msgid), "ipt_otp_no": c.ipt_otp_no or ""}
     result = SettlementResult(
         msgid=c.msgid, infno=c.infno, fixmedins_code=c.fixmedins_code,
         mdtrtarea_admvs=c.mdtrtarea_admvs, insuplc_admdvs=c.insuplc_admdvs, psn_no=c.psn_no,
         outcome=outcome, split=hop.split or [], trace=hop.trace,
+        facts=facts_of(hop) if outcome.infcode == 0 and c.infno in SETTLED else None,
     )
     src = f"/yibao/settle/city/{c.mdtrtarea_admvs}"
     hdr = dict(correlation_id=c.msgid, traceparent=msg.headers.get("traceparent"))

@@ -18,6 +18,22 @@ from services.settle.store import ACC_FIELDS
 REFDATA = Path(__file__).parent / "refdata"
 
 
+def load_catalogue(directory: Path = REFDATA) -> dict[str, CatalogueItem]:
+    """The treatment-location catalogue (就医地目录) by item code; the monitor's rules read it too."""
+    items = json.loads((directory / "catalogue.json").read_text(encoding="utf-8"))["items"]
+    return {
+        i["code"]: CatalogueItem(
+            code=i["code"], name=i["name"], chrgitm_lv=i["chrgitm_lv"],
+            selfpay_prop=Decimal(i["selfpay_prop"]),
+            pric_uplmt_amt=Decimal(i["pric_uplmt_amt"]) if i["pric_uplmt_amt"] else None,
+            lmt_gend=i["lmt_gend"], med_chrgitm_type=i["med_chrgitm_type"],
+            lmt_age_min=i.get("lmt_age_min"), lmt_age_max=i.get("lmt_age_max"),
+            lmt_hosp_lv=i.get("lmt_hosp_lv"), lmt_scope=i.get("lmt_scope"),
+        )
+        for i in items
+    }
+
+
 @dataclass(frozen=True)
 class Reference:
     hospitals: dict[str, Hospital]
@@ -37,17 +53,7 @@ class Reference:
             if h.signature and h.signature not in SCHEMES:
                 raise ValueError(f"hospitals.json, {h.fixmedins_code}: signature {h.signature!r} is not one of "
                                  f"{', '.join(SCHEMES)}")
-        catalogue = {
-            i["code"]: CatalogueItem(
-                code=i["code"], name=i["name"], chrgitm_lv=i["chrgitm_lv"],
-                selfpay_prop=Decimal(i["selfpay_prop"]),
-                pric_uplmt_amt=Decimal(i["pric_uplmt_amt"]) if i["pric_uplmt_amt"] else None,
-                lmt_gend=i["lmt_gend"], med_chrgitm_type=i["med_chrgitm_type"],
-                lmt_age_min=i.get("lmt_age_min"), lmt_age_max=i.get("lmt_age_max"),
-                lmt_hosp_lv=i.get("lmt_hosp_lv"), lmt_scope=i.get("lmt_scope"),
-            )
-            for i in read("catalogue.json")["items"]
-        }
+        catalogue = load_catalogue(directory)
         policies = [Policy.from_json(p) for p in read("policies.json")["policies"]]
         cum_types = read("cum_types.json")["by_insutype"]
         for insutype, codes in cum_types.items():

@@ -71,7 +71,7 @@ class Stack:
 
     async def person(self, region: str = "360100", insutype: str = "310", male: bool = True,
                      paid_through: str | None = YEAR_END, voucher: bool = True, balance: str = "0",
-                     name: str = "测试") -> str:
+                     name: str = "测试", since: date | None = None) -> str:
         seq = secrets.randbelow(499) * 2 + (1 if male else 2)
         certno = with_check_char(f"{region}{1960 + secrets.randbelow(40)}0315{seq:03d}")
         enroll = self.province("enroll", region)
@@ -81,7 +81,7 @@ class Stack:
         self.certnos[psn] = certno
         r = await enroll.post("/enrolments", json={
             "psn_no": psn, "insuplc_admdvs": region, "insutype": insutype, "paid_through": paid_through,
-            "voucher_active": voucher, "acct_balc": balance})
+            "voucher_active": voucher, "acct_balc": balance} | ({"begndate": str(since)} if since else {}))
         assert r.status_code == 201, r.text
         await wait_until(lambda: self._settle_knows(psn), what=f"settle to see {psn}")
         return psn
@@ -99,7 +99,7 @@ class Stack:
         r = await self.operator("settle").get(f"/persons/{psn}/status")
         return r.status_code == 200 and len(r.json()["filings"]) >= filings
 
-    async def file(self, psn: str, target: str, fil_type: str = "REFERRAL") -> dict[str, Any]:
+    async def file(self, psn: str, target: str, fil_type: str = "REFERRAL", since: date | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if fil_type == "REFERRAL":
             extra["referral_fixmedins_code"] = referral_hospital(psn[:6])  # psn_no starts with its region
@@ -109,7 +109,7 @@ class Stack:
         async def attempt() -> Any:
             r = await self.province("filing", psn[:6]).post("/filings", json={
                 "psn_no": psn, "fil_type": fil_type, "target_admdvs": target,
-                "begndate": date.today().replace(day=1).isoformat()} | extra)
+                "begndate": (since or date.today().replace(day=1)).isoformat()} | extra)
             return r.json() if r.status_code == 201 else None
         f = await wait_until(attempt, what="the filing service to accept the filing")
         await wait_until(lambda: self._settle_knows(psn, filings=1), what="settle to see the filing")
