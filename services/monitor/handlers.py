@@ -80,7 +80,7 @@ def raise_alert(s: Session, h: Hit, ep: Episode, family: str, phase: Phase = PHA
         msgid=ep.msgid, psn_no=ep.psn_no, setl_id=ep.setl_id, vola_cont=h.vola_cont, vola_amt=h.vola_amt,
         sev_deg=h.severity, feedetl_sn=list(h.feedetl_sn), family=family, phase=phase,
         mdtrtarea_admvs=ep.mdtrtarea_admvs,
-    ), source="/yibao/monitor", correlation_id=ep.msgid)
+    ), source="/yibao/monitor", correlation_id=ep.msgid, ce_id=f"alert-{alert_id}")  # a republished event keeps it
     log.warning("alert %s on claim %s at %s: %s", h.rule_id, ep.msgid, ep.fixmedins_code, h.vola_cont)
     return True
 

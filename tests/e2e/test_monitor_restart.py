@@ -1,0 +1,125 @@
+"""A monitor killed -9 mid-stream resumes with its history intact and raises no alert twice: each
+alert is stored once, and published at least once under one ce_id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import create_engine, text
+
+from schemas.events import ClaimFacts, FeeSplit, LineFacts, Outcome, Setlinfo, SettlementResult
+from services.bus.broker import free_port
+from services.bus.client import Bus
+from tests.conftest import BrokerUnderTest
+from tests.helpers import headers_of, read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.one_database]
+HOSP = "H44010400001"
+N = 400  # claims; each has a price over the cap (R-OVERSTD), the second half resells a trace code of the first (R-TRACE)
+D = Decimal
+
+
+def settlement(i: int) -> SettlementResult:
+    msgid = f"{HOSP}20261205{i:010d}"
+    psn = f"360100{i:012d}"
+    day = date(2026, 11, 20)
+    trac = f"8{i % (N // 2):019d}"  # claim i and claim i + N/2 sell the same pack
+    amt = D("40.00")
+    info = Setlinfo(setl_id=f"S{i:020d}", mdtrt_id=f"MD{i:010d}", psn_no=psn, psn_name="sealed", gend="1",
+                    brdy="1970-01-01", age=56, insutype="310", psn_type="11", med_type="11",
+                    setl_time="2026-11-20 10:00:00", medfee_sumamt=amt, fulamt_ownpay_amt=D("0.00"),
+                    overlmt_selfpay=D("2.00"), preselfpay_amt=D("3.80"), inscp_scp_amt=D("34.20"),
+                    act_pay_dedc=D("0.00"), hifp_pay=D("30.00"), pool_prop_selfpay=D("0.1"),
+                    fund_pay_sumamt=D("30.00"), psn_part_amt=D("10.00"), acct_pay=D("0.00"), psn_cash_pay=D("10.00"),
+                    balc=D("0.00"), medins_setl_id=msgid, clr_optins="360100", clr_type="11")
+    split = FeeSplit(feedetl_sn="1", med_list_codg="XC09CAL032A001010100512", det_item_fee_sumamt=amt,
+                     chrgitm_lv="02", selfpay_prop=D("0.10"), pric_uplmt_amt=D("3.80"), fulamt_ownpay_amt=D("0.00"),
+                     overlmt_amt=D("2.00"), preselfpay_amt=D("3.80"), inscp_scp_amt=D("34.20"))
+    facts = ClaimFacts(med_type="11", begntime=day, endtime=day, diagnoses=["I10"], hosp_lv="3",
+                       lines=[LineFacts(feedetl_sn="1", cnt=D("10"), pric=D("4.00"), day=day, trac=[trac])])
+    return SettlementResult(msgid=msgid, infno="2207", fixmedins_code=HOSP, mdtrtarea_admvs="440100",
+                            insuplc_admdvs="360100", psn_no=psn, outcome=Outcome(infcode=0, setlinfo=info),
+                            split=[split], facts=facts)
+
+
+def alert_ids(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as c:
+            return [r[0] for r in c.execute(text("select alert_id from monitor_alerts"))]
+    except Exception:  # the table is not there yet
+        return []
+    finally:
+        engine.dispose()
+
+
+async def test_a_monitor_killed_mid_stream_loses_no_alert_and_raises_none_twice(
+        broker: BrokerUnderTest, tmp_path: Path) -> None:
+    bus = Bus(broker.settings(), broker.bootstrap, "test-monitor-restart")
+    await bus.start()
+    try:
+        for i in range(N):
+            await bus.send("settle.completed", f"360100{i:012d}", settlement(i), "/test/settle",
+                           correlation_id=f"{HOSP}20261205{i:010d}")
+        await bus.flush()
+    finally:
+        await bus.stop()
+
+    env = os.environ | {"YIBAO_KAFKA_BOOTSTRAP": broker.bootstrap, "YIBAO_BROKER": broker.kind,
+                        "YIBAO_TOPIC_PREFIX": broker.prefix, "YIBAO_VAR_DIR": str(tmp_path),
+                        "YIBAO_MONITOR_PORT": str(free_port()), "YIBAO_LOG_LEVEL": "WARNING",
+                        "YIBAO_MONITOR_DATABASE_URL": ""}
+    db = tmp_path / "monitor.db"
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "services.monitor"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "monitor.log", "ab"))
+
+    expected = N + N // 2
+    proc = start()
+    try:
+        end = time.monotonic() + 90
+        while len(alert_ids(db)) < expected // 4:
+            assert proc.poll() is None and time.monotonic() < end, (tmp_path / "monitor.log").read_text()[-3000:]
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        at_kill = len(alert_ids(db))
+        assert at_kill < expected, "the monitor finished before it was killed: nothing was tested"
+        proc = start()
+        end = time.monotonic() + 120
+        while len(alert_ids(db)) < expected:
+            assert proc.poll() is None and time.monotonic() < end, (
+                f"{len(alert_ids(db))} of {expected} alerts; " + (tmp_path / "monitor.log").read_text()[-3000:])
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # anything raised twice would show now
+        ids = alert_ids(db)
+        assert len(ids) == expected == len(set(ids))
+        assert sum(i.startswith("R-TRACE-") for i in ids) == N // 2  # resales after the kill found the first sales
+        # publication is at least once (the outbox): an event sent again after the kill carries the
+        # same ce_id as the first, so a consumer that keeps ce_ids sees each alert once
+        published: list[tuple[str, str]] = []
+        end = time.monotonic() + 30
+        while len(set(published)) < expected and time.monotonic() < end:
+            published = [(headers_of(r)["ce_id"], orjson.loads(r.value)["alert_id"])
+                         for r in await read_all(broker, "monitor.alerts")]
+        assert sorted({a for _, a in published}) == sorted(ids)
+        assert len({c for c, _ in published}) == expected and all(c == f"alert-{a}" for c, a in published)
+        print(f"killed at {at_kill} of {expected} alerts; {len(published)} alert events published for "
+              f"{expected} alerts (the rest sent again after the kill, with their first ce_id)")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
