@@ -70,7 +70,7 @@ def raise_alert(s: Session, h: Hit, ep: Episode, family: str, phase: Phase = PHA
     alert_id = f"{h.rule_id}-{h.key or ep.msgid}"
     if s.get(Alert, alert_id) is not None:
         return False
-    alert = Alert(alert_id=alert_id, rule_id=h.rule_id, rule_name=h.rule_name, family=family, severity=h.severity,
+    alert = Alert(alert_id=alert_id, rule_id=h.rule_id, rule_name=h.rule_name, family=family, sev_deg=h.severity,
                   phase=phase, fixmedins_code=ep.fixmedins_code, mdtrtarea_admvs=ep.mdtrtarea_admvs,
                   msgid=ep.msgid, psn_no=ep.psn_no, setl_id=ep.setl_id, vola_cont=h.vola_cont,
                   vola_amt=h.vola_amt, feedetl_sn=",".join(h.feedetl_sn), case_id=None, raised_ms=now_ms())

@@ -22,7 +22,7 @@ class Alert(SQLModel, table=True):
     rule_id: str = Field(index=True, max_length=24)
     rule_name: str
     family: str = Field(max_length=8)
-    severity: str = Field(max_length=8)
+    sev_deg: str = Field(max_length=8, description="严重程度: 明确违规 / 高度可疑 / 可疑")
     phase: str = Field(max_length=10, description="precheck (事中) or post (事后)")
     fixmedins_code: str = Field(index=True, max_length=12)
     mdtrtarea_admvs: str = Field(index=True, max_length=6)

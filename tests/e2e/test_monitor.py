@@ -71,7 +71,7 @@ async def test_a_readmission_within_15_days_raises_the_split_admission_alert(sta
     found = await wait_until(lambda: alerts_of(stack, "supervisor", "440000", msgid=second["msgid"],
                                                rule_id="R-SPLIT-ADM"), what="the split-admission alert")
     assert "出院 8 天后再次入院" in found[0]["vola_cont"] and found[0]["psn_no"] == psn
-    assert found[0]["severity"] == "高度可疑" and found[0]["phase"] == "post"
+    assert found[0]["sev_deg"] == "高度可疑" and found[0]["phase"] == "post"
 
 
 async def test_a_death_recorded_after_the_settlement_raises_r_dead(stack: Stack) -> None:

@@ -51,7 +51,8 @@ def test_the_platform_runs_and_the_demo_tells_its_story(platform: Platform, caps
         assert all(c["state"] == "running" for c in health["consumers"]), health
     demo.main(ports=platform.ports)
     out = capsys.readouterr().out
-    for words in ("psn_no", "REFERRAL", "infcode 0", "hifp_pay", "national 360000", "ALERT R-GENDER"):
+    for words in ("psn_no", "REFERRAL", "infcode 0", "hifp_pay", "national 360000", "ALERT R-GENDER",
+                  "PRECHECK_REFUSED", "R-CONTRA", "ALERT R-SPLIT-ADM", "出院 8 天后再次入院"):
         assert words in out, out
     assert all(proc.poll() is None for proc in platform.procs.values())
 
