@@ -110,6 +110,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         enroll_bench()
         return
+    if args.what == "monitor":
+        from services.bench_monitor import main as monitor_bench
+
+        monitor_bench()
+        return
     from services.bench import main
 
     main()
@@ -220,8 +225,11 @@ def main(argv: list[str] | None = None) -> None:
                        description="settle: settlements/s and latency per hop (BENCH_SECONDS, BENCH_CONCURRENCY). "
                                    "enroll: a generated population through enroll.inbound "
                                    "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000). "
+                                   "monitor: precision and recall per rule on labelled scenarios through the "
+                                   "platform (BENCH_MONITOR_CLEAN 300, BENCH_MONITOR_PER_RULE 4), the after-"
+                                   "settlement rules' claims/s on one core, the pre-check's latency. "
                                    "BENCH_LOG_LEVEL: the services' log level (settle WARNING, enroll ERROR).")
-    b.add_argument("what", nargs="?", choices=["settle", "enroll"], default="settle")
+    b.add_argument("what", nargs="?", choices=["settle", "enroll", "monitor"], default="settle")
     b.set_defaults(func=cmd_bench)
     ch = sub.add_parser("chaos", help="claims while processes, a broker (and PostgreSQL) die; the books checked",
                         description="Three Kafka brokers and the platform; hospitals send claims while a driver "

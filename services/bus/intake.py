@@ -21,6 +21,7 @@ from services.bus.inbox import InboxRecord
 from services.bus.worker import PermanentError
 
 Apply = Callable[[Session, Incoming], None]
+INBOX = InboxRecord.__table__  # type: ignore[attr-defined]
 
 
 class NotYetError(Exception):
@@ -34,10 +35,13 @@ class NotYetError(Exception):
 def apply_batch(engine: Engine, consumer: str, msgs: list[Incoming], apply: Apply,
                 refusals: tuple[type[Exception], ...], prepare: Callable[[Session, list[Incoming]], None] | None = None,
                 autoflush: bool = True, inbox_key: Callable[[Incoming], str] = lambda m: m.ce_id,
-                retry_codes: frozenset[str] = frozenset()) -> list[BaseException | None]:
+                retry_codes: frozenset[str] = frozenset(),
+                finish: Callable[[Session], None] | None = None) -> list[BaseException | None]:
     """`prepare` may load what the whole batch needs; `autoflush=False` when it did (fewer statements).
-    `inbox_key`: what makes two messages the same (the CloudEvents id unless the event has a better one)."""
+    `inbox_key`: what makes two messages the same (the CloudEvents id unless the event has a better one).
+    `finish` writes what the batch gathered, in its transaction, after the last message."""
     out: list[BaseException | None] = []
+    applied: list[dict[str, object]] = []
     with transaction(engine) as s, (nullcontext() if autoflush else s.no_autoflush):
         ids = [inbox_key(m) for m in msgs]
         seen = set(s.exec(select(InboxRecord.msg_id).where(InboxRecord.consumer == consumer,
@@ -55,6 +59,10 @@ def apply_batch(engine: Engine, consumer: str, msgs: list[Incoming], apply: Appl
                 code = str(getattr(exc, "code", "REFUSED"))
                 out.append(NotYetError(str(exc), code) if code in retry_codes else PermanentError(str(exc), code))
                 continue
-            s.add(InboxRecord(consumer=consumer, msg_id=key, processed_ms=now_ms()))
+            applied.append({"consumer": consumer, "msg_id": key, "processed_ms": now_ms()})
             out.append(None)
+        if finish is not None:
+            finish(s)
+        if applied:  # one statement for the batch's inbox records
+            s.connection().execute(INBOX.insert(), applied)
     return out

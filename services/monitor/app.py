@@ -7,6 +7,7 @@ from typing import Any
 
 from services.bus.worker import BatchHandler
 from services.monitor.catalogue import RuleBook
+from services.monitor.facts import SettledView
 from services.monitor.handlers import MonitorContext, apply_person, check_batch
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import TABLES
@@ -25,7 +26,8 @@ class MonitorService(Service):
         self.ctx = MonitorContext(self.engine, RuleBook(self.common.rules_file), load_catalogue())
         # alerts are for supervisors, seconds are fine: batches (one transaction each), fewer fetches
         self.runtime.add_worker("monitor", {"settle.completed": BatchHandler(partial(check_batch, self.ctx)),
-                                            "enroll.events": partial(apply_person, self.ctx)}, slow=True)
+                                            "enroll.events": partial(apply_person, self.ctx)}, slow=True,
+                                read_as={"settle.completed": SettledView})
         from services.monitor.api import create_api
 
         self.app = create_api(self)

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
-from schemas.events import Claim, FeeSplit, SettlementResult
+from pydantic import BaseModel, ConfigDict
+
+from schemas.events import Claim, ClaimFacts, FeeSplit, SettlementResult
 
 ZERO = Decimal("0.00")
 
@@ -87,7 +89,50 @@ def from_claim(c: Claim, hosp_lv: str | None) -> Episode:
                    mdtrt_id=c.mdtrt_id, medfee=sum((f.det_item_fee_sumamt for f in c.fees), ZERO))
 
 
-def from_result(r: SettlementResult) -> Episode | None:
+class _View(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SetlinfoView(_View):
+    setl_id: str
+    mdtrt_id: str
+    insutype: str
+    gend: str
+    brdy: str = ""
+    age: int = 0
+    medfee_sumamt: Decimal
+    psn_part_amt: Decimal
+
+
+class OutcomeView(_View):
+    infcode: int
+    setlinfo: SetlinfoView | None = None
+    psn_gend: str | None = None
+    data: dict[str, object] | None = None
+
+
+class SplitView(_View):
+    feedetl_sn: str
+    med_list_codg: str
+    det_item_fee_sumamt: Decimal
+
+
+class SettledView(_View):
+    """How the monitor reads settle.completed: the same ce_type and bytes, only what the rules use
+    validated (the answer's national fields, hop trace and fund rows pass unread)."""
+
+    msgid: str
+    infno: str
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    insuplc_admdvs: str
+    psn_no: str
+    outcome: OutcomeView
+    split: list[SplitView] = []
+    facts: ClaimFacts | None = None
+
+
+def from_result(r: SettledView | SettlementResult) -> Episode | None:
     """事后: a settlement as settle.completed carries it; None for anything else (a refusal, a
     reversal, a pre-settlement, an answer without the encounter's facts)."""
     info, facts = r.outcome.setlinfo, r.facts

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 
@@ -14,19 +14,20 @@ import orjson
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from schemas.events import AlertRaised, EnrolmentUpdated, SettlementResult
+from schemas.events import AlertRaised, EnrolmentUpdated
 from services.bus import outbox
 from services.bus.envelope import Incoming, now_ms
 from services.bus.intake import apply_batch
-from services.monitor import history
 from services.monitor.catalogue import Phase, RuleBook, RuleSpec
-from services.monitor.facts import Episode, Hit, from_result
+from services.monitor.facts import Episode, Hit, SettledView, from_result
+from services.monitor.history import BatchHistory
 from services.monitor.rules import Items, evaluate
 from services.monitor.store import Alert, EpisodeRow, PersonFacts
 
 log = logging.getLogger("yibao.monitor")
 SERVICE = "monitor"
 REVERSALS = ("2208", "2305")
+SETTLEMENTS = ("2207", "2304")
 PHASE: Phase = "post"
 
 
@@ -37,38 +38,67 @@ class MonitorContext:
     items: Items
 
 
+@dataclass
+class Batch:
+    """One fetched batch: its encounters, the history they are judged against, the alerts raised."""
+
+    history: BatchHistory
+    episodes: dict[str, Episode]
+    raised: set[str]
+    in_force: dict[date, list[RuleSpec]] = field(default_factory=dict)
+
+    def rules_on(self, ctx: MonitorContext, day: date) -> list[RuleSpec]:
+        if day not in self.in_force:
+            self.in_force[day] = ctx.rules.current().for_phase(PHASE, day)
+        return self.in_force[day]
+
+
 async def check_batch(ctx: MonitorContext, msgs: list[Incoming]) -> list[BaseException | None]:
-    """A fetched batch of completed settlements in one transaction; each claim once (by msgid)."""
-    return await asyncio.to_thread(partial(apply_batch, inbox_key=lambda m: m.event.msgid), ctx.engine,
-                                   "monitor.rules", msgs, partial(_check, ctx), ())
+    """A fetched batch of completed settlements in one transaction: the history its persons need
+    read once, each claim judged once (by msgid), what it adds written once."""
+    rules = ctx.rules.current().rules
+    episodes = {m.event.msgid: ep for m in msgs
+                if m.event.infno in SETTLEMENTS and (ep := from_result(m.event)) is not None}
+    batch = Batch(BatchHistory(watched_items(rules)), episodes, set())
+    return await asyncio.to_thread(partial(
+        apply_batch, inbox_key=lambda m: m.event.msgid, autoflush=False,
+        prepare=lambda s, _: batch.history.load(s, list(episodes.values())), finish=batch.history.write),
+        ctx.engine, "monitor.rules", msgs, partial(_check, ctx, batch), ())
 
 
-def _check(ctx: MonitorContext, s: Session, msg: Incoming) -> None:
-    result: SettlementResult = msg.event
+def _check(ctx: MonitorContext, batch: Batch, s: Session, msg: Incoming) -> None:
+    result: SettledView = msg.event
     if result.infno in REVERSALS and result.outcome.infcode == 0:
         reversed_msgid = (result.outcome.data or {}).get("reversed_msgid")
         if reversed_msgid:
-            history.reverse(s, str(reversed_msgid))
+            batch.history.reverse(s, str(reversed_msgid))
         return
-    ep = from_result(result)
-    if ep is None or result.infno not in ("2207", "2304"):
+    ep = batch.episodes.get(result.msgid)
+    if ep is None:
         return
-    rules = ctx.rules.current().for_phase(PHASE, ep.begntime)
-    hits = evaluate(rules, ep, ctx.items, history.SqlHistory(s))
-    history.record(s, ep, watched_items(rules))
-    families = {r.id: r.family for r in rules}
+    rules = batch.rules_on(ctx, ep.begntime)
+    hits = evaluate(rules, ep, ctx.items, batch.history)
+    batch.history.add(ep)
     for h in hits:
-        raise_alert(s, h, ep, families.get(h.rule_id, ""))
+        family = next((r.family for r in rules if r.id == h.rule_id), "")
+        if raise_alert(s, h, ep, family, seen=batch.raised):
+            batch.raised.add(f"{h.rule_id}-{h.key or ep.msgid}")
 
 
 def watched_items(rules: list[RuleSpec]) -> set[str]:
+    """The items a frequency rule counts: their uses are kept per person."""
     return {str(r.params["item"]) for r in rules if r.kind == "frequency"}
 
 
-def raise_alert(s: Session, h: Hit, ep: Episode, family: str, phase: Phase = PHASE) -> bool:
-    """The alert and its event, unless this rule already raised it for this key (False then)."""
+def raise_alert(s: Session, h: Hit, ep: Episode, family: str, phase: Phase = PHASE,
+                seen: set[str] | None = None) -> bool:
+    """The alert and its event, unless this rule already raised it for this key (False then). A
+    claim is judged once (the inbox), so only an alert keyed by something else than the claim (a
+    cluster, a person's year) can have been raised before: those are looked up."""
     alert_id = f"{h.rule_id}-{h.key or ep.msgid}"
-    if s.get(Alert, alert_id) is not None:
+    if seen is not None and alert_id in seen:
+        return False
+    if (h.key and h.key != ep.msgid or seen is None) and s.get(Alert, alert_id) is not None:
         return False
     alert = Alert(alert_id=alert_id, rule_id=h.rule_id, rule_name=h.rule_name, family=family, sev_deg=h.severity,
                   phase=phase, fixmedins_code=ep.fixmedins_code, mdtrtarea_admvs=ep.mdtrtarea_admvs,

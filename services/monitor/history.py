@@ -1,52 +1,103 @@
-"""The History the stateful rules read, kept in the monitor's database, and what a judged encounter
-adds to it. Read and written in the caller's transaction (the batch's, with its inbox records)."""
+"""The History the stateful rules read, for one fetched batch of settlements: what the batch's
+persons did before (their encounters, watched item uses, death and hardship) and the trace codes
+it sells, loaded with one query each before the batch is judged; each judged encounter is added
+to it at once (a later claim of the same batch sees it) and written with the batch's inbox records
+in its transaction."""
 
 from __future__ import annotations
 
-from datetime import date
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
-from sqlalchemy import func, update
+from sqlalchemy import select as core_select
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from services.monitor.facts import Episode
 from services.monitor.rules import Stay
 from services.monitor.store import EpisodeRow, ItemUse, PersonFacts, TraceSold
 
+EPISODES = EpisodeRow.__table__  # type: ignore[attr-defined]  # Core statements: rows, not objects
+USES = ItemUse.__table__  # type: ignore[attr-defined]
+TRACES = TraceSold.__table__  # type: ignore[attr-defined]
+PAST_COLUMNS = [EPISODES.c[n] for n in ("msgid", "psn_no", "fixmedins_code", "mdtrtarea_admvs", "insuplc_admdvs",
+                                        "inpatient", "begntime", "endtime", "diagnoses", "selfpay")]
+LOOK_BACK = timedelta(days=400)  # the longest window a rule reads (a calendar year, 90-day frequencies …)
+CHUNK = 500  # values per IN (…)
 
-class SqlHistory:
-    def __init__(self, s: Session) -> None:
-        self.s = s
-        self._persons: dict[str, PersonFacts | None] = {}
 
-    def _person(self, psn_no: str) -> PersonFacts | None:
-        if psn_no not in self._persons:
-            self._persons[psn_no] = self.s.get(PersonFacts, psn_no)
-        return self._persons[psn_no]
+@dataclass(frozen=True)
+class Past:
+    stay: Stay
+    insuplc: str
+    selfpay: Decimal
+
+
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    items = sorted(set(values))
+    for i in range(0, len(items), CHUNK):
+        yield items[i:i + CHUNK]
+
+
+class BatchHistory:
+    def __init__(self, watched: set[str]) -> None:
+        self.watched = watched
+        self.past: dict[str, list[Past]] = defaultdict(list)
+        self.uses: dict[tuple[str, str], list[tuple[date, Decimal]]] = defaultdict(list)
+        self.persons: dict[str, PersonFacts] = {}
+        self.traces: dict[str, str] = {}
+        self.clinics: dict[tuple[str, date, str], dict[str, str]] = {}  # loaded on demand: psn → first diagnosis
+        self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)  # written by write()
+        self.session: Session | None = None
+
+    # --- loading -------------------------------------------------------------------------
+
+    def load(self, s: Session, episodes: list[Episode]) -> None:
+        self.session = s
+        if not episodes:
+            return
+        conn = s.connection()
+        psns = {e.psn_no for e in episodes}
+        since = min(e.begntime for e in episodes) - LOOK_BACK
+        for chunk in _chunks(psns):
+            for r in conn.execute(core_select(*PAST_COLUMNS).where(
+                    EPISODES.c.psn_no.in_(chunk), EPISODES.c.endtime >= since, EPISODES.c.reversed.is_(False))):
+                self.past[r.psn_no].append(Past(Stay(r.msgid, r.fixmedins_code, r.mdtrtarea_admvs, r.inpatient,
+                                                     r.begntime, r.endtime, tuple(d for d in r.diagnoses.split(",") if d)),
+                                                r.insuplc_admdvs, r.selfpay))
+            if self.watched:
+                for u in conn.execute(core_select(USES.c.psn_no, USES.c.code, USES.c.day, USES.c.cnt).where(
+                        USES.c.psn_no.in_(chunk), USES.c.day >= since)):
+                    self.uses[(u.psn_no, u.code)].append((u.day, u.cnt))
+            for p in s.exec(select(PersonFacts).where(col(PersonFacts.psn_no).in_(chunk))):
+                self.persons[p.psn_no] = p
+        codes = {c for e in episodes for ln in e.lines for c in ln.trac}
+        for chunk in _chunks(codes):
+            for code, msgid in conn.execute(core_select(TRACES.c.code, TRACES.c.msgid).where(TRACES.c.code.in_(chunk))):
+                self.traces[code] = msgid
+
+    # --- the History port ----------------------------------------------------------------
 
     def stays(self, psn_no: str, since: date, until: date) -> list[Stay]:
-        rows = self.s.exec(select(EpisodeRow).where(
-            EpisodeRow.psn_no == psn_no, EpisodeRow.reversed == False,  # noqa: E712
-            EpisodeRow.endtime >= since, EpisodeRow.begntime <= until)).all()
-        return [Stay(r.msgid, r.fixmedins_code, r.mdtrtarea_admvs, r.inpatient, r.begntime, r.endtime,
-                     tuple(d for d in r.diagnoses.split(",") if d)) for r in rows]
+        return [p.stay for p in self.past[psn_no] if p.stay.endtime >= since and p.stay.begntime <= until]
 
     def item_uses(self, psn_no: str, code: str, since: date) -> Decimal:
-        total = self.s.exec(select(func.sum(ItemUse.cnt)).where(
-            ItemUse.psn_no == psn_no, ItemUse.code == code, ItemUse.day >= since)).one()
-        return Decimal(total or 0)
+        return sum((cnt for day, cnt in self.uses[(psn_no, code)] if day >= since), Decimal(0))
 
     def diagnoses(self, psn_no: str) -> list[str]:
-        rows = self.s.exec(select(EpisodeRow.diagnoses).where(EpisodeRow.psn_no == psn_no)).all()
-        return [d for r in rows for d in r.split(",") if d]
+        return [d for p in self.past[psn_no] for d in p.stay.diagnoses]
 
     def death_date(self, psn_no: str) -> date | None:
-        p = self._person(psn_no)
+        p = self.persons.get(psn_no)
         return p.death_date if p else None
 
     def hardship_on(self, psn_no: str, day: date) -> bool:
-        p = self._person(psn_no)
+        p = self.persons.get(psn_no)
         if p is None:
             return False
         return any(date.fromisoformat(h["begndate"]) <= day
@@ -54,44 +105,62 @@ class SqlHistory:
                    for h in orjson.loads(p.hardship))
 
     def trace_sold(self, code: str) -> str | None:
-        row = self.s.get(TraceSold, code)
-        return row.msgid if row else None
+        return self.traces.get(code)
 
     def persons_at(self, fixmedins_code: str, day: date, insuplc: str, diagnosis: str) -> set[str]:
-        rows = self.s.exec(select(EpisodeRow.psn_no, EpisodeRow.diagnoses).where(
-            EpisodeRow.fixmedins_code == fixmedins_code, EpisodeRow.begntime == day,
-            EpisodeRow.insuplc_admdvs == insuplc, EpisodeRow.reversed == False)).all()  # noqa: E712
-        return {psn for psn, diags in rows if diags.split(",")[0] == diagnosis}
+        key = (fixmedins_code, day, insuplc)
+        if key not in self.clinics:
+            assert self.session is not None, "load() first"
+            rows = self.session.exec(select(EpisodeRow.psn_no, EpisodeRow.diagnoses).where(
+                EpisodeRow.fixmedins_code == fixmedins_code, EpisodeRow.begntime == day,
+                EpisodeRow.insuplc_admdvs == insuplc, col(EpisodeRow.reversed).is_(False))).all()
+            self.clinics[key] = {psn: diags.split(",")[0] for psn, diags in rows}
+        return {psn for psn, first in self.clinics[key].items() if first == diagnosis}
 
     def visits(self, psn_no: str, since: date) -> int:
-        return int(self.s.exec(select(func.count()).select_from(EpisodeRow).where(
-            EpisodeRow.psn_no == psn_no, EpisodeRow.begntime >= since, EpisodeRow.inpatient == False,  # noqa: E712
-            EpisodeRow.reversed == False)).one())  # noqa: E712
+        return sum(1 for p in self.past[psn_no] if p.stay.begntime >= since and not p.stay.inpatient)
 
     def selfpay_in(self, psn_no: str, year: int) -> Decimal:
-        total = self.s.exec(select(func.sum(EpisodeRow.selfpay)).where(
-            EpisodeRow.psn_no == psn_no, EpisodeRow.begntime >= date(year, 1, 1),
-            EpisodeRow.begntime <= date(year, 12, 31), EpisodeRow.reversed == False)).one()  # noqa: E712
-        return Decimal(total or 0)
+        return sum((p.selfpay for p in self.past[psn_no] if p.stay.begntime.year == year), Decimal(0))
+
+    # --- what a judged encounter adds ------------------------------------------------------
+
+    def add(self, ep: Episode) -> None:
+        self.past[ep.psn_no].append(Past(Stay(ep.msgid, ep.fixmedins_code, ep.mdtrtarea_admvs, ep.inpatient,
+                                              ep.begntime, ep.endtime, ep.diagnoses), ep.insuplc_admdvs, ep.selfpay))
+        self.rows["episodes"].append({
+            "msgid": ep.msgid, "psn_no": ep.psn_no, "fixmedins_code": ep.fixmedins_code,
+            "mdtrtarea_admvs": ep.mdtrtarea_admvs, "insuplc_admdvs": ep.insuplc_admdvs, "inpatient": ep.inpatient,
+            "begntime": ep.begntime, "endtime": ep.endtime, "diagnoses": ",".join(ep.diagnoses),
+            "medfee": ep.medfee, "selfpay": ep.selfpay, "reversed": False})
+        key = (ep.fixmedins_code, ep.begntime, ep.insuplc_admdvs)
+        if key in self.clinics and ep.diagnoses:
+            self.clinics[key][ep.psn_no] = ep.diagnoses[0]
+        for ln in ep.lines:
+            if ln.code in self.watched:
+                self.uses[(ep.psn_no, ln.code)].append((ln.day, ln.cnt))
+                self.rows["uses"].append({"msgid": ep.msgid, "feedetl_sn": ln.feedetl_sn, "psn_no": ep.psn_no,
+                                          "code": ln.code, "day": ln.day, "cnt": ln.cnt})
+            for code in ln.trac:
+                if code not in self.traces:
+                    self.traces[code] = ep.msgid
+                    self.rows["traces"].append({"code": code, "msgid": ep.msgid, "fixmedins_code": ep.fixmedins_code})
+
+    def write(self, s: Session) -> None:
+        """The batch's additions, one statement per table."""
+        conn = s.connection()
+        for name, table in (("episodes", EPISODES), ("uses", USES), ("traces", TRACES)):
+            if self.rows[name]:
+                conn.execute(table.insert(), self.rows[name])
+        self.rows.clear()
 
 
-def record(s: Session, ep: Episode, watched: set[str]) -> None:
-    """What the next encounters' rules will read of this one."""
-    s.add(EpisodeRow(msgid=ep.msgid, psn_no=ep.psn_no, fixmedins_code=ep.fixmedins_code,
-                     mdtrtarea_admvs=ep.mdtrtarea_admvs, insuplc_admdvs=ep.insuplc_admdvs, inpatient=ep.inpatient,
-                     begntime=ep.begntime, endtime=ep.endtime, diagnoses=",".join(ep.diagnoses), medfee=ep.medfee,
-                     selfpay=ep.selfpay))
-    for ln in ep.lines:
-        if ln.code in watched:
-            s.add(ItemUse(msgid=ep.msgid, feedetl_sn=ln.feedetl_sn, psn_no=ep.psn_no, code=ln.code, day=ln.day,
-                          cnt=ln.cnt))
-        for code in ln.trac:
-            if s.get(TraceSold, code) is None:
-                s.add(TraceSold(code=code, msgid=ep.msgid, fixmedins_code=ep.fixmedins_code))
-                s.flush()  # the same code twice on one claim: the second get finds the first
-
-
-def reverse(s: Session, msgid: str) -> bool:
-    """A reversed settlement no longer counts (stays, visits, self-pay); True when it was known."""
-    done = s.exec(update(EpisodeRow).where(col(EpisodeRow.msgid) == msgid).values(reversed=True))
-    return bool(done.rowcount)
+    def reverse(self, s: Session, msgid: str) -> None:
+        """A reversed settlement no longer counts (stays, visits, self-pay), whether it was judged
+        in an earlier batch or earlier in this one."""
+        for row in self.rows["episodes"]:
+            if row["msgid"] == msgid:
+                row["reversed"] = True
+        for psn, past in self.past.items():
+            self.past[psn] = [p for p in past if p.stay.msgid != msgid]
+        s.exec(update(EpisodeRow).where(col(EpisodeRow.msgid) == msgid).values(reversed=True))
