@@ -20,9 +20,10 @@ demo: $(STAMP)  ## narrated scenario against a running `make run`
 test: $(STAMP)  ## unit, integration and end-to-end tests on Apache Kafka (one node for the session), SQLite and PostgreSQL
 	$(PY) -m pytest -q
 
-bench: $(STAMP)  ## settlements/s and latency (var/bench.json); enrolment intake (var/bench-enroll.json)
+bench: $(STAMP)  ## settlements/s and latency (var/bench.json); enrolment intake (var/bench-enroll.json); rules' precision/recall (var/bench-monitor.json)
 	.venv/bin/yibao bench settle
 	.venv/bin/yibao bench enroll
+	.venv/bin/yibao bench monitor
 
 chaos: $(STAMP)  ## claims while processes, a broker and PostgreSQL die; the books checked (var/chaos.json)
 	YIBAO_DATABASE_URL=$${YIBAO_DATABASE_URL:-postgresql://postgres@127.0.0.1/test} .venv/bin/yibao chaos

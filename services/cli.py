@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                                    "enroll: a generated population through enroll.inbound "
                                    "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000). "
                                    "monitor: precision and recall per rule on labelled scenarios through the "
-                                   "platform (BENCH_MONITOR_CLEAN 300, BENCH_MONITOR_PER_RULE 4), the after-"
+                                   "platform (BENCH_MONITOR_CLEAN 400, BENCH_MONITOR_PER_RULE 6), the after-"
                                    "settlement rules' claims/s on one core, the pre-check's latency. "
                                    "BENCH_LOG_LEVEL: the services' log level (settle WARNING, enroll ERROR).")
     b.add_argument("what", nargs="?", choices=["settle", "enroll", "monitor"], default="settle")
