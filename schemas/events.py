@@ -459,7 +459,8 @@ class AlertRaised(Wire):
     sev_deg: str = Field(description="严重程度: 明确违规 / 高度可疑 / 可疑")
     feedetl_sn: list[str] = []
     family: str = Field("", description="两库 class of the rule: 政策 / 管理 / 医疗")
-    phase: Literal["precheck", "post", ""] = Field("", description="事中 precheck or 事后 post")
+    phase: Literal["precheck", "post", "aggregate", ""] = Field(
+        "", description="事中 precheck, 事后 post (one claim), aggregate (a month's counts against the peers')")
     mdtrtarea_admvs: str = Field("", description="the treatment region (whose supervisors see it)")
 
 

@@ -218,40 +218,20 @@ def quantile(values: list[float], q: float) -> float:
 
 def synthetic_results(n: int, seed: int) -> list[Any]:
     """Settled outpatient claims of n/3 persons over 60 days (2–5 clean lines, one in ten over a
-    price cap), as settle.completed carries them."""
-    from schemas.events import ClaimFacts, FeeSplit, LineFacts, Outcome, Setlinfo, SettlementResult
-    from services.monitor.scenarios import CLEAN_DRUGS, CLEAN_EXAMS, CONSULT
+    price cap, drugs with trace codes), as settle.completed carries them."""
+    from services.monitor.scenarios import CLEAN_DRUGS, CLEAN_EXAMS, CONSULT, settled
 
     r = random.Random(seed)
     items = [CONSULT, *CLEAN_DRUGS, *CLEAN_EXAMS]
-    zero = Decimal("0.00")
     out = []
     for i in range(n):
-        psn = f"360100{r.randrange(max(1, n // 3)):012d}"
         day = date.today() - timedelta(days=r.randrange(60))
-        picks = r.sample(items, r.randint(2, 5))
         over = r.random() < 0.1
-        lines, split = [], []
-        for k, (code, price) in enumerate(picks, 1):
-            pric = Decimal("4.00") if over and code == CLEAN_DRUGS[1][0] else Decimal(price)
-            amt = pric * 2
-            lines.append(LineFacts(feedetl_sn=str(k), cnt=Decimal(2), pric=pric, day=day,
-                                   trac=[f"8{i:09d}{k:010d}"] if code.startswith("X") else []))
-            split.append(FeeSplit(feedetl_sn=str(k), med_list_codg=code, det_item_fee_sumamt=amt, chrgitm_lv="01",
-                                  selfpay_prop=zero, fulamt_ownpay_amt=zero, overlmt_amt=zero, preselfpay_amt=zero,
-                                  inscp_scp_amt=amt))
-        total = sum((s.det_item_fee_sumamt for s in split), zero)
-        msgid = f"H44010400001{i:018d}"
-        info = Setlinfo(setl_id=f"S{i:020d}", mdtrt_id=f"MD{i:010d}", psn_no=psn, psn_name="sealed", gend="1",
-                        brdy="1970-01-01", age=56, insutype="310", psn_type="11", med_type="11",
-                        setl_time=f"{day} 10:00:00", medfee_sumamt=total, fulamt_ownpay_amt=zero, overlmt_selfpay=zero,
-                        preselfpay_amt=zero, inscp_scp_amt=total, act_pay_dedc=zero, hifp_pay=total,
-                        pool_prop_selfpay=zero, fund_pay_sumamt=total, psn_part_amt=zero, acct_pay=zero,
-                        psn_cash_pay=zero, balc=zero, medins_setl_id=msgid, clr_optins="360100", clr_type="11")
-        out.append(SettlementResult(
-            msgid=msgid, infno="2207", fixmedins_code="H44010400001", mdtrtarea_admvs="440100",
-            insuplc_admdvs="360100", psn_no=psn, outcome=Outcome(infcode=0, setlinfo=info), split=split,
-            facts=ClaimFacts(med_type="11", begntime=day, endtime=day, diagnoses=["I10"], hosp_lv="3", lines=lines)))
+        lines = [(code, Decimal(2), Decimal("4.00") if over and code == CLEAN_DRUGS[1][0] else Decimal(price))
+                 for code, price in r.sample(items, r.randint(2, 5))]
+        out.append(settled(f"H44010400001{i:018d}", f"360100{r.randrange(max(1, n // 3)):012d}", "H44010400001",
+                           day, lines, trac={code: f"8{i:09d}{k:010d}" for k, (code, _, _) in enumerate(lines)
+                                             if code.startswith("X")}))
     return out
 
 

@@ -127,6 +127,15 @@ def cmd_schemas(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_monitor(args: argparse.Namespace) -> None:
+    import os
+
+    from services.monitor.nightly import run
+
+    run(args.bootstrap or os.environ.get("YIBAO_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), args.month, args.url,
+        operator_headers(args.token))
+
+
 def cmd_clearing(args: argparse.Namespace) -> None:
     """Close a month at the running settle service and write its statements as JSON and CSV."""
     import json
@@ -248,6 +257,16 @@ def main(argv: list[str] | None = None) -> None:
     cl.add_argument("--token", help="an operator's bearer token (default: $YIBAO_TOKEN, else one signed here "
                                     "with YIBAO_AUTH_KEY)")
     cl.set_defaults(func=cmd_clearing)
+    mo = sub.add_parser("monitor", help="智能监控 jobs: the nightly statistical-outlier count from Kafka",
+                        description="outliers: read settle.completed back from Kafka, count each hospital's use of "
+                                    "each item per settled claim in a month, list the hospitals far above their "
+                                    "peers (the catalogue's peer_outlier rule) and whether the monitor alerted.")
+    mo.add_argument("job", choices=["outliers"])
+    mo.add_argument("--month", type=month, help="YYYY-MM (default: every month on the topic)")
+    mo.add_argument("--bootstrap", help="Kafka bootstrap (default: $YIBAO_KAFKA_BOOTSTRAP, else 127.0.0.1:9092)")
+    mo.add_argument("--url", default="http://127.0.0.1:8104", help="monitor service (default %(default)s)")
+    mo.add_argument("--token", help="an operator's bearer token (default: $YIBAO_TOKEN, else one signed here)")
+    mo.set_defaults(func=cmd_monitor)
     from services import ops_cli
 
     ops_cli.add_parser(sub, operator_headers)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 log = logging.getLogger("yibao.monitor")
 RULES_FILE = Path(__file__).parent / "refdata" / "rules.json"
-Phase = Literal["precheck", "post"]
+Phase = Literal["precheck", "post", "aggregate"]  # aggregate: over a month's counts, not one claim
 Severity = Literal["明确违规", "高度可疑", "可疑"]
 
 
@@ -49,14 +49,17 @@ class Catalogue(BaseModel):
 
     @model_validator(mode="after")
     def _checked(self) -> Catalogue:
-        from services.monitor.rules import KINDS, check_params
+        from services.monitor.rules import AGGREGATE_KINDS, KINDS, check_params
 
         ids = [r.id for r in self.rules]
         if dupes := sorted({i for i in ids if ids.count(i) > 1}):
             raise ValueError(f"rule ids used twice: {', '.join(dupes)}")
         for r in self.rules:
-            if r.kind not in KINDS:
-                raise ValueError(f"{r.id}: kind {r.kind!r} is not one of {', '.join(sorted(KINDS))}")
+            if r.kind not in KINDS and r.kind not in AGGREGATE_KINDS:
+                raise ValueError(f"{r.id}: kind {r.kind!r} is not one of {', '.join(sorted([*KINDS, *AGGREGATE_KINDS]))}")
+            if (r.kind in AGGREGATE_KINDS) != (r.phases == ["aggregate"]):
+                raise ValueError(f"{r.id} ({r.kind}): the aggregate phase is for aggregate kinds "
+                                 f"({', '.join(sorted(AGGREGATE_KINDS))}) and only for them")
             check_params(r)
         return self
 

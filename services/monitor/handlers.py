@@ -15,12 +15,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from schemas.events import AlertRaised, EnrolmentUpdated
+from schemas.regions import designated_hospitals
 from services.bus import outbox
 from services.bus.envelope import Incoming, now_ms
 from services.bus.intake import apply_batch
 from services.monitor.catalogue import Phase, RuleBook, RuleSpec
 from services.monitor.facts import Episode, Hit, SettledView, from_result
 from services.monitor.history import BatchHistory
+from services.monitor.outliers import find
 from services.monitor.rules import Items, evaluate
 from services.monitor.store import Alert, EpisodeRow, PersonFacts
 
@@ -36,6 +38,8 @@ class MonitorContext:
     engine: Engine
     rules: RuleBook
     items: Items
+    regions: dict[str, str] = field(default_factory=lambda: {
+        code: str(h["admdvs"]) for code, h in designated_hospitals().items()})  # hospital → its region
 
 
 @dataclass
@@ -62,7 +66,7 @@ async def check_batch(ctx: MonitorContext, msgs: list[Incoming]) -> list[BaseExc
     batch = Batch(BatchHistory(watched_items(rules)), episodes, set())
     return await asyncio.to_thread(partial(
         apply_batch, inbox_key=lambda m: m.event.msgid, autoflush=False,
-        prepare=lambda s, _: batch.history.load(s, list(episodes.values())), finish=batch.history.write),
+        prepare=lambda s, _: batch.history.load(s, list(episodes.values())), finish=partial(_finish, ctx, batch)),
         ctx.engine, "monitor.rules", msgs, partial(_check, ctx, batch), ())
 
 
@@ -83,6 +87,26 @@ def _check(ctx: MonitorContext, batch: Batch, s: Session, msg: Incoming) -> None
         family = next((r.family for r in rules if r.id == h.rule_id), "")
         if raise_alert(s, h, ep, family, seen=batch.raised):
             batch.raised.add(f"{h.rule_id}-{h.key or ep.msgid}")
+
+
+def _finish(ctx: MonitorContext, batch: Batch, s: Session) -> None:
+    """The batch's history written; the items it billed judged against their peers this month."""
+    touched = batch.history.usage.touched()
+    batch.history.write(s)
+    rule = next((r for r in ctx.rules.current().rules if r.kind == "peer_outlier"), None)
+    if rule is None or not touched:
+        return
+    for o in find(batch.history.month_usage(s, touched), rule, touched):
+        first = date.fromisoformat(f"{o.month}-01")
+        if not rule.in_force(first):
+            continue
+        item = ctx.items.get(o.code)
+        ep = Episode(msgid="", psn_no="", fixmedins_code=o.fixmedins_code,
+                     mdtrtarea_admvs=ctx.regions.get(o.fixmedins_code, ""), insuplc_admdvs="", insutype="",
+                     med_type="", begntime=first, endtime=first, lines=())
+        alert = o.hit(rule, f"{item.name}({o.code})" if item else o.code)
+        if f"{rule.id}-{alert.key}" not in batch.raised and raise_alert(s, alert, ep, rule.family, phase="aggregate"):
+            batch.raised.add(f"{rule.id}-{alert.key}")
 
 
 def watched_items(rules: list[RuleSpec]) -> set[str]:

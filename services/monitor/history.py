@@ -14,17 +14,28 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from sqlalchemy import Connection, Table, update
 from sqlalchemy import select as core_select
-from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from services.monitor.facts import Episode
+from services.monitor.outliers import Usage
 from services.monitor.rules import Stay
-from services.monitor.store import EpisodeRow, ItemUse, PersonFacts, TraceSold
+from services.monitor.store import (
+    EpisodeRow,
+    HospitalMonth,
+    ItemMonth,
+    ItemUse,
+    PersonFacts,
+    TraceSold,
+)
 
 EPISODES = EpisodeRow.__table__  # type: ignore[attr-defined]  # Core statements: rows, not objects
 USES = ItemUse.__table__  # type: ignore[attr-defined]
 TRACES = TraceSold.__table__  # type: ignore[attr-defined]
+ITEM_MONTHS = ItemMonth.__table__  # type: ignore[attr-defined]
+HOSPITAL_MONTHS = HospitalMonth.__table__  # type: ignore[attr-defined]
 PAST_COLUMNS = [EPISODES.c[n] for n in ("msgid", "psn_no", "fixmedins_code", "mdtrtarea_admvs", "insuplc_admdvs",
                                         "inpatient", "begntime", "endtime", "diagnoses", "selfpay")]
 LOOK_BACK = timedelta(days=400)  # the longest window a rule reads (a calendar year, 90-day frequencies …)
@@ -36,6 +47,14 @@ class Past:
     stay: Stay
     insuplc: str
     selfpay: Decimal
+
+
+def _add_up(conn: Connection, table: Table, keys: tuple[str, ...], column: str, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows, or add their `column` to the row already there (one statement)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table)
+    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys),
+                                            set_={column: table.c[column] + stmt.excluded[column]}), rows)
 
 
 def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
@@ -53,6 +72,7 @@ class BatchHistory:
         self.traces: dict[str, str] = {}
         self.clinics: dict[tuple[str, date, str], dict[str, str]] = {}  # loaded on demand: psn → first diagnosis
         self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)  # written by write()
+        self.usage = Usage.empty()  # the batch's additions to the months' counts
         self.session: Session | None = None
 
     # --- loading -------------------------------------------------------------------------
@@ -126,6 +146,7 @@ class BatchHistory:
     # --- what a judged encounter adds ------------------------------------------------------
 
     def add(self, ep: Episode) -> None:
+        self.usage.add(ep)
         self.past[ep.psn_no].append(Past(Stay(ep.msgid, ep.fixmedins_code, ep.mdtrtarea_admvs, ep.inpatient,
                                               ep.begntime, ep.endtime, ep.diagnoses), ep.insuplc_admdvs, ep.selfpay))
         self.rows["episodes"].append({
@@ -153,6 +174,26 @@ class BatchHistory:
             if self.rows[name]:
                 conn.execute(table.insert(), self.rows[name])
         self.rows.clear()
+        if self.usage.claims:
+            _add_up(conn, ITEM_MONTHS, ("month", "code", "fixmedins_code"), "cnt", [
+                {"month": m, "code": c, "fixmedins_code": h, "cnt": q} for (m, h, c), q in self.usage.items.items()])
+            _add_up(conn, HOSPITAL_MONTHS, ("month", "fixmedins_code"), "claims", [
+                {"month": m, "fixmedins_code": h, "claims": n} for (m, h), n in self.usage.claims.items()])
+        self.usage = Usage.empty()
+
+    def month_usage(self, s: Session, touched: set[tuple[str, str]]) -> Usage:
+        """The months' counts now, of the (month, item) pairs given and every hospital's claims."""
+        conn = s.connection()
+        months = sorted({m for m, _ in touched})
+        u = Usage.empty()
+        for chunk in _chunks(c for _, c in touched):
+            for r in conn.execute(core_select(ITEM_MONTHS).where(ITEM_MONTHS.c.month.in_(months),
+                                                                 ITEM_MONTHS.c.code.in_(chunk))):
+                if (r.month, r.code) in touched:
+                    u.items[(r.month, r.fixmedins_code, r.code)] = Decimal(r.cnt)
+        for r in conn.execute(core_select(HOSPITAL_MONTHS).where(HOSPITAL_MONTHS.c.month.in_(months))):
+            u.claims[(r.month, r.fixmedins_code)] = r.claims
+        return u
 
 
     def reverse(self, s: Session, msgid: str) -> None:

@@ -377,6 +377,7 @@ KINDS: dict[str, Check] = {
     "overlapping_stays": overlapping_stays, "after_death": after_death, "trace_resold": trace_resold,
     "cluster": cluster, "visit_frequency": visit_frequency, "hardship_selfpay": hardship_selfpay,
 }
+AGGREGATE_KINDS = {"peer_outlier"}  # services/monitor/outliers.py
 STATEFUL = {"frequency", "readmission", "overlapping_stays", "after_death", "trace_resold", "cluster",
             "visit_frequency", "hardship_selfpay"}
 PARAMS: dict[str, tuple[str, ...]] = {
@@ -386,7 +387,7 @@ PARAMS: dict[str, tuple[str, ...]] = {
     "bed_only_days": ("bed_types", "min_days"), "large_amount": ("min_medfee",),
     "frequency": ("item", "max", "window_days"), "readmission": ("within_days", "related_prefix"),
     "cluster": ("min_persons",), "visit_frequency": ("max_visits", "window_days"),
-    "hardship_selfpay": ("min_selfpay",),
+    "hardship_selfpay": ("min_selfpay",), "peer_outlier": ("min_hospitals", "robust_z", "min_ratio"),
 }
 
 

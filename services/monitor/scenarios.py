@@ -13,9 +13,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from schemas.common import new_msgid
+from schemas.events import ClaimFacts, FeeSplit, LineFacts, Outcome, Setlinfo, SettlementResult
 
 TREAT = "440100"  # 广州
 HOSP3, HOSP2, CLINIC = "H44010400001", "H44010600002", "H44011100003"  # levels 3, 2, 1
@@ -228,3 +230,31 @@ class Generator:
             lines = [_line(1, CONSULT, d), _line(2, ("XN02BEA086A001010100777", "18.50"), d, cnt=600)]
             return Plan([Step(claim(p, HOSP3, d, lines, ["G43.900"]), label=rule)], rule)
         raise ValueError(f"no scenario for {rule}")
+
+
+def settled(msgid: str, psn_no: str, hosp: str, day: date, lines: list[tuple[str, Decimal, Decimal]],
+            insuplc: str = "360100", treat: str = TREAT, trac: dict[str, str] | None = None,
+            diagnoses: tuple[str, ...] = ("I10",)) -> SettlementResult:
+    """A settled outpatient claim as settle.completed carries it, for feeding the monitor directly:
+    lines as (item code, count, unit price); `trac` gives a line's (by item code) trace code. The
+    fund pays the whole bill (the rules do not read the split's money)."""
+    zero = Decimal("0.00")
+    facts, split = [], []
+    for k, (code, cnt, pric) in enumerate(lines, 1):
+        amt = (cnt * pric).quantize(Decimal("0.01"))
+        facts.append(LineFacts(feedetl_sn=str(k), cnt=cnt, pric=pric, day=day,
+                               trac=[trac[code]] if trac and code in trac else []))
+        split.append(FeeSplit(feedetl_sn=str(k), med_list_codg=code, det_item_fee_sumamt=amt, chrgitm_lv="01",
+                              selfpay_prop=zero, fulamt_ownpay_amt=zero, overlmt_amt=zero, preselfpay_amt=zero,
+                              inscp_scp_amt=amt))
+    total = sum((s.det_item_fee_sumamt for s in split), zero)
+    info = Setlinfo(setl_id=f"S{msgid[-20:]}", mdtrt_id=f"MD{msgid[-20:]}", psn_no=psn_no, psn_name="sealed", gend="1",
+                    brdy="1970-01-01", age=day.year - 1970, insutype="310", psn_type="11", med_type="11",
+                    setl_time=f"{day} 10:00:00", medfee_sumamt=total, fulamt_ownpay_amt=zero, overlmt_selfpay=zero,
+                    preselfpay_amt=zero, inscp_scp_amt=total, act_pay_dedc=zero, hifp_pay=total, pool_prop_selfpay=zero,
+                    fund_pay_sumamt=total, psn_part_amt=zero, acct_pay=zero, psn_cash_pay=zero, balc=zero,
+                    medins_setl_id=msgid, clr_optins=insuplc, clr_type="11")
+    return SettlementResult(msgid=msgid, infno="2207", fixmedins_code=hosp, mdtrtarea_admvs=treat,
+                            insuplc_admdvs=insuplc, psn_no=psn_no, outcome=Outcome(infcode=0, setlinfo=info),
+                            split=split, facts=ClaimFacts(med_type="11", begntime=day, endtime=day,
+                                                          diagnoses=list(diagnoses), hosp_lv="3", lines=facts))

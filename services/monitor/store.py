@@ -112,4 +112,26 @@ class PersonFacts(SQLModel, table=True):
     version: int = 0
 
 
-TABLES: list[type[SQLModel]] = [Alert, Case, EpisodeRow, ItemUse, TraceSold, PersonFacts, InboxRecord, OutboxRow]
+class ItemMonth(SQLModel, table=True):
+    """An item's quantity billed by a hospital in a month (the statistical outliers' counts)."""
+
+    __tablename__ = "monitor_item_months"
+
+    month: str = Field(primary_key=True, max_length=7)
+    code: str = Field(primary_key=True, max_length=50)
+    fixmedins_code: str = Field(primary_key=True, max_length=12)
+    cnt: Decimal = Field(max_digits=18, decimal_places=4)
+
+
+class HospitalMonth(SQLModel, table=True):
+    """A hospital's settled claims in a month."""
+
+    __tablename__ = "monitor_hospital_months"
+
+    month: str = Field(primary_key=True, max_length=7)
+    fixmedins_code: str = Field(primary_key=True, max_length=12)
+    claims: int
+
+
+TABLES: list[type[SQLModel]] = [Alert, Case, EpisodeRow, ItemUse, TraceSold, PersonFacts, ItemMonth, HospitalMonth,
+                                InboxRecord, OutboxRow]

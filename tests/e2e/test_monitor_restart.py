@@ -17,9 +17,10 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, text
 
-from schemas.events import ClaimFacts, FeeSplit, LineFacts, Outcome, Setlinfo, SettlementResult
+from schemas.events import SettlementResult
 from services.bus.broker import free_port
 from services.bus.client import Bus
+from services.monitor.scenarios import settled
 from tests.conftest import BrokerUnderTest
 from tests.helpers import headers_of, read_all
 
@@ -30,26 +31,10 @@ D = Decimal
 
 
 def settlement(i: int) -> SettlementResult:
-    msgid = f"{HOSP}20261205{i:010d}"
-    psn = f"360100{i:012d}"
-    day = date(2026, 11, 20)
-    trac = f"8{i % (N // 2):019d}"  # claim i and claim i + N/2 sell the same pack
-    amt = D("40.00")
-    info = Setlinfo(setl_id=f"S{i:020d}", mdtrt_id=f"MD{i:010d}", psn_no=psn, psn_name="sealed", gend="1",
-                    brdy="1970-01-01", age=56, insutype="310", psn_type="11", med_type="11",
-                    setl_time="2026-11-20 10:00:00", medfee_sumamt=amt, fulamt_ownpay_amt=D("0.00"),
-                    overlmt_selfpay=D("2.00"), preselfpay_amt=D("3.80"), inscp_scp_amt=D("34.20"),
-                    act_pay_dedc=D("0.00"), hifp_pay=D("30.00"), pool_prop_selfpay=D("0.1"),
-                    fund_pay_sumamt=D("30.00"), psn_part_amt=D("10.00"), acct_pay=D("0.00"), psn_cash_pay=D("10.00"),
-                    balc=D("0.00"), medins_setl_id=msgid, clr_optins="360100", clr_type="11")
-    split = FeeSplit(feedetl_sn="1", med_list_codg="XC09CAL032A001010100512", det_item_fee_sumamt=amt,
-                     chrgitm_lv="02", selfpay_prop=D("0.10"), pric_uplmt_amt=D("3.80"), fulamt_ownpay_amt=D("0.00"),
-                     overlmt_amt=D("2.00"), preselfpay_amt=D("3.80"), inscp_scp_amt=D("34.20"))
-    facts = ClaimFacts(med_type="11", begntime=day, endtime=day, diagnoses=["I10"], hosp_lv="3",
-                       lines=[LineFacts(feedetl_sn="1", cnt=D("10"), pric=D("4.00"), day=day, trac=[trac])])
-    return SettlementResult(msgid=msgid, infno="2207", fixmedins_code=HOSP, mdtrtarea_admvs="440100",
-                            insuplc_admdvs="360100", psn_no=psn, outcome=Outcome(infcode=0, setlinfo=info),
-                            split=[split], facts=facts)
+    """A price over the cap (氯沙坦钾片 at 4.00 against 3.80); claim i and claim i + N/2 sell the same pack."""
+    code = "XC09CAL032A001010100512"
+    return settled(f"{HOSP}20261205{i:010d}", f"360100{i:012d}", HOSP, date(2026, 11, 20),
+                   [(code, D("10"), D("4.00"))], trac={code: f"8{i % (N // 2):019d}"})
 
 
 def alert_ids(db: Path) -> list[str]:

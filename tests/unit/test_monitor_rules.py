@@ -12,6 +12,7 @@ import pytest
 
 from services.monitor.catalogue import RuleBook, load
 from services.monitor.facts import Episode, Line
+from services.monitor.outliers import Usage, find
 from services.monitor.rules import Stay, evaluate
 from services.settle.refdata import load_catalogue
 
@@ -88,8 +89,8 @@ def test_the_catalogue_has_twenty_rules_in_three_families_and_every_kind_is_used
     assert len(CAT.rules) >= 20
     assert {r.family for r in CAT.rules} == {"政策", "管理", "医疗"}
     assert {r.severity for r in CAT.rules} == {"明确违规", "高度可疑", "可疑"}
-    from services.monitor.rules import KINDS
-    assert {r.kind for r in CAT.rules} == set(KINDS)
+    from services.monitor.rules import AGGREGATE_KINDS, KINDS
+    assert {r.kind for r in CAT.rules} == set(KINDS) | AGGREGATE_KINDS
 
 
 def test_a_catalogue_that_does_not_validate_is_refused_with_the_reason(tmp_path: Path) -> None:
@@ -232,4 +233,23 @@ def test_death_trace_codes_cluster_visits_and_hardship() -> None:
 def test_a_clean_encounter_hits_nothing() -> None:
     ep = episode(line("1", CONSULT, "25.00"), line("2", METFORMIN, "0.45", cnt="30", prd_days="7"),
                  diagnoses=("E11.900",))
-    assert evaluate(CAT.rules, ep, ITEMS, FakeHistory()) == []
+    assert evaluate([r for r in CAT.rules if "aggregate" not in r.phases], ep, ITEMS, FakeHistory()) == []
+
+
+def usage(rates: dict[str, float], claims: int = 20, code: str = "XA01ABD075A002010100483") -> Usage:
+    u = Usage.empty()
+    for hosp, per_claim in rates.items():
+        u.claims[("2026-11", hosp)] = claims
+        u.items[("2026-11", hosp, code)] = Decimal(str(per_claim * claims))
+    return u
+
+
+def test_a_hospital_far_above_its_peers_is_an_outlier_and_ordinary_spread_is_not() -> None:
+    rule = next(r for r in CAT.rules if r.id == "R-OUTLIER")
+    peers = {f"H4401040000{i}": 1.0 + i / 10 for i in range(1, 7)}
+    found = find(usage(peers | {"H44010400009": 200.0}), rule)
+    assert [(o.fixmedins_code, round(o.rate), round(o.median, 2)) for o in found] == [("H44010400009", 200, 1.4)]
+    assert find(usage(peers | {"H44010400009": 3.0}), rule) == []  # above, but not far above
+    assert find(usage({"H44010400001": 1.0, "H44010400009": 200.0}), rule) == []  # too few peers to judge
+    same = {f"H4401040000{i}": 2.0 for i in range(1, 7)}
+    assert [o.fixmedins_code for o in find(usage(same | {"H44010400009": 200.0}), rule)] == ["H44010400009"]  # MAD 0
