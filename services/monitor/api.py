@@ -131,7 +131,7 @@ def create_api(svc: MonitorService) -> FastAPI:
         results: list[dict[str, object]] = []
         for ep in episodes_of(body, who.subject, date.today()):
             verdict = check_episode(svc.ctx.rules, ep, svc.ctx.items, with_person=True,
-                                    only=body.input.data.rule_ids)
+                                    only=body.input.data.rule_ids, trig_scen=body.input.data.trig_scen)
             results += verdict.rows
         return {"infcode": 0, "output": {"result": results}}
 

@@ -33,7 +33,7 @@ PERSON_KINDS = {"gender", "age"}  # need the person's gender and age, which a 31
 
 
 def check_episode(book: RuleBook, ep: Episode, items: Items, with_person: bool = False,
-                  only: list[str] | None = None) -> Verdict:
+                  only: list[str] | None = None, trig_scen: str = "") -> Verdict:
     """The precheck rules on one encounter; `with_person` adds the rules that need the person
     (gender, age), `only` keeps the rules named."""
     catalogue = book.current()
@@ -43,11 +43,11 @@ def check_episode(book: RuleBook, ep: Episode, items: Items, with_person: bool =
     if only:
         rules = [r for r in rules if r.id in only]
     hits = evaluate(rules, ep, items, precheck=True)
-    return Verdict(hits, [judge_result(h, ep, n) for n, h in enumerate(hits, 1)])
+    return Verdict(hits, [judge_result(h, ep, n) | {"trig_scen": trig_scen} for n, h in enumerate(hits, 1)])
 
 
 def check_claim(book: RuleBook, c: Claim, hosp_lv: str | None, items: Items) -> Verdict | None:
     """None when the claim is not one the pre-check looks at (no fee lines, not a settlement)."""
     if c.infno not in TRIG_SCEN or not c.fees:
         return None
-    return check_episode(book, from_claim(c, hosp_lv), items)
+    return check_episode(book, from_claim(c, hosp_lv), items, trig_scen=TRIG_SCEN[c.infno])

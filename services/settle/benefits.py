@@ -12,6 +12,7 @@ from typing import Any
 
 from schemas.common import FilingType
 from schemas.events import FeeSplit
+from services.settle.domain import Refusal
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24", "28", "52"})
 CHRONIC_MED_TYPE = "14"  # 门诊慢特病
@@ -30,8 +31,8 @@ def mul(amount_fen: int, ratio: Decimal) -> int:
     return int((Decimal(amount_fen) * ratio).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-class PolicyError(Exception):
-    """No policy is configured for what the claim needs."""
+class PolicyError(Refusal):
+    """No policy is configured for what the claim needs, or the claim lacks what the policy needs."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Policy:
 def pick_policy(policies: list[Policy], admdvs: str, insutype: str, day: date) -> Policy:
     valid = [p for p in policies if p.admdvs == admdvs and p.insutype == insutype and p.effective_from <= day]
     if not valid:
-        raise PolicyError(f"参保地 {admdvs} 没有险种 {insutype} 在 {day} 生效的待遇政策")
+        raise PolicyError("NO_POLICY", f"参保地 {admdvs} 没有险种 {insutype} 在 {day} 生效的待遇政策")
     return max(valid, key=lambda p: p.effective_from)
 
 
@@ -209,7 +210,7 @@ def chronic_rule(policy: Policy, dise_codg: str | None) -> ChronicRule:
     rule = policy.chronic.get(dise_codg or "")
     if rule is None:
         known = "、".join(f"{k} {v.name}" for k, v in sorted(policy.chronic.items())) or "无"
-        raise PolicyError(f"门诊慢特病 (med_type 14) 须填写参保地认定的病种 dise_codg；{policy.admdvs} 的病种：{known}")
+        raise PolicyError("NO_POLICY", f"门诊慢特病 (med_type 14) 须填写参保地认定的病种 dise_codg；{policy.admdvs} 的病种：{known}")
     return rule
 
 

@@ -62,12 +62,17 @@ def mirror(route: list[RouteStep], pos: int) -> int:
 # --- errors a desk clerk must understand -------------------------------------------------
 
 
-class SettlementRefusedError(Exception):
-    """A refusal with a machine code and a sentence for the hospital desk."""
+class Refusal(Exception):
+    """What the settle service will not do, with a machine code and a sentence for the hospital
+    desk: the base of every refusal here, always built (code, message)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class SettlementRefusedError(Refusal):
+    """The insured or the treatment city refuses the claim."""
 
 
 def refuse(code: str, message: str) -> SettlementRefusedError:

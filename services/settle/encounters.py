@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from schemas.events import Claim, Diagnosis, FeeLine, FeeSplit
 from services.bus.envelope import now_ms
-from services.settle.domain import CatalogueItem, Hospital, is_inpatient, split_line
+from services.settle.domain import CatalogueItem, Hospital, Refusal, is_inpatient, split_line
 from services.settle.store import (
     ClaimRecord,
     Encounter,
@@ -31,17 +31,10 @@ ENCOUNTERS = Encounter.__table__  # type: ignore[attr-defined]
 FEES = EncounterFee.__table__  # type: ignore[attr-defined]
 DIAGNOSES = EncounterDiagnoses.__table__  # type: ignore[attr-defined]
 REGISTRATIONS = {"2201": "门诊挂号", "2401": "入院办理"}
-VISIT_INFO = {"2203": "门诊就诊信息上传", "2203A": "门诊就诊信息上传"}
-UPLOADS = {"2204": "门诊费用明细上传", "2301": "住院费用明细上传"}
-UPLOAD_CANCELS = {"2205": "门诊费用明细撤销", "2302": "住院费用明细撤销"}
 
 
-class EncounterError(ValueError):
+class EncounterError(Refusal):
     """A request about an encounter that cannot be done; `code` names why."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def mdtrt_id_of(msgid: str) -> str:
@@ -75,10 +68,10 @@ def describe(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str, 
     before. The number of diagnoses kept. In the caller's transaction."""
     e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
     if e["status"] != "open":
-        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传就诊信息", "ENCOUNTER_CLOSED")
+        raise EncounterError("ENCOUNTER_CLOSED", f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传就诊信息")
     if is_inpatient(str(e["med_type"])) or is_inpatient(med_type):
-        raise EncounterError(f"2203 只用于门诊就诊：就诊 {mdtrt_id} 为住院 (med_type {e['med_type']})，"
-                             f"医疗类别 {med_type} 不能用于门诊；住院信息请用 2401/2403", "NOT_OUTPATIENT")
+        raise EncounterError("NOT_OUTPATIENT", f"2203 只用于门诊就诊：就诊 {mdtrt_id} 为住院 (med_type {e['med_type']})，"
+                             f"医疗类别 {med_type} 不能用于门诊；住院信息请用 2401/2403")
     conn.execute(update(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id).values(
         med_type=med_type, dise_codg=dise_codg or e["dise_codg"]))
     _keep_diagnoses(conn, mdtrt_id, diagnoses, replace=True)
@@ -89,8 +82,8 @@ def describe(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str, 
 def _mine(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_no: str | None = None) -> dict[str, object]:
     row = conn.execute(select(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id)).mappings().first()
     if row is None or row["fixmedins_code"] != fixmedins_code or (psn_no and row["psn_no"] != psn_no):
-        raise EncounterError(f"本机构没有就诊 {mdtrt_id}（人员 {psn_no or '-'}）：请先办理挂号/入院 (2201/2401)",
-                             "ENCOUNTER_UNKNOWN")
+        raise EncounterError("ENCOUNTER_UNKNOWN",
+                             f"本机构没有就诊 {mdtrt_id}（人员 {psn_no or '-'}）：请先办理挂号/入院 (2201/2401)")
     return dict(row)
 
 
@@ -99,11 +92,11 @@ def upload(conn: Connection, fixmedins_code: str, mdtrt_id: str, lines: list[Fee
     """In the caller's transaction (with the msgid's answer: `remember`)."""
     e = _mine(conn, fixmedins_code, mdtrt_id)
     if e["status"] != "open":
-        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传费用", "ENCOUNTER_CLOSED")
+        raise EncounterError("ENCOUNTER_CLOSED", f"就诊 {mdtrt_id} 状态为 {e['status']}，不能再上传费用")
     have = {r[0] for r in conn.execute(select(FEES.c.feedetl_sn).where(FEES.c.mdtrt_id == mdtrt_id))}
     dup = sorted(have & {ln.feedetl_sn for ln in lines})
     if dup:
-        raise EncounterError(f"费用明细流水号 {', '.join(dup)} 已上传；如需修改请先撤销 (2205/2302)", "FEE_DUPLICATE")
+        raise EncounterError("FEE_DUPLICATE", f"费用明细流水号 {', '.join(dup)} 已上传；如需修改请先撤销 (2205/2302)")
     splits = [split_line(ln, catalogue.get(ln.med_list_codg), hospital.hosp_lv, str(e["med_type"]))
               for ln in lines]
     conn.execute(insert(FEES), [
@@ -118,7 +111,7 @@ def cancel_fees(conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sn
     either "0000". In the caller's transaction."""
     e = _mine(conn, fixmedins_code, mdtrt_id)
     if e["status"] != "open":
-        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，费用不能撤销", "ENCOUNTER_CLOSED")
+        raise EncounterError("ENCOUNTER_CLOSED", f"就诊 {mdtrt_id} 状态为 {e['status']}，费用不能撤销")
     q = delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id)
     if chrg_bchno not in (None, "0000"):
         sns = [sn for sn, line in conn.execute(select(FEES.c.feedetl_sn, FEES.c.line).where(FEES.c.mdtrt_id == mdtrt_id))
@@ -129,7 +122,7 @@ def cancel_fees(conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sn
     n = conn.execute(q).rowcount
     if not n:
         what = f"收费批次 {chrg_bchno}" if chrg_bchno not in (None, "0000") else f"费用明细 {feedetl_sn or '0000'}"
-        raise EncounterError(f"就诊 {mdtrt_id} 没有未结算的{what}", "FEE_UNKNOWN")
+        raise EncounterError("FEE_UNKNOWN", f"就诊 {mdtrt_id} 没有未结算的{what}")
     return int(n)
 
 
@@ -137,7 +130,7 @@ def cancel_encounter(conn: Connection, fixmedins_code: str, mdtrt_id: str, psn_n
     """In the caller's transaction."""
     e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
     if e["status"] != "open":
-        raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能撤销挂号", "ENCOUNTER_CLOSED")
+        raise EncounterError("ENCOUNTER_CLOSED", f"就诊 {mdtrt_id} 状态为 {e['status']}，不能撤销挂号")
     conn.execute(update(ENCOUNTERS).where(ENCOUNTERS.c.mdtrt_id == mdtrt_id).values(status="cancelled"))
     conn.execute(delete(FEES).where(FEES.c.mdtrt_id == mdtrt_id))
 
@@ -149,13 +142,13 @@ def for_settlement(engine: Engine, fixmedins_code: str, mdtrt_id: str, psn_no: s
     with engine.connect() as conn:
         e = _mine(conn, fixmedins_code, mdtrt_id, psn_no)
         if e["status"] != "open":
-            raise EncounterError(f"就诊 {mdtrt_id} 状态为 {e['status']}，不能结算", "ENCOUNTER_CLOSED")
+            raise EncounterError("ENCOUNTER_CLOSED", f"就诊 {mdtrt_id} 状态为 {e['status']}，不能结算")
         lines = [FeeLine.model_validate(orjson.loads(r[0])) for r in
                  conn.execute(select(FEES.c.line).where(FEES.c.mdtrt_id == mdtrt_id).order_by(FEES.c.feedetl_sn))]
         kept = conn.execute(select(DIAGNOSES.c.diagnoses).where(DIAGNOSES.c.mdtrt_id == mdtrt_id)).scalar()
         e["diagnoses"] = [Diagnosis.model_validate(d) for d in orjson.loads(kept)] if kept else []
     if not lines:
-        raise EncounterError(f"就诊 {mdtrt_id} 还没有上传费用明细 (2204/2301)", "NO_FEES")
+        raise EncounterError("NO_FEES", f"就诊 {mdtrt_id} 还没有上传费用明细 (2204/2301)")
     return e, lines
 
 

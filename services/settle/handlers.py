@@ -49,6 +49,7 @@ from services.settle import benefits
 from services.settle.clearing import charge
 from services.settle.domain import (
     PersonState,
+    Refusal,
     SettlementRefusedError,
     age_on,
     apply_person_restrictions,
@@ -313,9 +314,8 @@ def _compute(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, 
     enrolments = load_enrolments(conn, c.psn_no)
     try:
         hop.outcome = _decide(ctx, conn, hop, enrolments)
-    except (SettlementRefusedError, benefits.PolicyError) as e:
-        code = e.code if isinstance(e, SettlementRefusedError) else "NO_POLICY"
-        hop.outcome = failure(code, str(e))
+    except Refusal as e:
+        hop.outcome = failure(e.code, e.message)
         hop.outcome.psn_gend = enrolments[0].gend if enrolments else None
     info = hop.outcome.setlinfo
     if info is not None and c.infno not in PRE_SETTLEMENTS:  # 预付金: charged by settlements, credited by reversals

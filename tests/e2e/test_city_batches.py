@@ -11,8 +11,9 @@ from schemas.events import HopAction, SettlementHop
 from services.bus.envelope import decode, encode, make_headers, now_ms
 from services.bus.worker import PermanentError
 from services.settle import handlers
-from services.settle.api import FsiRequest, claim_of
 from services.settle.domain import plan_route, split_line
+from services.settle.infnos import claim_of
+from services.settle.interface import FsiRequest
 from tests.e2e.stack import GZ_HOSPITAL, Stack, claim_body, ledger_rows
 
 pytestmark = pytest.mark.integration

@@ -31,6 +31,7 @@ async def alerts_of(stack: Stack, role: str, scope: str, **params: Any) -> list[
     return r.json()  # type: ignore[no-any-return]
 
 
+@pytest.mark.one_database
 async def test_the_precheck_refuses_a_contraindicated_pair_and_flags_a_price_over_the_cap(stack: Stack) -> None:
     psn = await stack.person("360100")
     await stack.file(psn, "440100", "REFERRAL")
@@ -90,6 +91,7 @@ async def test_a_death_recorded_after_the_settlement_raises_r_dead(stack: Stack)
     assert "死亡信息晚于结算到达" in found[0]["vola_cont"] and len(found) == 1
 
 
+@pytest.mark.one_database
 async def test_cases_are_worked_by_the_region_and_appealed_by_the_hospital(stack: Stack) -> None:
     psn = await stack.person("360100")
     await stack.file(psn, "440100", "REFERRAL")
@@ -143,6 +145,7 @@ async def test_cases_are_worked_by_the_region_and_appealed_by_the_hospital(stack
     assert r.status_code == 404
 
 
+@pytest.mark.one_database
 async def test_the_3101_check_judges_orders_with_the_persons_gender(stack: Stack) -> None:
     body = {"infno": "3101", "input": {"data": {"trig_scen": "2", "task_id": "T1", "patient_dtos": [{
         "patn_id": "P-3101", "gend": "1", "brdy": "1980-01-01", "poolarea": "360100",

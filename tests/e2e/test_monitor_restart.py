@@ -26,7 +26,7 @@ from tests.helpers import headers_of, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_database]
 HOSP = "H44010400001"
-N = 400  # claims; each has a price over the cap (R-OVERSTD), the second half resells a trace code of the first (R-TRACE)
+N = 240  # claims; each has a price over the cap (R-OVERSTD), the second half resells a trace code of the first (R-TRACE)
 D = Decimal
 
 
