@@ -146,9 +146,9 @@ async def create_topics(bootstrap: str, partitions: int | None = None, broker: s
 
 def topic_partitions(env: dict[str, str], embedded: bool) -> int | None:
     """Partitions per topic: YIBAO_PARTITIONS; else, on the embedded broker, one per settle worker
-    (one process per consumer group needs no more, and each partition is named in every fetch:
-    settlement bench, 2026-12-02, five pairs run alternately: 143–231/s with 1 against 91–201/s
-    with 4, broker 21–26 % of a core against 28–33 %); else, on a cluster, the registry's counts."""
+    (one process per consumer group needs no more, and each partition is named in every fetch, so
+    fewer partitions cost the embedded broker less: docs/performance.md); else, on a cluster, the
+    registry's counts."""
     raw = env.get("YIBAO_PARTITIONS", "")
     if raw:
         if not raw.isdigit() or int(raw) < 1:

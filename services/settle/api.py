@@ -22,6 +22,7 @@ from services.settle.handlers import claim_status, result_of, submit_claim
 from services.settle.infnos import (
     TRANSACTIONS,
     Local,
+    Reading,
     answer_locally,
     by_person_number,
     claim_of,
@@ -52,6 +53,7 @@ def create_api(svc: SettleService) -> FastAPI:
         paasids={h.paasid: code for code, h in ref.hospitals.items() if h.paasid})
     install(app, Authenticator(svc.common.auth_key, hospitals=gate.check))
     names_key = svc.common.cert_digest_key
+    reading = Reading(svc.engine, svc.common.cert_digest_key)
 
     def answer(req: FsiRequest, result: dict[str, Any] | None, **kw: Any) -> Response:
         return json_response(national_answer(req, result, names_key=names_key, **kw))
@@ -75,8 +77,8 @@ def create_api(svc: SettleService) -> FastAPI:
             return await local_request(req)
         deadline = now_ms() + svc.settings.deadline_ms
         try:  # a settlement by mdtrt_id reads the encounter: off the loop; the rest is pure
-            claim = (await asyncio.to_thread(claim_of, req, deadline, svc.engine) if settles_encounter(req)
-                     else claim_of(req, deadline, svc.engine))
+            claim = (await asyncio.to_thread(claim_of, req, deadline, reading) if settles_encounter(req)
+                     else claim_of(req, deadline, reading))
         except encounters.EncounterError as exc:
             # a settlement by mdtrt_id sent again after it settled the encounter: the first answer
             known = await asyncio.to_thread(claim_status, svc.engine, req.msgid)

@@ -29,9 +29,10 @@ from sqlmodel import Session
 from schemas.events import AdvanceFundWarning
 from services.bus.db import transaction
 from services.bus.envelope import now_ms
+from services.settle import ledger
 from services.settle.benefits import yuan_of
 from services.settle.domain import province_of
-from services.settle.store import LEDGER, AdvanceFund, ClearingRun, ClearingStatement
+from services.settle.store import AdvanceFund, ClearingRun, ClearingStatement
 
 ADVANCE_FILE = Path(__file__).parent / "refdata" / "advance_funds.json"
 STATEMENT_FIELDS = ("period", "insured_prov", "treat_prov", "settlements", "reversals", "carried",
@@ -68,10 +69,7 @@ def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = N
         if now < end:
             raise ClearingError(f"{period} has not ended yet: it can be cleared from {_period_of(end)}-01")
         conn = s.connection()
-        rows = conn.execute(select(LEDGER.c.setl_id, LEDGER.c.insuplc_admdvs, LEDGER.c.mdtrtarea_admvs,
-                                   LEDGER.c.refd_setl_id, LEDGER.c.medfee_fen, LEDGER.c.fund_fen, LEDGER.c.acct_fen,
-                                   LEDGER.c.cash_fen, LEDGER.c.created_ms)
-                            .where(LEDGER.c.clr_period.is_(None), LEDGER.c.created_ms < end)).all()
+        rows = ledger.uncleared(conn, end)
         sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         ids = []
         for r in rows:
@@ -84,8 +82,7 @@ def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = N
             t["carried"] += _period_of(r.created_ms) < period
             for f in ("medfee_fen", "fund_fen", "acct_fen", "cash_fen"):
                 t[f] += getattr(r, f)
-        for i in range(0, len(ids), 500):
-            conn.execute(update(LEDGER).where(LEDGER.c.setl_id.in_(ids[i:i + 500])).values(clr_period=period))
+        ledger.mark_cleared(conn, ids, period)
         for (ins, trt), t in sorted(sums.items()):
             conn.execute(insert(ClearingStatement.__table__).values(  # type: ignore[attr-defined]
                 period=period, insured_prov=ins, treat_prov=trt, **{f: t[f] for f in STATEMENT_FIELDS[3:]}))

@@ -45,7 +45,7 @@ from services.bus.worker import YIELD_AFTER_S, PermanentError
 from services.monitor.catalogue import RuleBook
 from services.monitor.facts import line_day
 from services.monitor.precheck import check_claim
-from services.settle import benefits
+from services.settle import benefits, ledger
 from services.settle.clearing import charge
 from services.settle.domain import (
     PersonState,
@@ -66,14 +66,12 @@ from services.settle.encounters import REGISTRATIONS, mark_settled, mdtrt_id_of,
 from services.settle.refdata import Reference
 from services.settle.store import (
     ACC_FIELDS,
-    LEDGER_INSERT,
     AccountRow,
     AccumulatorRow,
     ClaimRecord,
     FilingView,
     PersonView,
     filings_of,
-    ledger_has,
     load_accumulators,
     load_balance,
     load_enrolments,
@@ -85,8 +83,8 @@ from services.settle.transactions import (
     REVERSALS,
     new_setl_id,
     person_info,
-    redo,
     reverse,
+    undo,
     year_to_date,
 )
 
@@ -309,7 +307,7 @@ def _compute(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, 
     """Insured city: eligibility, benefits, ledger and accumulators, exactly once per msgid."""
     c = hop.claim
     conn = s.connection()
-    if ledger_has(conn, c.msgid):
+    if ledger.booked(conn, c.msgid):
         return "claim %s already settled at %s: redelivery ignored", (c.msgid, c.insuplc_admdvs)
     enrolments = load_enrolments(conn, c.psn_no)
     try:
@@ -353,7 +351,7 @@ def _decide(ctx: SettleContext, conn: Connection, hop: SettlementHop, enrolments
             "psn_no": c.psn_no, "psn_name": elig.person.psn_name, "insutype": c.insutype,
             "fil_type": elig.filing.value if elig.filing else None})
     if c.infno == "2601":
-        return redo(conn, c)
+        return undo(conn, c)
     if c.infno == "5206":
         return year_to_date(conn, c, enrolments, ctx.ref.cum_types, f"{c.begntime:%Y%m}")
     if c.infno == "1101":
@@ -403,7 +401,7 @@ def _settle(conn: Connection, c: Claim, hop: SettlementHop, person: PersonState,
     save_accumulators(conn, c.psn_no, year, c.insutype, comp.after, existed=acc is not None)
     if comp.acct_pay:
         save_balance(conn, c.psn_no, comp.balc)
-    conn.execute(LEDGER_INSERT, {
+    ledger.book_settlement(conn, {
         "setl_id": setl_id, "msgid": c.msgid, "psn_no": c.psn_no, "insuplc_admdvs": c.insuplc_admdvs,
         "mdtrtarea_admvs": c.mdtrtarea_admvs, "fixmedins_code": c.fixmedins_code, "year": year,
         "medfee_fen": comp.medfee_sumamt, "fund_fen": comp.fund_pay_sumamt, "hifp_fen": comp.hifp_pay,

@@ -138,14 +138,23 @@ class EncounterRef(BaseModel):
 Base = dict[str, Any]  # the claim's fields every transaction fills the same way
 
 
-def settlement(req: FsiRequest, base: Base, engine: Engine) -> Claim:
+@dataclass(frozen=True)
+class Reading:
+    """What reading a request needs besides the request: the database (an uploaded encounter) and
+    the key that digests ID and card numbers (1101)."""
+
+    engine: Engine
+    digest_key: str
+
+
+def settlement(req: FsiRequest, base: Base, at: Reading) -> Claim:
     """2206/2207/2303/2304: the fees inline (feedetail), or the uploaded encounter's (mdtrt_id)."""
     node, data = main_record(req)
     if not settles_encounter(req):
         inp = read_input(SettleInput, req.input)
         return Claim(**base, fees=inp.feedetail, **inp.data.model_dump(), diagnoses=diagnoses_of(req))
     ref = read_input(EncounterSettleData, data, node)
-    e, lines = encounters.for_settlement(engine, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
+    e, lines = encounters.for_settlement(at.engine, req.fixmedins_code, ref.mdtrt_id, ref.psn_no)
     if e["insuplc_admdvs"] != req.insuplc_admdvs:
         raise HTTPException(422, f"insuplc_admdvs {req.insuplc_admdvs} 与就诊 {ref.mdtrt_id} 登记的参保地 "
                                  f"{e['insuplc_admdvs']} 不一致")
@@ -162,7 +171,7 @@ def settles_encounter(req: FsiRequest) -> bool:
             and not req.input.get("feedetail"))
 
 
-def registration(req: FsiRequest, base: Base, _: Engine) -> Claim:
+def registration(req: FsiRequest, base: Base, _: Reading) -> Claim:
     """2201 挂号 / 2401 入院: the insured city says whether it will pay; the encounter opens on yes."""
     node, data = main_record(req)
     v = read_input(VisitData, data, node)
@@ -174,7 +183,7 @@ def registration(req: FsiRequest, base: Base, _: Engine) -> Claim:
                  ipt_otp_no=v.ipt_otp_no or v.ipt_no, diagnoses=diagnoses_of(req))
 
 
-def credential(req: FsiRequest, base: Base, _engine: Engine) -> Claim:
+def credential(req: FsiRequest, base: Base, at: Reading) -> Claim:
     """1101: the person behind a credential; the ID or card number travels only as a keyed digest."""
     node, data = main_record(req)
     cred = read_input(CredentialData, data, node)
@@ -188,7 +197,7 @@ def credential(req: FsiRequest, base: Base, _engine: Engine) -> Claim:
                                  "number with card_sn) or psn_no")
     if cred.mdtrt_cert_type == "01":
         try:
-            psn_no, _ = read_ectoken(cred.mdtrt_cert_no)
+            psn_no, _ = read_ectoken(cred.mdtrt_cert_no, at.digest_key)
         except TokenError as exc:
             raise HTTPException(422, str(exc)) from None
         return Claim(**base, psn_no=psn_no, mdtrt_cert_type="01", **person)
@@ -197,15 +206,15 @@ def credential(req: FsiRequest, base: Base, _engine: Engine) -> Claim:
             raise HTTPException(422, "1101 with a social-security card (03): card_sn (卡识别码) is required "
                                      "for cross-region use")
         return Claim(**base, psn_no="", mdtrt_cert_type="03",
-                     cert_digest=card_digest(cred.mdtrt_cert_no, cred.card_sn), **person)
-    return Claim(**base, psn_no="", cert_digest=cert_digest(cred.mdtrt_cert_no), **person)
+                     cert_digest=card_digest(cred.mdtrt_cert_no, cred.card_sn, at.digest_key), **person)
+    return Claim(**base, psn_no="", cert_digest=cert_digest(cred.mdtrt_cert_no, at.digest_key), **person)
 
 
 def _ward(req: FsiRequest) -> str:
     return "21" if req.infno == "2305" else "11"
 
 
-def reversal(req: FsiRequest, base: Base, _: Engine) -> Claim:
+def reversal(req: FsiRequest, base: Base, _: Reading) -> Claim:
     """2208/2305: reverse one settlement of this hospital (a linked negative ledger row)."""
     node, data = main_record(req)
     r = read_input(ReverseData, data, node)
@@ -213,7 +222,7 @@ def reversal(req: FsiRequest, base: Base, _: Engine) -> Claim:
                  orig_setl_id=r.setl_id)
 
 
-def redo(req: FsiRequest, base: Base, _: Engine) -> Claim:
+def undo(req: FsiRequest, base: Base, _: Reading) -> Claim:
     """2601 冲正: undo a request whose answer never arrived, whatever became of it."""
     node, data = main_record(req)
     o = read_input(RedoData, data, node)
@@ -221,7 +230,7 @@ def redo(req: FsiRequest, base: Base, _: Engine) -> Claim:
                  orig_msgid=o.omsgid)
 
 
-def year_to_date(req: FsiRequest, base: Base, _: Engine) -> Claim:
+def year_to_date(req: FsiRequest, base: Base, _: Reading) -> Claim:
     """5206: the person's accumulators this year (or as of cum_ym)."""
     node, data = main_record(req)
     y = read_input(YearData, data, node)
@@ -310,7 +319,7 @@ def answer_locally(req: FsiRequest, at: Local) -> dict[str, Any]:
 
 # --- the table -----------------------------------------------------------------------------------
 
-Read = Callable[[FsiRequest, Base, Engine], Claim]
+Read = Callable[[FsiRequest, Base, Reading], Claim]
 Answer = Callable[[FsiRequest, Local], dict[str, Any]]
 
 
@@ -328,7 +337,7 @@ TRANSACTIONS: dict[str, Transaction] = {
     "1101": Transaction("人员信息获取", read=credential),
     "2208": Transaction("门诊结算撤销", read=reversal),
     "2305": Transaction("住院结算撤销", read=reversal),
-    "2601": Transaction("冲正交易", read=redo),
+    "2601": Transaction("冲正交易", read=undo),
     "5206": Transaction("人员累计信息查询", read=year_to_date),
     "2202": Transaction("门诊挂号撤销", local=cancel_visit),
     "2203": Transaction("门诊就诊信息上传", local=describe_visit),
@@ -342,13 +351,13 @@ TRANSACTIONS: dict[str, Transaction] = {
 }
 
 
-def claim_of(req: FsiRequest, deadline: int, engine: Engine) -> Claim:
+def claim_of(req: FsiRequest, deadline: int, at: Reading) -> Claim:
     """The request as it travels the hops."""
     read = TRANSACTIONS[req.infno].read
     assert read is not None, f"{req.infno} is answered locally"
     base = dict(msgid=req.msgid, infno=req.infno, fixmedins_code=req.fixmedins_code,
                 mdtrtarea_admvs=req.mdtrtarea_admvs, insuplc_admdvs=req.insuplc_admdvs, deadline_ms=deadline)
-    return read(req, base, engine)
+    return read(req, base, at)
 
 
 def by_person_number(claim: Claim) -> bool:

@@ -274,7 +274,6 @@ ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "c
 # running it (profiled at ~45 µs a statement on the insured city's hot path).
 _ENROLMENTS = select(PERSONS).where(PERSONS.c.psn_no == bindparam("psn_no"))
 _FILINGS = select(FILINGS).where(FILINGS.c.psn_no == bindparam("psn_no"))
-_LEDGER_HAS = select(LEDGER.c.setl_id).where(LEDGER.c.msgid == bindparam("msgid"))
 _ACC_KEY = (ACCUMULATORS.c.psn_no == bindparam("k_psn_no"), ACCUMULATORS.c.year == bindparam("k_year"),
             ACCUMULATORS.c.insutype == bindparam("k_insutype"))
 _ACC_LOAD = select(*(ACCUMULATORS.c[f] for f in ACC_FIELDS)).where(*_ACC_KEY)
@@ -283,7 +282,6 @@ _ACC_INSERT = insert(ACCUMULATORS)
 _BALANCE = select(ACCOUNTS.c.balance_fen).where(ACCOUNTS.c.psn_no == bindparam("psn_no"))
 _BALANCE_UPDATE = update(ACCOUNTS).where(ACCOUNTS.c.psn_no == bindparam("k_psn_no"))
 _ACCOUNT_INSERT = insert(ACCOUNTS)
-LEDGER_INSERT = insert(LEDGER)
 _VOIDED_BY = select(VOIDED.c.by_msgid).where(VOIDED.c.msgid == bindparam("msgid"))
 
 
@@ -306,10 +304,6 @@ def filings_of(c: Connection, psn_no: str) -> list[FilingState]:
     rows = c.execute(_FILINGS, {"psn_no": psn_no}).mappings().all()
     return [FilingState(fil_id=r["fil_id"], fil_type=FilingType(r["fil_type"]), target_admdvs=r["target_admdvs"],
                         begndate=r["begndate"], enddate=r["enddate"], status=r["status"]) for r in rows]
-
-
-def ledger_has(c: Connection, msgid: str) -> bool:
-    return c.execute(_LEDGER_HAS, {"msgid": msgid}).first() is not None
 
 
 def load_accumulators(c: Connection, psn_no: str, year: int, insutype: str) -> Accumulators | None:

@@ -14,16 +14,15 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from schemas.events import Claim, Outcome, Setlinfo
 from services.bus.envelope import now_ms
-from services.settle import benefits
+from services.settle import benefits, ledger
 from services.settle.domain import PersonState, age_on, refuse
 from services.settle.store import (
     ACC_FIELDS,
     ACCUMULATORS,
-    LEDGER,
     PERSONS,
     VOIDED,
     load_accumulators,
@@ -51,7 +50,7 @@ def _negated(info: Setlinfo, setl_id: str, balc: int) -> Setlinfo:
 
 def reverse(conn: Connection, c: Claim, setl_id: str | None) -> Outcome:
     """2208/2305: reverse one settlement of this hospital for this person."""
-    row = conn.execute(select(LEDGER).where(LEDGER.c.setl_id == (setl_id or ""))).mappings().first()
+    row = ledger.settlement(conn, setl_id or "")
     if row is None or row["psn_no"] != c.psn_no:
         raise refuse("SETTLEMENT_UNKNOWN", f"参保地 {c.insuplc_admdvs} 没有人员 {c.psn_no} 的结算 {setl_id}，无法撤销")
     if row["fixmedins_code"] != c.fixmedins_code:
@@ -60,46 +59,36 @@ def reverse(conn: Connection, c: Claim, setl_id: str | None) -> Outcome:
         raise refuse("NOT_A_SETTLEMENT", f"{setl_id} 本身是一笔撤销记录，不能再撤销")
     if row["reversed_by"]:
         raise refuse("ALREADY_REVERSED", f"结算 {setl_id} 已于此前撤销（撤销记录 {row['reversed_by']}）")
-    delta = orjson.loads(row["acc_delta"])
     acc = load_accumulators(conn, c.psn_no, row["year"], row["insutype"])
-    if acc is not None:  # give back exactly what this settlement added
-        restored = benefits.Accumulators(**{f: getattr(acc, f) - int(delta.get(f, 0)) for f in ACC_FIELDS})
-        save_accumulators(conn, c.psn_no, row["year"], row["insutype"], restored, existed=True)
     balance = load_balance(conn, c.psn_no)
-    if row["acct_fen"]:
-        balance += row["acct_fen"]
-        save_balance(conn, c.psn_no, balance)
+    r = ledger.reversal_of(row, acc, balance)
+    if r.accumulators is not None:
+        save_accumulators(conn, c.psn_no, row["year"], row["insutype"], r.accumulators, existed=True)
+    if r.balance_fen != balance:
+        save_balance(conn, c.psn_no, r.balance_fen)
     original = Outcome.model_validate_json(row["outcome"])
     rid = new_setl_id(c.insuplc_admdvs)
-    info = _negated(original.setlinfo, rid, balance) if original.setlinfo else None
+    info = _negated(original.setlinfo, rid, r.balance_fen) if original.setlinfo else None
     outcome = Outcome(infcode=0, setlinfo=info, psn_gend=original.psn_gend,
                       setldetail=[d.model_copy(update={"fund_payamt": -d.fund_payamt}) for d in original.setldetail],
                       data={"refd_setl_id": row["setl_id"], "reversed_msgid": row["msgid"]})
-    conn.execute(insert(LEDGER).values(
-        setl_id=rid, msgid=c.msgid, psn_no=c.psn_no, insuplc_admdvs=row["insuplc_admdvs"],
-        mdtrtarea_admvs=row["mdtrtarea_admvs"], fixmedins_code=row["fixmedins_code"], year=row["year"],
-        medfee_fen=-row["medfee_fen"], fund_fen=-row["fund_fen"], hifp_fen=-row["hifp_fen"],
-        acct_fen=-row["acct_fen"], cash_fen=-row["cash_fen"], insutype=row["insutype"],
-        acc_delta=orjson.dumps({f: -int(v) for f, v in delta.items()}), refd_setl_id=row["setl_id"],
-        outcome=outcome.model_dump_json().encode(), created_ms=now_ms()))
-    conn.execute(update(LEDGER).where(LEDGER.c.setl_id == row["setl_id"]).values(reversed_by=rid))
+    ledger.book_reversal(conn, row, r, rid, c.msgid, outcome.model_dump_json().encode())
     return outcome
 
 
-def redo(conn: Connection, c: Claim) -> Outcome:
+def undo(conn: Connection, c: Claim) -> Outcome:
     """2601 冲正: undo a request whose answer never reached the hospital, whatever became of it."""
-    row = conn.execute(select(LEDGER.c.setl_id, LEDGER.c.reversed_by, LEDGER.c.refd_setl_id).where(
-        LEDGER.c.msgid == (c.orig_msgid or ""), LEDGER.c.psn_no == c.psn_no)).first()
+    row = ledger.by_msgid(conn, c.orig_msgid or "", c.psn_no)
     if row is None:  # never settled here: refused, lost, or still on its way, and voided should it come
         if voided_by(conn, c.orig_msgid or "") is None:
             conn.execute(insert(VOIDED).values(msgid=c.orig_msgid or "", by_msgid=c.msgid, psn_no=c.psn_no,
                                                created_ms=now_ms()))
         return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "voided",
                                         "note": "原交易在参保地没有结算记录；若其后到达，参保地将拒绝结算"})
-    if row.reversed_by or row.refd_setl_id:
+    if row["reversed_by"] or row["refd_setl_id"]:
         return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "none",
-                                        "note": f"原交易 {row.setl_id} 已撤销或本身是撤销，无需冲正"})
-    out = reverse(conn, c, row.setl_id)
+                                        "note": f"原交易 {row['setl_id']} 已撤销或本身是撤销，无需冲正"})
+    out = reverse(conn, c, row["setl_id"])
     out.data = (out.data or {}) | {"omsgid": c.orig_msgid, "effect": "reversed"}
     return out
 

@@ -12,7 +12,7 @@ from services.bus.envelope import decode, encode, make_headers, now_ms
 from services.bus.worker import PermanentError
 from services.settle import handlers
 from services.settle.domain import plan_route, split_line
-from services.settle.infnos import claim_of
+from services.settle.infnos import Reading, claim_of
 from services.settle.interface import FsiRequest
 from tests.e2e.stack import GZ_HOSPITAL, Stack, claim_body, ledger_rows
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def at_the_insured_city(stack: Stack, psn: str) -> Any:
     """A claim as it reaches the insured city's compute step (split at the treatment city)."""
     claim = claim_of(FsiRequest(**claim_body(psn, GZ_HOSPITAL, "440100", "360100")), now_ms() + 60_000,
-                     stack.settle.engine)
+                     Reading(stack.settle.engine, stack.settle.common.cert_digest_key))
     route = plan_route("440100", "360100")
     pos = next(i for i, step in enumerate(route) if step.action is HopAction.COMPUTE)
     ref = stack.settle.ctx.ref
