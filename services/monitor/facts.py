@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.events import Claim, ClaimFacts, FeeSplit, SettlementResult
+from schemas.events import Claim, FeeSplit, SettlementResult
 
 ZERO = Decimal("0.00")
 
@@ -117,6 +117,25 @@ class SplitView(_View):
     det_item_fee_sumamt: Decimal
 
 
+class LineView(_View):
+    feedetl_sn: str
+    cnt: Decimal
+    pric: Decimal
+    day: date
+    prd_days: Decimal | None = None
+    trac: list[str] = []
+
+
+class FactsView(_View):
+    med_type: str
+    begntime: date
+    endtime: date
+    dise_codg: str | None = None
+    diagnoses: list[str] = []
+    hosp_lv: str | None = None
+    lines: list[LineView] = []
+
+
 class SettledView(_View):
     """How the monitor reads settle.completed: the same ce_type and bytes, only what the rules use
     validated (the answer's national fields, hop trace and fund rows pass unread)."""
@@ -129,7 +148,7 @@ class SettledView(_View):
     psn_no: str
     outcome: OutcomeView
     split: list[SplitView] = []
-    facts: ClaimFacts | None = None
+    facts: FactsView | None = None
 
 
 def from_result(r: SettledView | SettlementResult) -> Episode | None:

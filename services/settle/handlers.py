@@ -456,12 +456,14 @@ SETTLED = ("2207", "2304")
 
 def facts_of(hop: SettlementHop) -> ClaimFacts:
     """The encounter as the monitor's after-settlement rules read it (settle.completed)."""
-    c = hop.claim
-    lines = [LineFacts(feedetl_sn=f.feedetl_sn, cnt=f.cnt, pric=f.pric, day=line_day(f.fee_ocur_time, c.begntime),
-                       prd_days=f.prd_days, trac=f.trace_codes) for f in c.fees]
-    return ClaimFacts(med_type=c.med_type, begntime=c.begntime,
-                      endtime=max((ln.day for ln in lines), default=c.begntime), dise_codg=c.dise_codg,
-                      diagnoses=[d.diag_code for d in c.diagnoses], hosp_lv=hop.hosp_lv, lines=lines)
+    c = hop.claim  # validated as it arrived: built without validating again (model_construct)
+    lines = [LineFacts.model_construct(feedetl_sn=f.feedetl_sn, cnt=f.cnt, pric=f.pric,
+                                       day=line_day(f.fee_ocur_time, c.begntime), prd_days=f.prd_days,
+                                       trac=f.trace_codes) for f in c.fees]
+    return ClaimFacts.model_construct(med_type=c.med_type, begntime=c.begntime,
+                                      endtime=max((ln.day for ln in lines), default=c.begntime),
+                                      dise_codg=c.dise_codg, diagnoses=[d.diag_code for d in c.diagnoses],
+                                      hosp_lv=hop.hosp_lv, lines=lines)
 
 
 def person_of(outcome: Outcome) -> str:
