@@ -30,6 +30,7 @@ log = logging.getLogger("yibao.monitor")
 SERVICE = "monitor"
 REVERSALS = ("2208", "2305")
 SETTLEMENTS = ("2207", "2304")
+ALERTS = Alert.__table__  # type: ignore[attr-defined]
 PHASE: Phase = "post"
 
 
@@ -124,18 +125,19 @@ def raise_alert(s: Session, h: Hit, ep: Episode, family: str, phase: Phase = PHA
         return False
     if (h.key and h.key != ep.msgid or seen is None) and s.get(Alert, alert_id) is not None:
         return False
-    alert = Alert(alert_id=alert_id, rule_id=h.rule_id, rule_name=h.rule_name, family=family, sev_deg=h.severity,
-                  phase=phase, fixmedins_code=ep.fixmedins_code, mdtrtarea_admvs=ep.mdtrtarea_admvs,
-                  msgid=ep.msgid, psn_no=ep.psn_no, setl_id=ep.setl_id, vola_cont=h.vola_cont,
-                  vola_amt=h.vola_amt, feedetl_sn=",".join(h.feedetl_sn), case_id=None, raised_ms=now_ms())
-    s.add(alert)
+    s.connection().execute(ALERTS.insert(), {  # a row, not an ORM object: a busy batch raises many
+        "alert_id": alert_id, "rule_id": h.rule_id, "rule_name": h.rule_name, "family": family,
+        "sev_deg": h.severity, "phase": phase, "fixmedins_code": ep.fixmedins_code,
+        "mdtrtarea_admvs": ep.mdtrtarea_admvs, "msgid": ep.msgid, "psn_no": ep.psn_no, "setl_id": ep.setl_id,
+        "vola_cont": h.vola_cont, "vola_amt": h.vola_amt, "feedetl_sn": ",".join(h.feedetl_sn), "case_id": None,
+        "raised_ms": now_ms()})
     outbox.add(s, SERVICE, "monitor.alerts", ep.fixmedins_code, AlertRaised(
         alert_id=alert_id, rule_id=h.rule_id, rule_name=h.rule_name, fixmedins_code=ep.fixmedins_code,
         msgid=ep.msgid, psn_no=ep.psn_no, setl_id=ep.setl_id, vola_cont=h.vola_cont, vola_amt=h.vola_amt,
         sev_deg=h.severity, feedetl_sn=list(h.feedetl_sn), family=family, phase=phase,
         mdtrtarea_admvs=ep.mdtrtarea_admvs,
     ), source="/yibao/monitor", correlation_id=ep.msgid, ce_id=f"alert-{alert_id}")  # a republished event keeps it
-    log.warning("alert %s on claim %s at %s: %s", h.rule_id, ep.msgid, ep.fixmedins_code, h.vola_cont)
+    log.info("alert %s on claim %s at %s: %s", h.rule_id, ep.msgid, ep.fixmedins_code, h.vola_cont)
     return True
 
 
