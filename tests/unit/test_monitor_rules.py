@@ -253,3 +253,16 @@ def test_a_hospital_far_above_its_peers_is_an_outlier_and_ordinary_spread_is_not
     assert find(usage({"H44010400001": 1.0, "H44010400009": 200.0}), rule) == []  # too few peers to judge
     same = {f"H4401040000{i}": 2.0 for i in range(1, 7)}
     assert [o.fixmedins_code for o in find(usage(same | {"H44010400009": 200.0}), rule)] == ["H44010400009"]  # MAD 0
+
+
+def test_the_scenario_generator_has_a_labelled_plan_for_every_per_claim_rule() -> None:
+    from services.bench_monitor import Pool, plans
+    from services.monitor.scenarios import Generator, Person
+
+    people = [Person(f"P{i:05d}", ["360100", "330100"][i % 2], hardship=i < 20) for i in range(400)]
+    rules = [r.id for r in CAT.rules if "aggregate" not in r.phases]
+    made = plans(Generator(1, date(2026, 12, 5), ITEMS), Pool(people), rules, per_rule=2, clean=50)
+    labelled = {st.label for pl in made for st in pl.steps if st.label} | {
+        rule for pl in made for rule, _ in pl.groups.values()}
+    assert labelled == set(rules)
+    assert sum(pl.rule is None for pl in made) == 50
