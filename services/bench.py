@@ -118,7 +118,9 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
 
 def claim(psn: str, region: str, inpatient: bool = False) -> dict[str, Any]:
     """2207 with 2–5 common lines, or (inpatient) 2304 with 30–200 lines from the whole catalogue."""
-    hosp = random.choice(HOSPITALS)
+    # each person is treated at one hospital: a person in three hospitals at once is what the
+    # monitor's rules flag (同时多机构就医), not the traffic a province sends
+    hosp = HOSPITALS[int(psn[-6:]) % len(HOSPITALS)]
     lines = []
     picks = (random.sample(CATALOGUE, random.randint(30, 200)) if inpatient
              else random.sample(LINES, random.randint(2, 5)))
