@@ -3,7 +3,6 @@ alert is stored once, and published at least once under one ce_id."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import create_engine, text
@@ -22,7 +22,7 @@ from services.bus.broker import free_port
 from services.bus.client import Bus
 from services.monitor.scenarios import settled
 from tests.conftest import BrokerUnderTest
-from tests.helpers import headers_of, read_all
+from tests.helpers import headers_of, read_all, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_database]
 HOSP = "H44010400001"
@@ -73,23 +73,29 @@ async def test_a_monitor_killed_mid_stream_loses_no_alert_and_raises_none_twice(
                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / "monitor.log", "ab"))
 
     expected = N + N // 2
+
+    def alerts_once(at_least: int) -> bool:
+        assert proc.poll() is None, (tmp_path / "monitor.log").read_text()[-3000:]
+        return len(alert_ids(db)) >= at_least
+
+    def caught_up() -> bool:
+        """The restarted monitor has read everything (lag 0): an alert raised twice would be in by now."""
+        try:
+            health = httpx.get(f"http://127.0.0.1:{env['YIBAO_MONITOR_PORT']}/healthz", timeout=5).json()
+        except httpx.HTTPError:
+            return False
+        return bool(health.get("consumers")) and all(int(c.get("lag") or 0) == 0 for c in health["consumers"])
+
     proc = start()
     try:
-        end = time.monotonic() + 90
-        while len(alert_ids(db)) < expected // 4:
-            assert proc.poll() is None and time.monotonic() < end, (tmp_path / "monitor.log").read_text()[-3000:]
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: alerts_once(expected // 4), timeout=90, what="a quarter of the alerts")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         at_kill = len(alert_ids(db))
         assert at_kill < expected, "the monitor finished before it was killed: nothing was tested"
         proc = start()
-        end = time.monotonic() + 120
-        while len(alert_ids(db)) < expected:
-            assert proc.poll() is None and time.monotonic() < end, (
-                f"{len(alert_ids(db))} of {expected} alerts; " + (tmp_path / "monitor.log").read_text()[-3000:])
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(2)  # anything raised twice would show now
+        await wait_until(lambda: alerts_once(expected), timeout=120, what=f"all {expected} alerts after the restart")
+        await wait_until(caught_up, timeout=60, what="the restarted monitor to read to the end")
         ids = alert_ids(db)
         assert len(ids) == expected == len(set(ids))
         assert sum(i.startswith("R-TRACE-") for i in ids) == N // 2  # resales after the kill found the first sales
