@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.events import Claim, FeeSplit, SettlementResult
+from schemas.events import Claim, SettlementResult
 
 ZERO = Decimal("0.00")
 
@@ -173,10 +173,6 @@ def _diagnoses(dise_codg: str | None, codes: Iterable[str]) -> tuple[str, ...]:
     if dise_codg and dise_codg not in out:
         out.append(dise_codg)
     return tuple(out)
-
-
-def lines_of(split: list[FeeSplit]) -> dict[str, FeeSplit]:
-    return {s.feedetl_sn: s for s in split}
 
 
 def judge_result(h: Hit, ep: Episode, n: int) -> dict[str, object]:
