@@ -116,7 +116,9 @@ def postgres(action: str) -> None:
 
 def check_books(p: Platform, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every claim closed, none booked twice, ledger = results = clearing."""
-    engine = make_engine(p.env.get("YIBAO_DATABASE_URL") or database_url("settle", p.var_dir))
+    env = dict(os.environ, **p.env)  # as the platform's processes see it
+    engine = make_engine(database_url("settle", p.var_dir,
+                                      env.get("YIBAO_SETTLE_DATABASE_URL") or env.get("YIBAO_DATABASE_URL")))
     with engine.connect() as c:
         status: dict[str, str] = dict(c.execute(text("SELECT msgid, status FROM settle_claim")).all())
         booked = Counter(m for (m,) in c.execute(text("SELECT msgid FROM settle_ledger")).all())

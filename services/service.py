@@ -25,8 +25,9 @@ class Service:
     def __init__(self, bootstrap: str, *, bus_settings: BusSettings | None = None,
                  common: CommonSettings | None = None, engine: Engine | None = None) -> None:
         self.common = common or CommonSettings()
-        tracing.configure(self.name)  # YIBAO_OTEL; off when unset
-        self.engine = engine or make_engine(database_url(self.name, self.common.var_dir))
+        tracing.configure(self.name, kind=self.common.otel)
+        self.engine = engine or make_engine(database_url(self.name, self.common.var_dir,
+                                                         self.common.database_of(self.name)))
         create_tables(self.engine, self.tables)
         self.runtime = ServiceRuntime(self.name, bus_settings or BusSettings(), bootstrap, self.engine)
         self.app: FastAPI | None = None

@@ -9,7 +9,6 @@ set the usual OTEL_EXPORTER_OTLP_* variables). Unset: no tracer, no cost.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -30,10 +29,9 @@ _tracer: trace.Tracer | None = None
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def configure(service: str, exporter: SpanExporter | None = None) -> None:
-    """Turn tracing on for this process: with `exporter` (tests), or as YIBAO_OTEL says. Once."""
+def configure(service: str, exporter: SpanExporter | None = None, kind: str = "") -> None:
+    """Turn tracing on for this process: with `exporter` (tests), or as `kind` (YIBAO_OTEL) says. Once."""
     global _tracer
-    kind = os.environ.get("YIBAO_OTEL", "")
     if _tracer is not None or (exporter is None and not kind):
         return
     provider = TracerProvider(resource=Resource.create({"service.name": f"yibao-{service}"}))

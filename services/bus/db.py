@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,11 +12,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, SQLModel, create_engine
 
 
-def database_url(service: str, var_dir: Path) -> str:
-    """YIBAO_<SERVICE>_DATABASE_URL, else YIBAO_DATABASE_URL, else a SQLite file per service."""
-    url = os.environ.get(f"YIBAO_{service.upper()}_DATABASE_URL") or os.environ.get(
-        "YIBAO_DATABASE_URL"
-    )
+def database_url(service: str, var_dir: Path, url: str | None = None) -> str:
+    """`url` (the settings' database for this service), else a SQLite file per service under var_dir."""
     if url:
         return url
     var_dir.mkdir(parents=True, exist_ok=True)

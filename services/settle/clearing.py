@@ -17,11 +17,12 @@ import csv
 import io
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlmodel import Session
@@ -69,19 +70,7 @@ def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = N
         if now < end:
             raise ClearingError(f"{period} has not ended yet: it can be cleared from {_period_of(end)}-01")
         conn = s.connection()
-        rows = ledger.uncleared(conn, end)
-        sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        ids = []
-        for r in rows:
-            ins, trt = province_of(r.insuplc_admdvs), province_of(r.mdtrtarea_admvs)
-            if ins == trt:
-                continue  # 省内: cleared inside the province, not between provinces
-            ids.append(r.setl_id)
-            t = sums[(ins, trt)]
-            t["reversals" if r.refd_setl_id else "settlements"] += 1
-            t["carried"] += _period_of(r.created_ms) < period
-            for f in ("medfee_fen", "fund_fen", "acct_fen", "cash_fen"):
-                t[f] += getattr(r, f)
+        ids, sums = monthly_sums(ledger.uncleared(conn, end), period)
         ledger.mark_cleared(conn, ids, period)
         for (ins, trt), t in sorted(sums.items()):
             conn.execute(insert(ClearingStatement.__table__).values(  # type: ignore[attr-defined]
@@ -94,6 +83,25 @@ def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = N
         s.add(ClearingRun(period=period, rows=len(ids), closed_ms=now))
         s.flush()
         return statements(engine, period, s)
+
+
+def monthly_sums(rows: Iterable[Any], period: str) -> tuple[list[str], dict[tuple[str, str], dict[str, int]]]:
+    """What clearing `period` takes from uncleared ledger rows: the cross-province rows' setl_ids,
+    and per (insured province, treatment province) their counts and sums in fen. A row written in an
+    earlier month counts as carried; a reversal (refd_setl_id) as a reversal, its amounts negative."""
+    sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    ids = []
+    for r in rows:
+        ins, trt = province_of(r.insuplc_admdvs), province_of(r.mdtrtarea_admvs)
+        if ins == trt:
+            continue  # 省内: cleared inside the province, not between provinces
+        ids.append(r.setl_id)
+        t = sums[(ins, trt)]
+        t["reversals" if r.refd_setl_id else "settlements"] += 1
+        t["carried"] += _period_of(r.created_ms) < period
+        for f in ("medfee_fen", "fund_fen", "acct_fen", "cash_fen"):
+            t[f] += getattr(r, f)
+    return ids, sums
 
 
 def statements(engine: Engine, period: str, s: Session | None = None) -> list[dict[str, Any]]:
@@ -159,6 +167,47 @@ def level_of(used: int, amount: int, t: Thresholds) -> str:
     return "red" if ratio >= t.red else "yellow" if ratio >= t.yellow else "normal"
 
 
+@dataclass(frozen=True)
+class AdvanceState:
+    """An insured province's advance at a treatment province: its amount, what is used, its level."""
+
+    insured_prov: str
+    treat_prov: str
+    amount_fen: int
+    used_fen: int
+    level: str = "normal"
+
+
+class AdvanceBooks(Protocol):
+    def advance(self, insured_prov: str, treat_prov: str) -> AdvanceState | None: ...
+    def save_advance(self, state: AdvanceState, existed: bool) -> None: ...
+
+
+def charged(state: AdvanceState | None, t: Thresholds, insured_prov: str, treat_prov: str,
+            fund_fen: int) -> tuple[AdvanceState, AdvanceFundWarning | None]:
+    """The advance after one settlement's fund share (a reversal's is negative), and the warning to
+    publish when that moves it to another level."""
+    before = state or AdvanceState(insured_prov, treat_prov, t.amount(insured_prov, treat_prov), 0)
+    used = before.used_fen + fund_fen
+    after = replace(before, used_fen=used, level=level_of(used, before.amount_fen, t))
+    if after.level == before.level:
+        return after, None
+    return after, AdvanceFundWarning(
+        insured_prov=insured_prov, treat_prov=treat_prov, level=after.level, amount=Decimal(after.amount_fen) / 100,
+        used=Decimal(used) / 100, used_ratio=(Decimal(used) / after.amount_fen).quantize(Decimal("0.0001")))
+
+
+def charge(books: AdvanceBooks, t: Thresholds, insuplc: str, treat: str, fund_fen: int) -> AdvanceFundWarning | None:
+    """Charge (or credit) the advance with one settlement's fund share; a warning when the level changes."""
+    ins, trt = province_of(insuplc), province_of(treat)
+    if ins == trt or fund_fen == 0:
+        return None
+    state = books.advance(ins, trt)
+    after, warning = charged(state, t, ins, trt, fund_fen)
+    books.save_advance(after, existed=state is not None)
+    return warning
+
+
 ADVANCE = AdvanceFund.__table__  # type: ignore[attr-defined]
 _ADV_KEY = (ADVANCE.c.insured_prov == bindparam("k_ins"), ADVANCE.c.treat_prov == bindparam("k_trt"))
 _ADV_LOAD = select(ADVANCE).where(*_ADV_KEY)
@@ -166,27 +215,20 @@ _ADV_UPDATE = update(ADVANCE).where(*_ADV_KEY)
 _ADV_INSERT = insert(ADVANCE)
 
 
-def charge(conn: Connection, t: Thresholds, insuplc: str, treat: str, fund_fen: int) -> AdvanceFundWarning | None:
-    """Charge (or credit) the advance with one settlement's fund share; a warning when the level changes."""
-    ins, trt = province_of(insuplc), province_of(treat)
-    if ins == trt or fund_fen == 0:
-        return None
-    row = conn.execute(_ADV_LOAD, {"k_ins": ins, "k_trt": trt}).mappings().first()
-    amount = row["amount_fen"] if row else t.amount(ins, trt)
-    used = (row["used_fen"] if row else 0) + fund_fen
-    before = row["level"] if row else "normal"
-    level = level_of(used, amount, t)
-    if row is None:
-        conn.execute(_ADV_INSERT, {"insured_prov": ins, "treat_prov": trt, "amount_fen": amount, "used_fen": used,
-                                   "level": level, "updated_ms": now_ms()})
+def load_advance(conn: Connection, insured_prov: str, treat_prov: str) -> AdvanceState | None:
+    r = conn.execute(_ADV_LOAD, {"k_ins": insured_prov, "k_trt": treat_prov}).mappings().first()
+    return None if r is None else AdvanceState(r["insured_prov"], r["treat_prov"], r["amount_fen"], r["used_fen"],
+                                               r["level"])
+
+
+def save_advance(conn: Connection, a: AdvanceState, existed: bool) -> None:
+    if existed:
+        conn.execute(_ADV_UPDATE, {"k_ins": a.insured_prov, "k_trt": a.treat_prov, "used_fen": a.used_fen,
+                                   "level": a.level, "updated_ms": now_ms()})
     else:
-        conn.execute(_ADV_UPDATE, {"k_ins": ins, "k_trt": trt, "used_fen": used, "level": level,
+        conn.execute(_ADV_INSERT, {"insured_prov": a.insured_prov, "treat_prov": a.treat_prov,
+                                   "amount_fen": a.amount_fen, "used_fen": a.used_fen, "level": a.level,
                                    "updated_ms": now_ms()})
-    if level == before:
-        return None
-    return AdvanceFundWarning(insured_prov=ins, treat_prov=trt, level=level,
-                              amount=Decimal(amount) / 100, used=Decimal(used) / 100,
-                              used_ratio=(Decimal(used) / amount).quantize(Decimal("0.0001")))
 
 
 def advance_funds(engine: Engine) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """Every transaction the hospital interface serves, one record per infno: its name, and either how
-its input becomes the claim that travels the hops (the insured city decides it: handlers.py) or the
+its input becomes the claim that travels the hops (the insured city decides it: insured.py) or the
 local handler that answers it at once from the treatment city's own records (encounters, fee
 uploads, reconciliation). `TRANSACTIONS[infno]` is where a reader starts."""
 

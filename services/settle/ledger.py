@@ -5,7 +5,7 @@ decided by `reversal_of`, a pure function of the original row and the person's s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ class Reversal:
     row: dict[str, Any]
 
 
-def reversal_of(original: RowMapping | dict[str, Any], acc: benefits.Accumulators | None, balance_fen: int) -> Reversal:
+def reversal_of(original: Mapping[str, Any], acc: benefits.Accumulators | None, balance_fen: int) -> Reversal:
     """Give back exactly what the settlement took: its recorded accumulator delta, and what the
     personal account paid; the row's amounts negated, linked to the original."""
     delta = orjson.loads(original["acc_delta"])
@@ -62,7 +62,7 @@ def reversal_of(original: RowMapping | dict[str, Any], acc: benefits.Accumulator
     return Reversal(restored, balance_fen + (original["acct_fen"] or 0), row)
 
 
-def book_reversal(conn: Connection, original: RowMapping, r: Reversal, setl_id: str, msgid: str,
+def book_reversal(conn: Connection, original: Mapping[str, Any], r: Reversal, setl_id: str, msgid: str,
                   outcome: bytes) -> None:
     """The negative row, and the original marked as reversed by it."""
     conn.execute(insert(LEDGER).values(setl_id=setl_id, msgid=msgid, outcome=outcome, created_ms=now_ms(), **r.row))

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     LargeBinary,
+    RowMapping,
     bindparam,
     insert,
     select,
@@ -290,14 +291,17 @@ def voided_by(c: Connection, msgid: str) -> str | None:
     return c.execute(_VOIDED_BY, {"msgid": msgid}).scalar()
 
 
+def person_of_row(r: RowMapping) -> PersonState:
+    return PersonState(psn_no=r["psn_no"], psn_name=r["psn_name"], gend=r["gend"],
+                       insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
+                       psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
+                       voucher_active=r["voucher_active"], begndate=r["begndate"],
+                       benefit_from=r["benefit_from"], death_date=r["death_date"], brdy=r["brdy"],
+                       cvlserv_flag=r["cvlserv_flag"], hardship=r["hardship"] or b"[]")
+
+
 def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
-    rows = c.execute(_ENROLMENTS, {"psn_no": psn_no}).mappings().all()
-    return [PersonState(psn_no=r["psn_no"], psn_name=r["psn_name"], gend=r["gend"],
-                        insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
-                        psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
-                        voucher_active=r["voucher_active"], begndate=r["begndate"],
-                        benefit_from=r["benefit_from"], death_date=r["death_date"], brdy=r["brdy"],
-                        cvlserv_flag=r["cvlserv_flag"], hardship=r["hardship"] or b"[]") for r in rows]
+    return [person_of_row(r) for r in c.execute(_ENROLMENTS, {"psn_no": psn_no}).mappings().all()]
 
 
 def filings_of(c: Connection, psn_no: str) -> list[FilingState]:
