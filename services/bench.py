@@ -186,9 +186,9 @@ def python_loop_ms() -> float:
     return round(best * 1000, 1)
 
 
-def drift(intervals: list[dict[str, float]], window_s: float = 30.0) -> dict[str, float] | None:
+def drift(intervals: list[dict[str, float]], window_s: float = 30.0, tick_s: float = TICK_S) -> dict[str, float] | None:
     """The rate of the first and the last `window_s` of the measured phase, and the change between."""
-    n = max(1, int(window_s // TICK_S))
+    n = max(1, int(window_s // tick_s))
     if len(intervals) < 2 * n:
         return None
     first = statistics.fmean(x["per_s"] for x in intervals[:n])
@@ -198,7 +198,7 @@ def drift(intervals: list[dict[str, float]], window_s: float = 30.0) -> dict[str
 
 
 async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, concurrency: int,
-                warmup: float, mixed: bool = False) -> dict[str, Any]:
+                warmup: float, mixed: bool = False, tick_s: float = TICK_S) -> dict[str, Any]:
     latencies: list[float] = []
     by_infno: dict[str, list[float]] = defaultdict(list)
     legs: dict[str, list[float]] = defaultdict(list)
@@ -267,11 +267,11 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
     intervals: list[dict[str, float]] = []
 
     async def tick() -> None:
-        """Every TICK_S, the rate and p99 of the claims answered since the last tick: shows drift."""
+        """Every tick_s, the rate and p99 of the claims answered since the last tick: shows drift."""
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
         seen, t = 0, 0.0
         while (left := end - time.monotonic()) > 0.05:
-            step = min(TICK_S, left)
+            step = min(tick_s, left)
             await asyncio.sleep(step)
             t, fresh, seen = t + step, latencies[seen:], len(latencies)
             point = {"t_s": round(t, 1), "per_s": round(len(fresh) / step, 1), "p99_ms": pct(fresh, 99),
@@ -294,7 +294,7 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
         "per_hop_work_ms": {k: summary(v) for k, v in work.items()},
         "cpu_percent_of_one_core": (shares := await cpu),
         "cpu_ms_per_settlement": cpu_ms_per_settlement(shares, per_s),
-        "intervals": intervals, "drift_first_last_30s": drift(intervals),
+        "intervals": intervals, "drift_first_last_30s": drift(intervals, tick_s=tick_s),
     }
 
 

@@ -148,12 +148,10 @@ def test_one_hop_level_runs_alone_and_restarts(tmp_path, broker: BrokerUnderTest
         p.stop()
 
 
-def test_the_bench_drives_real_settlements_and_reports_each_interval(
-        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bench_drives_real_settlements_and_reports_each_interval(platform: Platform) -> None:
     """`yibao bench settle` in small: a measured phase that settles claims, with its progress ticks."""
-    monkeypatch.setattr(bench, "TICK_S", 1.0)
     people = asyncio.run(bench.enrol_population(platform, 6))
-    r = asyncio.run(bench.drive(platform, people, seconds=2.5, concurrency=4, warmup=0.5))
+    r = asyncio.run(bench.drive(platform, people, seconds=2.5, concurrency=4, warmup=0.5, tick_s=1.0))
     assert r["errors"] == {}, r["errors"]
     assert r["settled"] > 0 and r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
     ticks = [x["t_s"] for x in r["intervals"]]
