@@ -70,7 +70,7 @@ class BatchHistory:
         self.uses: dict[tuple[str, str], list[tuple[date, Decimal]]] = defaultdict(list)
         self.persons: dict[str, PersonFacts] = {}
         self.traces: dict[str, str] = {}
-        self.clinics: dict[tuple[str, date, str], dict[str, str]] = {}  # loaded on demand: psn → first diagnosis
+        self.clinics: dict[tuple[str, date, str, str], set[str]] = {}  # loaded on demand: persons by first diagnosis
         self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)  # written by write()
         self.usage = Usage.empty()  # the batch's additions to the months' counts
         self.session: Session | None = None
@@ -127,15 +127,17 @@ class BatchHistory:
     def trace_sold(self, code: str) -> str | None:
         return self.traces.get(code)
 
-    def persons_at(self, fixmedins_code: str, day: date, insuplc: str, diagnosis: str) -> set[str]:
-        key = (fixmedins_code, day, insuplc)
-        if key not in self.clinics:
+    def persons_at(self, fixmedins_code: str, day: date, insuplc: str, diagnosis: str, at_most: int) -> set[str]:
+        key = (fixmedins_code, day, insuplc, diagnosis)
+        if key not in self.clinics:  # a bounded read: a busy clinic's day costs no more than a quiet one's
             assert self.session is not None, "load() first"
-            rows = self.session.exec(select(EpisodeRow.psn_no, EpisodeRow.diagnoses).where(
-                EpisodeRow.fixmedins_code == fixmedins_code, EpisodeRow.begntime == day,
-                EpisodeRow.insuplc_admdvs == insuplc, col(EpisodeRow.reversed).is_(False))).all()
-            self.clinics[key] = {psn: diags.split(",")[0] for psn, diags in rows}
-        return {psn for psn, first in self.clinics[key].items() if first == diagnosis}
+            e = EPISODES.c
+            rows = self.session.connection().execute(core_select(e.psn_no).distinct().where(
+                e.fixmedins_code == fixmedins_code, e.begntime == day, e.insuplc_admdvs == insuplc,
+                e.reversed.is_(False),
+                (e.diagnoses == diagnosis) | e.diagnoses.startswith(diagnosis + ",", autoescape=True)).limit(at_most))
+            self.clinics[key] = {r.psn_no for r in rows}
+        return self.clinics[key]
 
     def visits(self, psn_no: str, since: date) -> int:
         return sum(1 for p in self.past[psn_no] if p.stay.begntime >= since and not p.stay.inpatient)
@@ -154,9 +156,8 @@ class BatchHistory:
             "mdtrtarea_admvs": ep.mdtrtarea_admvs, "insuplc_admdvs": ep.insuplc_admdvs, "inpatient": ep.inpatient,
             "begntime": ep.begntime, "endtime": ep.endtime, "diagnoses": ",".join(ep.diagnoses),
             "medfee": ep.medfee, "selfpay": ep.selfpay, "reversed": False})
-        key = (ep.fixmedins_code, ep.begntime, ep.insuplc_admdvs)
-        if key in self.clinics and ep.diagnoses:
-            self.clinics[key][ep.psn_no] = ep.diagnoses[0]
+        if ep.diagnoses and (key := (ep.fixmedins_code, ep.begntime, ep.insuplc_admdvs, ep.diagnoses[0])) in self.clinics:
+            self.clinics[key].add(ep.psn_no)
         for ln in ep.lines:
             if ln.code in self.watched:
                 self.uses[(ep.psn_no, ln.code)].append((ln.day, ln.cnt))

@@ -69,7 +69,7 @@ class FakeHistory:
     def trace_sold(self, code: str) -> str | None:
         return self.sold.get(code)
 
-    def persons_at(self, fixmedins_code: str, day: date, insuplc: str, diagnosis: str) -> set[str]:
+    def persons_at(self, fixmedins_code: str, day: date, insuplc: str, diagnosis: str, at_most: int) -> set[str]:
         return self.at_clinic
 
     def visits(self, psn_no: str, since: date) -> int:

@@ -1,0 +1,51 @@
+"""The monitor's history reads on a real SQLite database: who was seen at a clinic on a day with a
+diagnosis first (聚集性就医), bounded, and what a batch adds on top."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, insert
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, SQLModel, create_engine
+
+from services.monitor.history import EPISODES, BatchHistory
+from services.monitor.store import TABLES
+
+DAY = date(2026, 11, 10)
+CLINIC = "H44010400001"
+
+
+@pytest.fixture
+def engine() -> Engine:
+    e = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
+    SQLModel.metadata.create_all(e, tables=[t.__table__ for t in TABLES])  # type: ignore[attr-defined]
+    rows = [("P1", "J06.900"), ("P2", "J06.900,I10"), ("P3", "J06.9001"), ("P4", "I10,J06.900"),
+            ("P5", "J06.900")]
+    with e.begin() as c:
+        for i, (psn, diags) in enumerate(rows):
+            c.execute(insert(EPISODES).values(
+                msgid=f"M{i}", psn_no=psn, fixmedins_code=CLINIC, mdtrtarea_admvs="440100", insuplc_admdvs="360100",
+                inpatient=False, begntime=DAY, endtime=DAY, diagnoses=diags, medfee=Decimal("10.00"),
+                selfpay=Decimal("1.00"), reversed=psn == "P5"))
+        c.execute(insert(EPISODES).values(  # the same day and diagnosis, another insured region
+            msgid="M9", psn_no="P9", fixmedins_code=CLINIC, mdtrtarea_admvs="440100", insuplc_admdvs="330100",
+            inpatient=False, begntime=DAY, endtime=DAY, diagnoses="J06.900", medfee=Decimal("10.00"),
+            selfpay=Decimal("1.00"), reversed=False))
+    return e
+
+
+def test_the_clinic_read_counts_first_diagnoses_of_one_region_and_not_reversed(engine: Engine) -> None:
+    with Session(engine) as s:
+        h = BatchHistory(set())
+        h.load(s, [])  # a batch without settlements: nothing read until a rule asks
+        assert h.persons_at(CLINIC, DAY, "360100", "J06.900", at_most=10) == {"P1", "P2"}  # not P3 (J06.9001)
+
+
+def test_the_clinic_read_stops_at_enough_persons(engine: Engine) -> None:
+    with Session(engine) as s:
+        h = BatchHistory(set())
+        h.load(s, [])
+        assert len(h.persons_at(CLINIC, DAY, "360100", "J06.900", at_most=1)) == 1
