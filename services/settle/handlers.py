@@ -53,6 +53,7 @@ from services.settle.domain import (
     split_line,
 )
 from services.settle.encounters import REGISTRATIONS, mark_settled, mdtrt_id_of, open_encounter
+from services.settle.infnos import TRANSACTIONS
 from services.settle.insured import failure
 from services.settle.refdata import Reference
 from services.settle.store import AccountRow, AccumulatorRow, ClaimRecord, FilingView, PersonView
@@ -242,7 +243,10 @@ def _compute(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, 
     """Insured city: its decision (insured.py) on its books, exactly once per msgid, and the hop on
     its way back with the answer."""
     c = hop.claim
-    decision = insured.decide(ctx.ref, SqlBooks(s.connection()), hop)
+    how = TRANSACTIONS[c.infno].decide if c.infno in TRANSACTIONS else None
+    if how is None:  # not a transaction that travels the hops: retrying cannot help
+        raise PermanentError(f"claim {c.msgid}: infno {c.infno} is not decided at the insured city")
+    decision = insured.decide(ctx.ref, SqlBooks(s.connection()), hop, how)
     if decision is None:
         return "claim %s already settled at %s: redelivery ignored", (c.msgid, c.insuplc_admdvs)
     src = f"/yibao/settle/city/{c.insuplc_admdvs}"

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from schemas.common import Insutype
 from schemas.events import Claim, FeeLine
 from services.credentials import TokenError, card_digest, cert_digest, read_ectoken
-from services.settle import encounters, reconcile
+from services.settle import encounters, insured, reconcile
 from services.settle.domain import CatalogueItem, Hospital, national_row
 from services.settle.interface import FsiRequest, diagnoses_of, envelope, main_record, read_input
 
@@ -326,19 +326,21 @@ Answer = Callable[[FsiRequest, Local], dict[str, Any]]
 @dataclass(frozen=True)
 class Transaction:
     name: str
-    read: Read | None = None  # the claim for the hops, decided at the insured city
+    read: Read | None = None  # the claim for the hops ...
+    decide: insured.Decide | None = None  # ... and what the insured city decides on it (insured.py)
     local: Answer | None = None  # answered at once by the treatment city
 
 
 SETTLEMENTS = {"2207": "门诊结算", "2304": "住院结算", "2206": "门诊预结算", "2303": "住院预结算"}
 TRANSACTIONS: dict[str, Transaction] = {
-    **{infno: Transaction(name, read=settlement) for infno, name in SETTLEMENTS.items()},
-    **{infno: Transaction(name, read=registration) for infno, name in encounters.REGISTRATIONS.items()},
-    "1101": Transaction("人员信息获取", read=credential),
-    "2208": Transaction("门诊结算撤销", read=reversal),
-    "2305": Transaction("住院结算撤销", read=reversal),
-    "2601": Transaction("冲正交易", read=undo),
-    "5206": Transaction("人员累计信息查询", read=year_to_date),
+    **{infno: Transaction(name, read=settlement, decide=insured.settle) for infno, name in SETTLEMENTS.items()},
+    **{infno: Transaction(name, read=registration, decide=insured.register)
+       for infno, name in encounters.REGISTRATIONS.items()},
+    "1101": Transaction("人员信息获取", read=credential, decide=insured.person_info),
+    "2208": Transaction("门诊结算撤销", read=reversal, decide=insured.reverse),
+    "2305": Transaction("住院结算撤销", read=reversal, decide=insured.reverse),
+    "2601": Transaction("冲正交易", read=undo, decide=insured.undo),
+    "5206": Transaction("人员累计信息查询", read=year_to_date, decide=insured.year_to_date),
     "2202": Transaction("门诊挂号撤销", local=cancel_visit),
     "2203": Transaction("门诊就诊信息上传", local=describe_visit),
     "2203A": Transaction("门诊就诊信息上传", local=describe_visit),

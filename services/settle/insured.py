@@ -1,7 +1,8 @@
 """The insured city's decisions (参保地): what it answers to each request that travels the hops.
 
-`decide` takes a claim as it reaches the insured city and the city's books (books.InsuredBooks),
-and returns a `Decision`: the answer, the fee lines as the person's restrictions leave them, and a
+`decide` takes a claim as it reaches the insured city, the city's books (books.InsuredBooks) and
+the transaction's decision (infnos.TRANSACTIONS[infno].decide: one of the functions below), and
+returns a `Decision`: the answer, the fee lines as the person's restrictions leave them, and a
 预付金 warning to publish. Everything it reads and writes goes through the books, in the caller's
 transaction, so the same code runs on the database (handlers.py) and on a fake (the unit tests).
 
@@ -18,6 +19,7 @@ By transaction:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -48,11 +50,9 @@ from services.settle.domain import (
     hardship_on,
     refuse,
 )
-from services.settle.encounters import REGISTRATIONS
 from services.settle.refdata import Reference
 from services.settle.store import ACC_FIELDS
 
-REVERSALS = {"2208": "门诊结算撤销", "2305": "住院结算撤销"}
 PRE_SETTLEMENTS = {"2206": "门诊预结算", "2303": "住院预结算"}
 RATIOS = {"pool_prop_selfpay"}  # Decimal fields of setlinfo that are not money
 
@@ -70,15 +70,20 @@ def failure(code: str, message: str) -> Outcome:
     return Outcome(infcode=-1, err_code=code, err_msg=message)
 
 
-def decide(ref: Reference, books: InsuredBooks, hop: SettlementHop) -> Decision | None:
-    """The answer to the claim this hop carries; None when the ledger holds it already (a redelivery)."""
+Answer = tuple[Outcome, list[FeeSplit] | None]  # the answer, and the fee lines it leaves
+Decide = Callable[[Reference, InsuredBooks, SettlementHop, list[PersonState]], Answer]  # raises Refusal
+
+
+def decide(ref: Reference, books: InsuredBooks, hop: SettlementHop, how: Decide) -> Decision | None:
+    """The answer to the claim this hop carries, by its transaction's decision (`how`, from
+    infnos.TRANSACTIONS); None when the ledger holds it already (a redelivery)."""
     c = hop.claim
     if books.booked(c.msgid):
         return None
     enrolments = books.enrolments(c.psn_no)
     split = hop.split
     try:
-        outcome, split = _answer(ref, books, hop, enrolments)
+        outcome, split = how(ref, books, hop, enrolments)
     except Refusal as e:
         outcome = failure(e.code, e.message)
         outcome.psn_gend = enrolments[0].gend if enrolments else None
@@ -89,27 +94,21 @@ def decide(ref: Reference, books: InsuredBooks, hop: SettlementHop) -> Decision 
     return Decision(outcome, split, warning)
 
 
-def _answer(ref: Reference, books: InsuredBooks, hop: SettlementHop,
-            enrolments: list[PersonState]) -> tuple[Outcome, list[FeeSplit] | None]:
-    """By transaction; a refusal raises (Refusal)."""
+def register(ref: Reference, books: InsuredBooks, hop: SettlementHop, enrolments: list[PersonState]) -> Answer:
+    """2201/2401 挂号/入院: whether the insured city will pay for this person there, under which filing."""
     c = hop.claim
-    if c.infno in REVERSALS:
-        _refuse_if_voided(books, c)
-        return reverse(books, c, c.orig_setl_id), hop.split
-    if c.infno in REGISTRATIONS:  # 挂号/入院: the insured city says whether it will pay
-        elig = check_eligibility(
-            enrolments, books.filings(c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
-            insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
-            cert_type=c.mdtrt_cert_type, day=c.begntime, rules=ref.filing_rules)
-        return Outcome(infcode=0, psn_gend=elig.person.gend, data={
-            "psn_no": c.psn_no, "psn_name": elig.person.psn_name, "insutype": c.insutype,
-            "fil_type": elig.filing.value if elig.filing else None}), hop.split
-    if c.infno == "2601":
-        return undo(books, c), hop.split
-    if c.infno == "5206":
-        return year_to_date(books, c, enrolments, ref.cum_types, f"{c.begntime:%Y%m}"), hop.split
-    if c.infno == "1101":
-        return person_info(books, c), hop.split
+    elig = check_eligibility(
+        enrolments, books.filings(c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
+        insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
+        cert_type=c.mdtrt_cert_type, day=c.begntime, rules=ref.filing_rules)
+    return Outcome(infcode=0, psn_gend=elig.person.gend, data={
+        "psn_no": c.psn_no, "psn_name": elig.person.psn_name, "insutype": c.insutype,
+        "fil_type": elig.filing.value if elig.filing else None}), hop.split
+
+
+def settle(ref: Reference, books: InsuredBooks, hop: SettlementHop, enrolments: list[PersonState]) -> Answer:
+    """2207/2304 settlement, 2206/2303 pre-settlement: eligibility, then the benefit formula."""
+    c = hop.claim
     elig = check_eligibility(
         enrolments, books.filings(c.psn_no), psn_no=c.psn_no, insuplc=c.insuplc_admdvs,
         insutype=c.insutype, treat=c.mdtrtarea_admvs, med_type=c.med_type,
@@ -119,7 +118,30 @@ def _answer(ref: Reference, books: InsuredBooks, hop: SettlementHop,
     persist = c.infno not in PRE_SETTLEMENTS
     if persist:
         _refuse_if_voided(books, c)
-    return settle(books, c, hop, elig.person, policy, elig.filing, persist=persist)
+    return _compute(books, c, hop, elig.person, policy, elig.filing, persist=persist)
+
+
+def reverse(ref: Reference, books: InsuredBooks, hop: SettlementHop, enrolments: list[PersonState]) -> Answer:
+    """2208/2305: reverse the settlement orig_setl_id names."""
+    c = hop.claim
+    _refuse_if_voided(books, c)
+    return _reverse(books, c, c.orig_setl_id), hop.split
+
+
+def undo(ref: Reference, books: InsuredBooks, hop: SettlementHop, enrolments: list[PersonState]) -> Answer:
+    """2601 冲正: undo the request orig_msgid names, whatever became of it."""
+    return _undo(books, hop.claim), hop.split
+
+
+def year_to_date(ref: Reference, books: InsuredBooks, hop: SettlementHop, enrolments: list[PersonState]) -> Answer:
+    """5206: the person's accumulators this year."""
+    c = hop.claim
+    return _year_to_date(books, c, enrolments, ref.cum_types, f"{c.begntime:%Y%m}"), hop.split
+
+
+def person_info(ref: Reference, books: InsuredBooks, hop: SettlementHop, enrolments: list[PersonState]) -> Answer:
+    """1101: the person holding the presented credential."""
+    return _person_info(books, hop.claim), hop.split
 
 
 def _refuse_if_voided(books: InsuredBooks, c: Claim) -> None:
@@ -136,8 +158,8 @@ def new_setl_id(insuplc: str) -> str:
 # --- 2206/2207, 2303/2304: settle -------------------------------------------------------------
 
 
-def settle(books: InsuredBooks, c: Claim, hop: SettlementHop, person: PersonState, policy: benefits.Policy,
-           filing: FilingType | None, persist: bool = True) -> tuple[Outcome, list[FeeSplit]]:
+def _compute(books: InsuredBooks, c: Claim, hop: SettlementHop, person: PersonState, policy: benefits.Policy,
+             filing: FilingType | None, persist: bool = True) -> Answer:
     """The benefit formula on the claim's lines; a settlement books its row, accumulators and
     account balance, a pre-settlement (persist=False) computes the same answer and writes nothing."""
     year = c.begntime.year
@@ -216,7 +238,7 @@ def _negated(info: Setlinfo, setl_id: str, balc: int) -> Setlinfo:
     return info.model_copy(update=values)
 
 
-def reverse(books: InsuredBooks, c: Claim, setl_id: str | None) -> Outcome:
+def _reverse(books: InsuredBooks, c: Claim, setl_id: str | None) -> Outcome:
     """2208/2305: reverse one settlement of this hospital for this person. A reversal never edits a
     settlement: a linked negative row, the original marked, the accumulators and the account given
     back what the settlement took."""
@@ -246,7 +268,7 @@ def reverse(books: InsuredBooks, c: Claim, setl_id: str | None) -> Outcome:
     return outcome
 
 
-def undo(books: InsuredBooks, c: Claim) -> Outcome:
+def _undo(books: InsuredBooks, c: Claim) -> Outcome:
     """2601 冲正: undo a request whose answer never reached the hospital, whatever became of it."""
     orig = c.orig_msgid or ""
     row = books.settlement_of(orig, c.psn_no)
@@ -258,7 +280,7 @@ def undo(books: InsuredBooks, c: Claim) -> Outcome:
     if row["reversed_by"] or row["refd_setl_id"]:
         return Outcome(infcode=0, data={"omsgid": c.orig_msgid, "effect": "none",
                                         "note": f"原交易 {row['setl_id']} 已撤销或本身是撤销，无需冲正"})
-    out = reverse(books, c, row["setl_id"])
+    out = _reverse(books, c, row["setl_id"])
     out.data = (out.data or {}) | {"omsgid": c.orig_msgid, "effect": "reversed"}
     return out
 
@@ -266,7 +288,7 @@ def undo(books: InsuredBooks, c: Claim) -> Outcome:
 # --- 5206, 1101: what the insured city knows ---------------------------------------------------
 
 
-def year_to_date(books: InsuredBooks, c: Claim, enrolments: list[PersonState], cum_types: dict[str, dict[str, str]],
+def _year_to_date(books: InsuredBooks, c: Claim, enrolments: list[PersonState], cum_types: dict[str, dict[str, str]],
                  cum_ym: str) -> Outcome:
     """5206: what the person has used this year at the insured city, as national cuminfo rows
     (insutype, year, cum_ym, cum_type_code, cum), one per accumulator and insutype."""
@@ -280,7 +302,7 @@ def year_to_date(books: InsuredBooks, c: Claim, enrolments: list[PersonState], c
     return Outcome(infcode=0, data={"psn_no": c.psn_no, "cuminfo": cum, "acct_balc": str(balance)})
 
 
-def person_info(books: InsuredBooks, c: Claim) -> Outcome:
+def _person_info(books: InsuredBooks, c: Claim) -> Outcome:
     """1101: the person holding the presented credential, as the insured city knows them."""
     found = books.holders(c.insuplc_admdvs, c.cert_digest, c.psn_no)
     if not found:

@@ -17,6 +17,7 @@ from services.settle import insured, ledger
 from services.settle.benefits import Accumulators
 from services.settle.clearing import AdvanceState
 from services.settle.domain import FilingState, PersonState, plan_route, split_line
+from services.settle.infnos import TRANSACTIONS
 from services.settle.refdata import Reference
 
 REF = Reference.load()
@@ -126,7 +127,9 @@ def decide(books: FakeBooks, c: Claim) -> insured.Decision:
     pos = next(i for i, step in enumerate(route) if step.action is HopAction.COMPUTE)
     hop = SettlementHop(claim=c, route=route, pos=pos, hosp_lv="3",
                         split=[split_line(f, REF.catalogue.get(f.med_list_codg), "3", c.med_type) for f in c.fees])
-    decision = insured.decide(REF, books, hop)
+    how = TRANSACTIONS[c.infno].decide
+    assert how is not None, f"{c.infno} is answered locally"
+    decision = insured.decide(REF, books, hop, how)
     assert decision is not None
     return decision
 
@@ -142,7 +145,8 @@ def test_a_settlement_books_once_and_its_parts_add_up(books: FakeBooks) -> None:
     # the same msgid again is a redelivery: no second answer, nothing booked
     route = plan_route("440100", "360100")
     pos = next(i for i, s in enumerate(route) if s.action is HopAction.COMPUTE)
-    assert insured.decide(REF, books, SettlementHop(claim=claim(), route=route, pos=pos, split=d.split)) is None
+    again = SettlementHop(claim=claim(), route=route, pos=pos, split=d.split)
+    assert insured.decide(REF, books, again, insured.settle) is None
     assert len(books.ledger) == 1
 
 
