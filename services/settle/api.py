@@ -28,7 +28,7 @@ from services.settle.infnos import (
     claim_of,
     settles_encounter,
 )
-from services.settle.interface import FsiRequest, msgid_clash, national_answer
+from services.settle.interface import Clash, FsiRequest, Replay, known_msgid, national_answer
 from services.settle.operations import add_operations
 from services.settle.store import first_use_of_nonce
 from services.settle.stream import partition_of, results, resume_offset
@@ -95,13 +95,13 @@ def create_api(svc: SettleService) -> FastAPI:
         # On the loop, not in a thread: the hop workers of this process write the same SQLite
         # file, and a writer in another thread makes them wait on its lock with the loop blocked.
         existing = submit_claim(svc.ctx, claim, svc.replies.topic)
-        if existing is not None:  # the msgid was received before
-            if existing.status != "pending":  # else the first request still waits for this reply
-                svc.replies.forget(claim.msgid)
-            if clash := msgid_clash(existing, claim):
-                raise HTTPException(409, clash)
-            if existing.status != "pending":
-                return answer(req, result_of(existing))  # the same request again: the first answer
+        seen = known_msgid(existing, claim)
+        if existing is not None and existing.status != "pending":  # no reply is coming for it
+            svc.replies.forget(claim.msgid)  # (while pending, the first request waits for it)
+        if isinstance(seen, Clash):
+            raise HTTPException(409, seen.message)
+        if isinstance(seen, Replay):
+            return answer(req, seen.result)
         wait_s = (deadline - now_ms() + svc.settings.reply_grace_ms) / 1000
         try:
             result = await asyncio.wait_for(asyncio.shield(fut), timeout=max(wait_s, 0.1))

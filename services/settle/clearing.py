@@ -41,7 +41,17 @@ STATEMENT_FIELDS = ("period", "insured_prov", "treat_prov", "settlements", "reve
 
 
 class ClearingError(ValueError):
-    """The run cannot be made as asked; the message says why."""
+    """The run cannot be made as asked; the message says why. `status`: the HTTP answer it is."""
+
+    status = 422  # the month is not written as YYYY-MM
+
+
+class MonthNotEndedError(ClearingError):
+    status = 409  # asked too early: it can be cleared once it has ended
+
+
+class MonthNotClearedError(ClearingError):
+    status = 404  # no statements yet
 
 
 def month_bounds_ms(period: str) -> tuple[int, int]:
@@ -68,7 +78,7 @@ def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = N
         if s.get(ClearingRun, period) is not None:
             return statements(engine, period, s)
         if now < end:
-            raise ClearingError(f"{period} has not ended yet: it can be cleared from {_period_of(end)}-01")
+            raise MonthNotEndedError(f"{period} has not ended yet: it can be cleared from {_period_of(end)}-01")
         conn = s.connection()
         ids, sums = monthly_sums(ledger.uncleared(conn, end), period)
         ledger.mark_cleared(conn, ids, period)
@@ -113,7 +123,7 @@ def statements(engine: Engine, period: str, s: Session | None = None) -> list[di
         return read(s)
     with Session(engine) as sess:
         if sess.get(ClearingRun, period) is None:
-            raise ClearingError(f"{period} has not been cleared yet: POST /clearing/{period}/run")
+            raise MonthNotClearedError(f"{period} has not been cleared yet: POST /clearing/{period}/run")
         return read(sess)
 
 

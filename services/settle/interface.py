@@ -5,9 +5,11 @@ msgid received before is a replay of the same request."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -84,17 +86,46 @@ REGISTRATION_NODE = {"2201": "data", "2401": "result"}  # where adapters read md
 REPLAY_FIELDS = ("infno", "psn_no", "insuplc_admdvs")
 
 
-def msgid_clash(first: ClaimRecord, claim: Claim) -> str | None:
-    """Why a request with a msgid already received is not a replay of it (None: it is). The first
-    answer goes only to the same hospital's same request, never another person's or hospital's."""
+@dataclass(frozen=True)
+class Accepted:
+    """A msgid not received before: the request goes on its way."""
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The same request again while the first is on its way: wait for the same answer."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The same request again, answered: the first answer, whatever it was."""
+
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Clash:
+    """A msgid already used for another request: refused (409), the message says why."""
+
+    message: str
+
+
+def known_msgid(first: ClaimRecord | None, claim: Claim) -> Accepted | InFlight | Replay | Clash:
+    """What a request gets whose msgid may have been received before (`first`: that request's
+    record). The first answer goes only to the same hospital's same request, never another
+    person's, transaction's or hospital's."""
+    if first is None:
+        return Accepted()
     fresh = "请为本次交易生成新的报文ID（fixmedins_code + yyyyMMddHHmmss + 4 位顺序号）"
     if first.fixmedins_code != claim.fixmedins_code:
-        return f"msgid {claim.msgid} 已被使用，不能重复；{fresh}"
+        return Clash(f"msgid {claim.msgid} 已被使用，不能重复；{fresh}")
     differ = [f for f in REPLAY_FIELDS if getattr(first, f) != getattr(claim, f)]
     if differ:
-        return (f"msgid {claim.msgid} 已用于本机构的另一笔交易（{'、'.join(differ)} 不同），"
-                f"同一 msgid 只能重发同一笔交易；{fresh}")
-    return None
+        return Clash(f"msgid {claim.msgid} 已用于本机构的另一笔交易（{'、'.join(differ)} 不同），"
+                     f"同一 msgid 只能重发同一笔交易；{fresh}")
+    if first.status == "pending":
+        return InFlight()
+    return Replay(orjson.loads(first.result) if first.result else None)
 
 
 def national_answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | None = None,

@@ -63,7 +63,7 @@ def add_operations(app: FastAPI, svc: SettleService) -> None:
         try:
             return await asyncio.to_thread(clearing.run, svc.engine, period, svc.ctx.ref.advance)
         except ClearingError as exc:
-            raise HTTPException(409 if "not ended" in str(exc) else 422, str(exc)) from None
+            raise HTTPException(exc.status, str(exc)) from None
 
     @app.get("/clearing/{period}", tags=["clearing"], response_model=None)
     async def clearing_statements(period: str, who: Annotated[Caller, allow("operator", "province", "supervisor")],
@@ -72,7 +72,7 @@ def add_operations(app: FastAPI, svc: SettleService) -> None:
         try:
             rows = of_pairs(who, await asyncio.to_thread(clearing.statements, svc.engine, period))
         except ClearingError as exc:
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(exc.status, str(exc)) from None
         if format == "csv":
             return Response(clearing.as_csv(rows), media_type="text/csv; charset=utf-8",
                             headers={"Content-Disposition": f"attachment; filename=clearing-{period}.csv"})
