@@ -18,7 +18,7 @@ from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, 
 from services.identity import Authenticator, Caller, allow, install
 from services.settle import encounters
 from services.settle.auth import Gate
-from services.settle.handlers import claim_status, result_of, submit_claim
+from services.settle.handlers import claim_status, submit_claim
 from services.settle.infnos import (
     TRANSACTIONS,
     Local,
@@ -30,7 +30,7 @@ from services.settle.infnos import (
 )
 from services.settle.interface import Clash, FsiRequest, Replay, known_msgid, national_answer
 from services.settle.operations import add_operations
-from services.settle.store import first_use_of_nonce
+from services.settle.store import first_use_of_nonce, result_of
 from services.settle.stream import partition_of, results, resume_offset
 
 if TYPE_CHECKING:

@@ -85,11 +85,10 @@ def run(engine: Engine, period: str, thresholds: Thresholds, now: int | None = N
         for (ins, trt), t in sorted(sums.items()):
             conn.execute(insert(ClearingStatement.__table__).values(  # type: ignore[attr-defined]
                 period=period, insured_prov=ins, treat_prov=trt, **{f: t[f] for f in STATEMENT_FIELDS[3:]}))
-            fund = s.get(AdvanceFund, (ins, trt))
+            fund = load_advance(conn, ins, trt)
             if fund is not None:  # the month is settled: its share of the advance is replenished
-                fund.used_fen -= t["fund_fen"]
-                fund.level, fund.updated_ms = level_of(fund.used_fen, fund.amount_fen, thresholds), now
-                s.add(fund)
+                replenished, _ = charged(fund, thresholds, ins, trt, -t["fund_fen"])
+                save_advance(conn, replenished, existed=True, at_ms=now)
         s.add(ClearingRun(period=period, rows=len(ids), closed_ms=now))
         s.flush()
         return statements(engine, period, s)
@@ -231,14 +230,15 @@ def load_advance(conn: Connection, insured_prov: str, treat_prov: str) -> Advanc
                                                r["level"])
 
 
-def save_advance(conn: Connection, a: AdvanceState, existed: bool) -> None:
+def save_advance(conn: Connection, a: AdvanceState, existed: bool, at_ms: int | None = None) -> None:
+    at = now_ms() if at_ms is None else at_ms
     if existed:
         conn.execute(_ADV_UPDATE, {"k_ins": a.insured_prov, "k_trt": a.treat_prov, "used_fen": a.used_fen,
-                                   "level": a.level, "updated_ms": now_ms()})
+                                   "level": a.level, "updated_ms": at})
     else:
         conn.execute(_ADV_INSERT, {"insured_prov": a.insured_prov, "treat_prov": a.treat_prov,
                                    "amount_fen": a.amount_fen, "used_fen": a.used_fen, "level": a.level,
-                                   "updated_ms": now_ms()})
+                                   "updated_ms": at})
 
 
 def advance_funds(engine: Engine) -> list[dict[str, Any]]:

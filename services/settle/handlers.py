@@ -402,8 +402,3 @@ def person_status(engine: Engine, psn_no: str, year: int) -> dict[str, object] |
         filings = s.exec(select(FilingView).where(FilingView.psn_no == psn_no)).all()
         return {"enrolments": [v.model_dump(mode="json") for v in views], "filings": [f.model_dump(mode="json") for f in filings],
                 "accumulators_fen": acc, "acct_balance_fen": account.balance_fen if account else 0}
-
-
-def result_of(rec: ClaimRecord) -> dict[str, Any] | None:
-    """The stored SettlementResult in its JSON form (as it went to the hospital's topics)."""
-    return orjson.loads(rec.result) if rec.result else None

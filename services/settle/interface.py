@@ -9,14 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.common import Admdvs, FixmedinsCode
 from schemas.events import Claim, Diagnosis
 from services.credentials import reveal_names
-from services.settle.store import ClaimRecord
+from services.settle.store import ClaimRecord, result_of
 
 
 class FsiRequest(BaseModel):
@@ -125,7 +124,7 @@ def known_msgid(first: ClaimRecord | None, claim: Claim) -> Accepted | InFlight 
                      f"同一 msgid 只能重发同一笔交易；{fresh}")
     if first.status == "pending":
         return InFlight()
-    return Replay(orjson.loads(first.result) if first.result else None)
+    return Replay(result_of(first))
 
 
 def national_answer(req: FsiRequest, result: dict[str, Any] | None, pending_msg: str | None = None,

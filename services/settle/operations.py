@@ -18,7 +18,8 @@ from services.identity import Caller, allow, not_yours
 from services.ops import add_ops_routes, hop_records
 from services.settle import clearing
 from services.settle.clearing import ClearingError, advance_funds
-from services.settle.handlers import claim_status, person_status, result_of
+from services.settle.handlers import claim_status, person_status
+from services.settle.store import result_of
 
 if TYPE_CHECKING:
     from services.settle.app import SettleService

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -39,6 +41,11 @@ class ClaimRecord(SQLModel, table=True):
     result: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     created_ms: int = Field(sa_type=BigInteger)
     updated_ms: int = Field(sa_type=BigInteger)
+
+
+def result_of(rec: ClaimRecord) -> dict[str, Any] | None:
+    """The stored SettlementResult in its JSON form (as it went to the hospital's topics)."""
+    return orjson.loads(rec.result) if rec.result else None
 
 
 class PersonView(SQLModel, table=True):
