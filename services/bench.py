@@ -79,12 +79,15 @@ def progress(text: str) -> None:
 
 
 async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
-    sem = asyncio.Semaphore(16)
+    sem = asyncio.Semaphore(32)
+    done: list[str] = []
     year_end = f"{date.today().year}-12-31"
 
     async def one(c: httpx.AsyncClient, i: int) -> tuple[str, str]:
         region = INSURED[i % len(INSURED)]
-        certno = with_check_char(f"{region}{1950 + i % 50}0101{(i * 2 + 1) % 1000:03d}")
+        # unique for i < 168,000: i % 500 gives the (odd: male) sequence, i // 500 the birth month and day
+        born = f"{1950 + i % 50}{1 + i // 500 % 12:02d}{1 + i // 6000 % 28:02d}"
+        certno = with_check_char(f"{region}{born}{i % 500 * 2 + 1:03d}")
         async with sem:
             province = headers_for("province", province_of(region), "bench")
             r = await c.post(p.url("enroll") + "/persons", json={"certno": certno, "psn_name": f"压测{i}", "admdvs": region},
@@ -103,6 +106,9 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
                 except httpx.TransportError:  # a keep-alive connection the server closed as it was reused
                     pass
                 await asyncio.sleep(0.05)
+        done.append(psn)
+        if len(done) % 500 == 0 and len(done) < n:
+            progress(f"{len(done)} of {n} persons enrolled and filed")
         return psn, region
 
     async with httpx.AsyncClient(timeout=30, headers=headers_for("operator", subject="bench")) as c:
@@ -426,7 +432,9 @@ def print_report(r: dict[str, Any]) -> None:
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
     concurrency = int(os.environ.get("BENCH_CONCURRENCY", "64"))
-    population = int(os.environ.get("BENCH_PERSONS", "120"))
+    # a few thousand persons settle a few times each in a run, as a province's traffic does; with a
+    # hundred, each settles hundreds of times and the monitor reads that history with every batch
+    population = int(os.environ.get("BENCH_PERSONS", "2000"))
     warmup = float(os.environ.get("BENCH_WARMUP", "3"))
     var = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
     run_dir = var / f"bench-{datetime.now():%Y%m%d%H%M%S}"

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from pydantic import BaseModel
 
 from schemas.topics import all_topic_names, topic_configs
@@ -23,6 +24,27 @@ log = logging.getLogger("yibao.bus")
 # The broker's epoch: the token at offset 0 of this topic. A broker that lost its data (the embedded
 # one after a restart) or a cluster put in its place has no such topic, or another token in it.
 EPOCH_TOPIC = "yibao.epoch"
+
+
+class KeyPartitioner:
+    """Kafka's default partitioning (murmur2 of the key, positive, modulo the partitions: the Java
+    client's choice), with each key's hash kept: the keys are a few thousand regions, hospitals and
+    persons, and aiokafka hashes in pure Python on every send."""
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.keep = keep
+        self.hashes: dict[bytes, int] = {}
+        self.keyless = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self.keyless(key, all_partitions, available))
+        h = self.hashes.get(key)
+        if h is None:
+            if len(self.hashes) >= self.keep:
+                self.hashes.clear()
+            h = self.hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[h % len(all_partitions)]
 
 
 class Bus:
@@ -44,7 +66,7 @@ class Bus:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
             enable_idempotence=not self.settings.embedded, linger_ms=self.settings.linger_ms,
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_size=self.settings.max_batch_size, partitioner=KeyPartitioner(),
         )
         await self.producer.start()
         await self.pin_producer_topics()
