@@ -80,10 +80,11 @@ def progress(text: str) -> None:
 
 async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
     sem = asyncio.Semaphore(32)
-    done: list[str] = []
+    done = 0
     year_end = f"{date.today().year}-12-31"
 
     async def one(c: httpx.AsyncClient, i: int) -> tuple[str, str]:
+        nonlocal done
         region = INSURED[i % len(INSURED)]
         # unique for i < 168,000: i % 500 gives the (odd: male) sequence, i // 500 the birth month and day
         born = f"{1950 + i % 50}{1 + i // 500 % 12:02d}{1 + i // 6000 % 28:02d}"
@@ -106,9 +107,9 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
                 except httpx.TransportError:  # a keep-alive connection the server closed as it was reused
                     pass
                 await asyncio.sleep(0.05)
-        done.append(psn)
-        if len(done) % 500 == 0 and len(done) < n:
-            progress(f"{len(done)} of {n} persons enrolled and filed")
+        done += 1
+        if done % 500 == 0 and done < n:
+            progress(f"{done} of {n} persons enrolled and filed")
         return psn, region
 
     async with httpx.AsyncClient(timeout=30, headers=headers_for("operator", subject="bench")) as c:
