@@ -17,7 +17,7 @@ from services.credentials import reveal_names
 from services.http import ERROR_RESPONSES, add_healthz, install_error_handlers, json_response
 from services.identity import Authenticator, Caller, allow, install
 from services.settle import encounters
-from services.settle.auth import Gate
+from services.settle.auth import WINDOW_S, Gate
 from services.settle.handlers import claim_status, submit_claim
 from services.settle.infnos import (
     TRANSACTIONS,
@@ -29,8 +29,9 @@ from services.settle.infnos import (
     settles_encounter,
 )
 from services.settle.interface import Clash, FsiRequest, Replay, known_msgid, national_answer
+from services.settle.nonces import NonceLog
 from services.settle.operations import add_operations
-from services.settle.store import first_use_of_nonce, result_of
+from services.settle.store import result_of
 from services.settle.stream import partition_of, results, resume_offset
 
 if TYPE_CHECKING:
@@ -47,10 +48,9 @@ def create_api(svc: SettleService) -> FastAPI:
     add_healthz(app, "settle", lambda: svc.runtime.health())
     ref = svc.ctx.ref
     known_regions = {p.admdvs for p in ref.policies} | {h.admdvs for h in ref.hospitals.values()}
-    gate = Gate({code: h.key for code, h in ref.hospitals.items()}, durable=lambda code, nonce, t: (
-        first_use_of_nonce(svc.engine, code, nonce, int(t * 1000), int((t - gate.window_s) * 1000))),
-        schemes={code: h.signature for code, h in ref.hospitals.items() if h.signature},
-        paasids={h.paasid: code for code, h in ref.hospitals.items() if h.paasid})
+    gate = Gate({code: h.key for code, h in ref.hospitals.items()}, durable=NonceLog(svc.engine, WINDOW_S).first_use,
+                schemes={code: h.signature for code, h in ref.hospitals.items() if h.signature},
+                paasids={h.paasid: code for code, h in ref.hospitals.items() if h.paasid})
     install(app, Authenticator(svc.common.auth_key, hospitals=gate.check))
     names_key = svc.common.cert_digest_key
     reading = Reading(svc.engine, svc.common.cert_digest_key)

@@ -9,7 +9,6 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Connection,
-    Engine,
     LargeBinary,
     RowMapping,
     bindparam,
@@ -17,7 +16,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Column, Field, SQLModel
 
 from schemas.common import FilingType
@@ -341,20 +339,3 @@ def save_balance(c: Connection, psn_no: str, balance_fen: int) -> None:
         c.execute(_ACCOUNT_INSERT, {"psn_no": psn_no, "balance_fen": balance_fen})
 
 
-NONCES = GatewayNonce.__table__  # type: ignore[attr-defined]
-_NONCE_INSERT = insert(NONCES)
-
-
-def first_use_of_nonce(engine: Engine, fixmedins_code: str, nonce: str, seen_ms: int, forget_before_ms: int) -> bool:
-    """Record a hospital's nonce; False when it was recorded before. Now and then the nonces older
-    than the signature window are dropped (their requests are refused by their timestamp anyway)."""
-    try:
-        with engine.begin() as c:
-            if c.dialect.name == "postgresql":  # a nonce lost with the last few ms before a crash is
-                c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # worth less than an fsync per request
-            if seen_ms % 64 == 0:
-                c.execute(NONCES.delete().where(NONCES.c.seen_ms < forget_before_ms))
-            c.execute(_NONCE_INSERT, {"fixmedins_code": fixmedins_code, "nonce": nonce, "seen_ms": seen_ms})
-    except IntegrityError:
-        return False
-    return True

@@ -10,7 +10,8 @@ from schemas.regions import covers_region
 from services.bus.db import create_tables, make_engine
 from services.identity import Authenticator, Caller, IdentityError, bearer, issue_token, read_token
 from services.settle.auth import AuthError, Gate, hospital_headers
-from services.settle.store import GatewayNonce, first_use_of_nonce
+from services.settle.nonces import NonceLog
+from services.settle.store import GatewayNonce
 
 KEY = "test-key"
 
@@ -85,10 +86,68 @@ def test_a_replayed_signed_request_is_refused_after_a_restart(tmp_path: Path) ->
     keys = {"H44010400001": "k-gz"}
 
     def gate() -> Gate:
-        return Gate(keys, durable=lambda code, nonce, t: first_use_of_nonce(engine, code, nonce, int(t * 1000),
-                                                                            int((t - 300) * 1000)))
+        return Gate(keys, durable=NonceLog(engine, 300).first_use)
     signed = hospital_headers("H44010400001", "k-gz")
     assert gate().check(signed) == "H44010400001"
     with pytest.raises(AuthError, match="nonce 已使用"):
         gate().check(signed)  # a new process, the same headers
     assert gate().check(hospital_headers("H44010400001", "k-gz")) == "H44010400001"
+
+
+def _log(tmp_path: Path) -> NonceLog:
+    engine = make_engine(f"sqlite:///{tmp_path / 'settle.db'}")
+    create_tables(engine, [GatewayNonce])
+    return NonceLog(engine, 300)
+
+
+def _together(log: NonceLog, nonces: list[str], now: float) -> dict[int, bool | BaseException]:
+    """Each nonce from its own thread while a write is under way, so that they queue; the answers."""
+    import threading
+    import time
+
+    answers: dict[int, bool | BaseException] = {}
+
+    def ask(i: int, nonce: str) -> None:
+        try:
+            answers[i] = log.first_use("H44010400001", nonce, now)
+        except Exception as exc:
+            answers[i] = exc
+
+    log._writer.acquire()  # a write under way
+    threads = [threading.Thread(target=ask, args=(i, n)) for i, n in enumerate(nonces)]
+    for t in threads:
+        t.start()
+    while len(log._queue) < len(nonces):
+        time.sleep(0.001)
+    log._writer.release()
+    for t in threads:
+        t.join(5)
+    return answers
+
+
+def test_nonces_that_arrive_together_are_written_in_one_transaction(tmp_path: Path) -> None:
+    """The next writer takes every queued nonce; a nonce sent twice among them is accepted once."""
+    log, now = _log(tmp_path), 1_000_000.0
+    answers = _together(log, [f"n{i}" for i in range(10)] + ["n3"], now)
+    assert log.transactions == 1
+    assert [answers[i] for i in range(10) if i != 3] == [True] * 9
+    assert sorted([answers[3], answers[10]]) == [False, True]  # one of the two n3
+    assert log.first_use("H44010400001", "n5", now) is False  # committed: refused afterwards
+    assert log.first_use("H44010400002", "n5", now) is True  # another hospital's nonce
+
+
+def test_a_failed_write_reaches_every_request_of_its_batch(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    with log.engine.begin() as c:
+        c.exec_driver_sql("DROP TABLE settle_gateway_nonce")
+    answers = _together(log, ["a", "b", "c"], 1_000_000.0)
+    assert [type(answers[i]).__name__ for i in range(3)] == ["OperationalError"] * 3
+    assert "no such table" in str(answers[0])
+
+
+def test_nonces_older_than_the_window_are_dropped(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    assert log.first_use("H44010400001", "old", 1_000.0)
+    assert log.first_use("H44010400001", "new", 1_000.0 + 301 + 10)  # past the window and the prune interval
+    with log.engine.connect() as c:
+        assert [r[0] for r in c.exec_driver_sql("SELECT nonce FROM settle_gateway_nonce")] == ["new"]

@@ -1,0 +1,78 @@
+"""Hospitals' x-tif-nonces in the settle database, written together.
+
+Every signed request waits until its nonce is committed (or found there already), so a replayed
+request is refused after a restart and by every API process, as with a transaction per request.
+Requests that arrive together share one transaction: the first to take the writer's lock writes
+every nonce queued by then, and the others find theirs done. On SQLite, where one process writes
+at a time and a waiting writer sleeps in the busy handler's steps, a transaction per request was
+the largest cost of the hospital interface (docs/performance.md)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.settle.store import GatewayNonce
+
+NONCES = GatewayNonce.__table__  # type: ignore[attr-defined]
+PRUNE_EVERY_MS = 10_000
+
+
+@dataclass
+class _Pending:
+    fixmedins_code: str
+    nonce: str
+    seen_ms: int
+    first: bool = False
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class NonceLog:
+    """`first_use` is the gate's durable check: False when the hospital used the nonce before."""
+
+    def __init__(self, engine: Engine, window_s: int) -> None:
+        self.engine, self.window_s = engine, window_s
+        self.transactions = 0
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._writer = threading.Lock()
+        self._pruned_ms = 0
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert = dialect.insert(NONCES).on_conflict_do_nothing()
+
+    def first_use(self, fixmedins_code: str, nonce: str, now: float) -> bool:
+        mine = _Pending(fixmedins_code, nonce, int(now * 1000))
+        with self._queue_lock:
+            self._queue.append(mine)
+        with self._writer:
+            if not mine.done.is_set():  # nobody took it before us: write it, and all queued with it
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._write(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.first
+
+    def _write(self, batch: list[_Pending]) -> None:
+        newest = max(p.seen_ms for p in batch)
+        try:
+            with self.engine.begin() as c:
+                if c.dialect.name == "postgresql":  # a nonce lost with the last few ms before a crash is
+                    c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # worth less than an fsync
+                if newest - self._pruned_ms >= PRUNE_EVERY_MS:  # older than the window: refused by their timestamp
+                    c.execute(NONCES.delete().where(NONCES.c.seen_ms < newest - self.window_s * 1000))
+                    self._pruned_ms = newest
+                for p in batch:  # a nonce twice in one batch: the second finds the first
+                    p.first = c.execute(self._insert, {"fixmedins_code": p.fixmedins_code, "nonce": p.nonce,
+                                                       "seen_ms": p.seen_ms}).rowcount == 1
+            self.transactions += 1
+        except BaseException as exc:  # every request of the batch learns it (the gate answers it)
+            for p in batch:
+                p.error, p.first = exc, False
+        finally:
+            for p in batch:
+                p.done.set()
