@@ -42,7 +42,9 @@ class NonceLog:
         self._writer = threading.Lock()
         self._pruned_ms = 0
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        self._insert = dialect.insert(NONCES).on_conflict_do_nothing()
+        # rowcount says whether the row was new; SQLAlchemy keeps it for an INSERT only when asked (on
+        # PostgreSQL it is otherwise -1, and every nonce would read as used)
+        self._insert = dialect.insert(NONCES).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
     def first_use(self, fixmedins_code: str, nonce: str, now: float) -> bool:
         mine = _Pending(fixmedins_code, nonce, int(now * 1000))

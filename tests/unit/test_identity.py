@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from schemas.regions import covers_region
 from services.bus.db import create_tables, make_engine
@@ -94,8 +95,7 @@ def test_a_replayed_signed_request_is_refused_after_a_restart(tmp_path: Path) ->
     assert gate().check(hospital_headers("H44010400001", "k-gz")) == "H44010400001"
 
 
-def _log(tmp_path: Path) -> NonceLog:
-    engine = make_engine(f"sqlite:///{tmp_path / 'settle.db'}")
+def _log(engine: Engine) -> NonceLog:
     create_tables(engine, [GatewayNonce])
     return NonceLog(engine, 300)
 
@@ -125,9 +125,10 @@ def _together(log: NonceLog, nonces: list[str], now: float) -> dict[int, bool | 
     return answers
 
 
-def test_nonces_that_arrive_together_are_written_in_one_transaction(tmp_path: Path) -> None:
-    """The next writer takes every queued nonce; a nonce sent twice among them is accepted once."""
-    log, now = _log(tmp_path), 1_000_000.0
+def test_nonces_that_arrive_together_are_written_in_one_transaction(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """The next writer takes every queued nonce; a nonce sent twice among them is accepted once
+    (on SQLite and on PostgreSQL, whose driver reports the rows inserted only when asked to)."""
+    log, now = _log(engine_factory("settle")), 1_000_000.0
     answers = _together(log, [f"n{i}" for i in range(10)] + ["n3"], now)
     assert log.transactions == 1
     assert [answers[i] for i in range(10) if i != 3] == [True] * 9
@@ -137,7 +138,7 @@ def test_nonces_that_arrive_together_are_written_in_one_transaction(tmp_path: Pa
 
 
 def test_a_failed_write_reaches_every_request_of_its_batch(tmp_path: Path) -> None:
-    log = _log(tmp_path)
+    log = _log(make_engine(f"sqlite:///{tmp_path / 'settle.db'}"))
     with log.engine.begin() as c:
         c.exec_driver_sql("DROP TABLE settle_gateway_nonce")
     answers = _together(log, ["a", "b", "c"], 1_000_000.0)
@@ -145,8 +146,8 @@ def test_a_failed_write_reaches_every_request_of_its_batch(tmp_path: Path) -> No
     assert "no such table" in str(answers[0])
 
 
-def test_nonces_older_than_the_window_are_dropped(tmp_path: Path) -> None:
-    log = _log(tmp_path)
+def test_nonces_older_than_the_window_are_dropped(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    log = _log(engine_factory("settle"))
     assert log.first_use("H44010400001", "old", 1_000.0)
     assert log.first_use("H44010400001", "new", 1_000.0 + 301 + 10)  # past the window and the prune interval
     with log.engine.connect() as c:
