@@ -29,7 +29,7 @@ from services.settle.infnos import (
     settles_encounter,
 )
 from services.settle.interface import Clash, FsiRequest, Replay, known_msgid, national_answer
-from services.settle.nonces import NonceLog
+from services.settle.nonces import NonceLog, nonce_engine
 from services.settle.operations import add_operations
 from services.settle.store import result_of
 from services.settle.stream import partition_of, results, resume_offset
@@ -48,7 +48,7 @@ def create_api(svc: SettleService) -> FastAPI:
     add_healthz(app, "settle", lambda: svc.runtime.health())
     ref = svc.ctx.ref
     known_regions = {p.admdvs for p in ref.policies} | {h.admdvs for h in ref.hospitals.values()}
-    gate = Gate({code: h.key for code, h in ref.hospitals.items()}, durable=NonceLog(svc.engine, WINDOW_S).first_use,
+    gate = Gate({code: h.key for code, h in ref.hospitals.items()}, durable=NonceLog(nonce_engine(svc.engine), WINDOW_S).first_use,
                 schemes={code: h.signature for code, h in ref.hospitals.items() if h.signature},
                 paasids={h.paasid: code for code, h in ref.hospitals.items() if h.paasid})
     install(app, Authenticator(svc.common.auth_key, hospitals=gate.check))

@@ -10,7 +10,7 @@ reference data, its fixmedins_code when none is set), `x-tif-timestamp` (epoch s
 
 A request is accepted when the signature matches, the timestamp is within the window and the nonce
 is new; the hospital may then act and read only for itself. Nonces are remembered in memory and,
-through `durable`, in the settle database, so a replay is refused after a restart too.
+through `durable`, durably (services/settle/nonces.py), so a replay is refused after a restart too.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Hospitals' x-tif-nonces in the settle database, written together.
+"""Hospitals' x-tif-nonces, kept durably and written together.
+
+On SQLite they live in a file of their own beside the settle database (`nonce_engine`): SQLite has
+one writer per file, and in the settle file every nonce write queued behind the hop workers'
+transactions and held them up in turn, with the waiting side's event loop blocked in the busy
+handler. On a server database (PostgreSQL) they stay in the settle database.
 
 Every signed request waits until its nonce is committed (or found there already), so a replayed
 request is refused after a restart and by every API process, as with a transaction per request.
@@ -11,14 +16,26 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
+from services.bus.db import create_tables, make_engine
 from services.settle.store import GatewayNonce
 
 NONCES = GatewayNonce.__table__  # type: ignore[attr-defined]
 PRUNE_EVERY_MS = 10_000
+
+
+def nonce_engine(settle_engine: Engine) -> Engine:
+    """Where the nonces go: `<settle file>-nonces.db` beside a SQLite settle database, else the
+    settle database itself."""
+    db = settle_engine.url.database
+    if settle_engine.dialect.name != "sqlite" or not db or db == ":memory:":
+        return settle_engine
+    path = Path(db)
+    return make_engine(f"sqlite:///{path.with_name(path.stem + '-nonces.db')}")
 
 
 @dataclass
@@ -36,6 +53,7 @@ class NonceLog:
 
     def __init__(self, engine: Engine, window_s: int) -> None:
         self.engine, self.window_s = engine, window_s
+        create_tables(engine, [GatewayNonce])
         self.transactions = 0
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()

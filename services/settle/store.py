@@ -261,7 +261,7 @@ class GatewayNonce(SQLModel, table=True):
 
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, VoidedRequest, AccumulatorRow,
                                 AccountRow, Encounter, EncounterFee, EncounterDiagnoses, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
-                                GatewayNonce, InboxRecord, OutboxRow]
+                                InboxRecord, OutboxRow]
 
 
 # --- Core queries for the insured city's hot path (one settlement = a handful of statements) ---

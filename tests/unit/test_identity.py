@@ -11,7 +11,7 @@ from schemas.regions import covers_region
 from services.bus.db import create_tables, make_engine
 from services.identity import Authenticator, Caller, IdentityError, bearer, issue_token, read_token
 from services.settle.auth import AuthError, Gate, hospital_headers
-from services.settle.nonces import NonceLog
+from services.settle.nonces import NonceLog, nonce_engine
 from services.settle.store import GatewayNonce
 
 KEY = "test-key"
@@ -81,18 +81,28 @@ def test_one_request_carries_one_identity() -> None:
 
 
 def test_a_replayed_signed_request_is_refused_after_a_restart(tmp_path: Path) -> None:
-    """The nonce goes to the settle database: a gateway that starts afresh still knows it."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'settle.db'}")
-    create_tables(engine, [GatewayNonce])
+    """The nonce goes to a file beside the settle database: a gateway that starts afresh (a new
+    engine, as a new process has) still knows it."""
     keys = {"H44010400001": "k-gz"}
 
     def gate() -> Gate:
-        return Gate(keys, durable=NonceLog(engine, 300).first_use)
+        settle = make_engine(f"sqlite:///{tmp_path / 'settle.db'}")
+        return Gate(keys, durable=NonceLog(nonce_engine(settle), 300).first_use)
     signed = hospital_headers("H44010400001", "k-gz")
     assert gate().check(signed) == "H44010400001"
     with pytest.raises(AuthError, match="nonce 已使用"):
         gate().check(signed)  # a new process, the same headers
     assert gate().check(hospital_headers("H44010400001", "k-gz")) == "H44010400001"
+
+
+def test_on_sqlite_the_nonces_have_a_file_of_their_own(tmp_path: Path, engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """Their own write lock: a nonce never waits for the hop workers' transactions in settle.db."""
+    settle = make_engine(f"sqlite:///{tmp_path / 'settle.db'}")
+    assert nonce_engine(settle).url.database == str(tmp_path / "settle-nonces.db")
+    memory = make_engine("sqlite://")
+    assert nonce_engine(memory) is memory
+    other = engine_factory("settle")  # on PostgreSQL the settle database keeps them (row locks)
+    assert (nonce_engine(other) is other) == (other.dialect.name == "postgresql")
 
 
 def _log(engine: Engine) -> NonceLog:
