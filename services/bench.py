@@ -4,7 +4,7 @@ Self-contained: starts a fresh broker (Apache Kafka where `yibao run` would choo
 embedded one) and the four services on free ports, enrols and files a population, drives many
 concurrent hospitals through /fsi/callService for BENCH_SECONDS, then measures a bare aiokafka
 consume→produce chain of the same length on the same broker. Prints a table and writes
-var/bench.json.
+var/bench.json; the run's own state (gigabytes of broker log) goes unless BENCH_KEEP_STATE=1.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import time
 from collections import defaultdict
@@ -470,3 +471,15 @@ def main() -> None:
     (var / "bench.json").write_text(json.dumps(result, ensure_ascii=False, indent=2))
     print_report(result)
     print(f"\nwritten: {var / 'bench.json'}")
+    drop_run_state(run_dir)
+
+
+def drop_run_state(run_dir: Path) -> None:
+    """A run's broker log and databases take gigabytes (every hop of every claim): once the report
+    is written they go, unless BENCH_KEEP_STATE=1. A failed run keeps them, for its logs."""
+    if os.environ.get("BENCH_KEEP_STATE") == "1":
+        print(f"kept: {run_dir} (BENCH_KEEP_STATE=1)")
+        return
+    size = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"removed: {run_dir}, the run's broker and databases ({size / 2**30:.1f} GiB; BENCH_KEEP_STATE=1 keeps them)")

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from services.bench import progress
+from services.bench import drop_run_state, progress
 from services.bus.broker import free_port
 from services.enroll.domain import with_check_char
 from services.identity import headers_for, province_of
@@ -353,6 +353,7 @@ def main() -> None:
     (var / "bench-monitor.json").write_text(json.dumps(result, ensure_ascii=False, indent=2))
     print_report(result)
     print(f"\nwritten: {var / 'bench-monitor.json'}")
+    drop_run_state(run_dir)
 
 
 def print_report(r: dict[str, Any]) -> None:

@@ -231,13 +231,16 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--host", default="127.0.0.1")
     d.set_defaults(func=cmd_demo)
     b = sub.add_parser("bench", help="self-contained benchmarks; JSON to var/bench*.json",
-                       description="settle: settlements/s and latency per hop (BENCH_SECONDS, BENCH_CONCURRENCY). "
+                       description="settle: settlements/s and latency per hop (BENCH_SECONDS, BENCH_CONCURRENCY, "
+                                   "BENCH_PERSONS). "
                                    "enroll: a generated population through enroll.inbound "
                                    "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000). "
                                    "monitor: precision and recall per rule on labelled scenarios through the "
                                    "platform (BENCH_MONITOR_CLEAN 400, BENCH_MONITOR_PER_RULE 6), the after-"
                                    "settlement rules' claims/s on one core, the pre-check's latency. "
-                                   "BENCH_LOG_LEVEL: the services' log level (settle WARNING, enroll ERROR).")
+                                   "BENCH_LOG_LEVEL: the services' log level (settle WARNING, enroll ERROR). "
+                                   "settle and monitor remove their run's broker and databases (gigabytes) "
+                                   "after the report unless BENCH_KEEP_STATE=1.")
     b.add_argument("what", nargs="?", choices=["settle", "enroll", "monitor"], default="settle")
     b.set_defaults(func=cmd_bench)
     ch = sub.add_parser("chaos", help="claims while processes, a broker (and PostgreSQL) die; the books checked",
