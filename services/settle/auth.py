@@ -9,8 +9,8 @@ reference data, its fixmedins_code when none is set), `x-tif-timestamp` (epoch s
 - `timestamp + secret + nonce` (scheme "ts-key-nonce"), for a hospital whose reference data says so.
 
 A request is accepted when the signature matches, the timestamp is within the window and the nonce
-is new; the hospital may then act and read only for itself. Nonces are remembered in memory and,
-through `durable`, durably (services/settle/nonces.py), so a replay is refused after a restart too.
+is new; the hospital may then act and read only for itself. Nonces are remembered in memory and
+on disk through `durable` (services/settle/nonces.py), so a replay is refused after a restart too.
 """
 
 from __future__ import annotations

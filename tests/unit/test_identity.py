@@ -127,7 +127,9 @@ def _together(log: NonceLog, nonces: list[str], now: float) -> dict[int, bool | 
     threads = [threading.Thread(target=ask, args=(i, n)) for i, n in enumerate(nonces)]
     for t in threads:
         t.start()
-    while len(log._queue) < len(nonces):
+    end = time.monotonic() + 5
+    while len(log._queue) < len(nonces):  # every request queued behind the write under way
+        assert time.monotonic() < end, f"{len(log._queue)} of {len(nonces)} requests queued after 5 s"
         time.sleep(0.001)
     log._writer.release()
     for t in threads:
