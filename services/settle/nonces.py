@@ -6,11 +6,10 @@ transactions and held them up in turn, with the waiting side's event loop blocke
 handler. On a server database (PostgreSQL) they stay in the settle database.
 
 Every signed request waits until its nonce is committed (or found there already), so a replayed
-request is refused after a restart and by every API process, as with a transaction per request.
-Requests that arrive together share one transaction: the first to take the writer's lock writes
-every nonce queued by then, and the others find theirs done. On SQLite, where one process writes
-at a time and a waiting writer sleeps in the busy handler's steps, a transaction per request was
-the largest cost of the hospital interface (docs/performance.md)."""
+request is refused after a restart and by every API process. Requests that arrive together share
+one transaction: the first to take the writer's lock writes every nonce queued by then, and the
+others find theirs done; a transaction per request was the largest cost of the hospital
+interface (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -18,11 +17,23 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import BigInteger, Engine
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Field, SQLModel
 
 from services.bus.db import create_tables, make_engine
-from services.settle.store import GatewayNonce
+
+
+class GatewayNonce(SQLModel, table=True):
+    """An x-tif-nonce already used by a hospital, kept for the signature window so that a replayed
+    signed request is refused after a restart too."""
+
+    __tablename__ = "settle_gateway_nonce"
+
+    fixmedins_code: str = Field(primary_key=True, max_length=12)
+    nonce: str = Field(primary_key=True, max_length=64)
+    seen_ms: int = Field(sa_type=BigInteger, index=True)
+
 
 NONCES = GatewayNonce.__table__  # type: ignore[attr-defined]
 PRUNE_EVERY_MS = 10_000

@@ -248,17 +248,6 @@ class AdvanceFund(SQLModel, table=True):
     updated_ms: int = Field(sa_type=BigInteger)
 
 
-class GatewayNonce(SQLModel, table=True):
-    """An x-tif-nonce already used by a hospital, kept for the signature window so that a replayed
-    signed request is refused after a restart too."""
-
-    __tablename__ = "settle_gateway_nonce"
-
-    fixmedins_code: str = Field(primary_key=True, max_length=12)
-    nonce: str = Field(primary_key=True, max_length=64)
-    seen_ms: int = Field(sa_type=BigInteger, index=True)
-
-
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, VoidedRequest, AccumulatorRow,
                                 AccountRow, Encounter, EncounterFee, EncounterDiagnoses, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
                                 InboxRecord, OutboxRow]

@@ -8,11 +8,10 @@ import pytest
 from sqlalchemy import Engine
 
 from schemas.regions import covers_region
-from services.bus.db import create_tables, make_engine
+from services.bus.db import make_engine
 from services.identity import Authenticator, Caller, IdentityError, bearer, issue_token, read_token
 from services.settle.auth import AuthError, Gate, hospital_headers
 from services.settle.nonces import NonceLog, nonce_engine
-from services.settle.store import GatewayNonce
 
 KEY = "test-key"
 
@@ -106,7 +105,6 @@ def test_on_sqlite_the_nonces_have_a_file_of_their_own(tmp_path: Path, engine_fa
 
 
 def _log(engine: Engine) -> NonceLog:
-    create_tables(engine, [GatewayNonce])
     return NonceLog(engine, 300)
 
 
