@@ -105,6 +105,7 @@ class Incoming:
     attempt: int = 1
     deadline_ms: int | None = None  # epoch ms after which no hop acts on it
     extra: dict[str, Any] = field(default_factory=dict)
+    doc: Any = None  # the value as parsed JSON, which `event` was validated from
 
     @property
     def ce_type(self) -> str:
@@ -187,5 +188,5 @@ def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
         raise BadMessageError(f"value does not match {ce_type}: {errs}", "SCHEMA_INVALID") from None
     return Incoming(
         topic=topic, key=text_key, event=event, headers=hd, raw_headers=raw, value=value,
-        partition=partition, offset=offset, attempt=attempt or 1, deadline_ms=deadline,
+        partition=partition, offset=offset, attempt=attempt or 1, deadline_ms=deadline, doc=data,
     )

@@ -7,8 +7,9 @@ inbox record and outbox rows in one transaction; pure pass-through hops send dir
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -34,7 +35,7 @@ from schemas.events import (
 from services.bus import outbox
 from services.bus.client import Bus
 from services.bus.db import transaction
-from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, now_ms
+from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, make_headers, now_ms
 from services.bus.faults import Faults
 from services.bus.shared import LogLine, write_shared
 from services.bus.views import apply_state
@@ -128,12 +129,24 @@ async def _arrive(ctx: SettleContext, msg: Incoming, hop: AnyHop) -> RouteStep:
 
 
 async def relay_hop(ctx: SettleContext, msg: Incoming) -> None:
-    """Province and national hops: pass the claim on, read as SettlementHopInTransit."""
+    """Province and national hops: pass the hop on, read as SettlementHopInTransit. Only its
+    position and trace change: the parsed document goes on with them changed, the claim, split and
+    outcome as they came (no model of them is built or encoded here)."""
     hop: SettlementHopInTransit = msg.event
     step = await _arrive(ctx, msg, hop)
     if step.action is not HopAction.RELAY:
         raise PermanentError(f"step {hop.pos} at {step.level} {step.admdvs} is {step.action}, not a relay")
-    await _forward(ctx, msg, _stamped(hop, now_ms(), msg.attempt))
+    if hop.pos + 1 >= len(hop.route):
+        raise PermanentError(f"step {hop.pos} is a relay and the last of its route: nowhere to pass the claim")
+    t = now_ms()
+    stamp = {"level": step.level, "admdvs": step.admdvs, "action": step.action, "received_ms": t,
+             "sent_ms": t, "attempt": msg.attempt}
+    doc = msg.doc | {"pos": hop.pos + 1, "trace": [*msg.doc.get("trace", ()), stamp]}
+    nxt = hop.route[hop.pos + 1]
+    hoptrace = _hoptrace([*hop.trace, step])
+    await ctx.bus.send_raw(hop_topic(nxt.level), nxt.admdvs, orjson.dumps(doc),
+                           make_headers(hop, f"/yibao/settle/{step.level}/{step.admdvs}",
+                                        **_headers(msg, hop.outcome is not None, hoptrace)))
 
 
 Write = tuple[Incoming, int]  # a city hop that writes: the message and when it was received (ms)
@@ -173,10 +186,7 @@ def _write(s: Session, ctx: SettleContext, msg: Incoming, received: int) -> LogL
     return _finish_in(s, msg, _stamped(hop, received, msg.attempt))
 
 
-H = TypeVar("H", SettlementHop, SettlementHopInTransit)
-
-
-def _stamped(hop: H, received: int, attempt: int, **changes: Any) -> H:
+def _stamped(hop: SettlementHop, received: int, attempt: int, **changes: Any) -> SettlementHop:
     """The hop with this step's stamp on its trace (and any other changes): a new value."""
     step = hop.route[hop.pos]
     stamp = HopStamp(level=step.level, admdvs=step.admdvs, action=step.action, received_ms=received,
@@ -184,23 +194,29 @@ def _stamped(hop: H, received: int, attempt: int, **changes: Any) -> H:
     return hop.model_copy(update={"trace": [*hop.trace, stamp], **changes})
 
 
-def _next_headers(msg: Incoming, hop: AnyHop) -> dict[str, object]:
+def _hoptrace(steps: Sequence[HopStamp | RouteStep]) -> str:
+    return ">".join(f"{t.level}:{t.admdvs}" for t in steps)
+
+
+def _headers(msg: Incoming, decided: bool, hoptrace: str) -> dict[str, Any]:
     # Once the insured city has decided, the answer must travel back whatever the deadline.
-    deadline = msg.deadline_ms if hop.outcome is None else None
-    trace = ">".join(f"{t.level}:{t.admdvs}" for t in hop.trace)
-    return dict(correlation_id=msg.headers.get(CORRELATION), deadline_ms=deadline,
+    return dict(correlation_id=msg.headers.get(CORRELATION), deadline_ms=None if decided else msg.deadline_ms,
                 reply_to=msg.headers.get(REPLY_TO), traceparent=msg.headers.get("traceparent"),
-                hoptrace=trace)
+                hoptrace=hoptrace)
 
 
-def _onward(hop: H) -> tuple[H, str, str]:
+def _next_headers(msg: Incoming, hop: SettlementHop) -> dict[str, Any]:
+    return _headers(msg, hop.outcome is not None, _hoptrace(hop.trace))
+
+
+def _onward(hop: SettlementHop) -> tuple[SettlementHop, str, str]:
     """The hop moved to its next step, with that step's topic and key."""
     nxt = hop.model_copy(update={"pos": hop.pos + 1})
     step = nxt.route[nxt.pos]
     return nxt, hop_topic(step.level), step.admdvs
 
 
-async def _forward(ctx: SettleContext, msg: Incoming, hop: H) -> None:
+async def _forward(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     nxt, topic, key = _onward(hop)
     src = f"/yibao/settle/{hop.trace[-1].level}/{hop.trace[-1].admdvs}"
     await ctx.bus.send(topic, key, nxt, src, **_next_headers(msg, nxt))
@@ -255,7 +271,7 @@ def _compute(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, 
         outbox.add(s, SERVICE, "settle.advance", f"{w.insured_prov}-{w.treat_prov}", w, source=src)
         log.warning("预付金 %s→%s %s: %s of %s used", w.insured_prov, w.treat_prov, w.level, w.used, w.amount)
     nxt, topic, key = _onward(_stamped(hop, received, msg.attempt, outcome=decision.outcome, split=decision.split))
-    outbox.add(s, SERVICE, topic, key, nxt, source=src, **_next_headers(msg, nxt))  # type: ignore[arg-type]
+    outbox.add(s, SERVICE, topic, key, nxt, source=src, **_next_headers(msg, nxt))
     return ("claim %s decided at %s: infcode %s %s",
             (c.msgid, c.insuplc_admdvs, decision.outcome.infcode, decision.outcome.err_code or ""))
 
