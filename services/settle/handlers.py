@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Engine, bindparam, insert, update
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -38,6 +38,7 @@ from services.bus.db import transaction
 from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, make_headers, now_ms
 from services.bus.faults import Faults
 from services.bus.shared import LogLine, write_shared
+from services.bus.sql import Statement
 from services.bus.views import apply_state
 from services.bus.worker import PermanentError
 from services.monitor.catalogue import RuleBook
@@ -60,10 +61,15 @@ from services.settle.refdata import Reference
 from services.settle.store import AccountRow, AccumulatorRow, ClaimRecord, FilingView, PersonView
 
 log = logging.getLogger("yibao.settle")
-CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]  # Core statements on the hot path, built once
-CLAIM_INSERT = insert(CLAIMS)
-CLAIM_ANSWER = (update(CLAIMS).where(CLAIMS.c.msgid == bindparam("k_msgid"), CLAIMS.c.status == "pending"))
-CLAIM_SUPERSEDE = (update(CLAIMS).where(CLAIMS.c.msgid == bindparam("k_msgid"), CLAIMS.c.status == "failed"))
+CLAIMS = ClaimRecord.__table__  # type: ignore[attr-defined]
+CLAIM_INSERT = Statement("""INSERT INTO settle_claim (msgid, infno, fixmedins_code, insuplc_admdvs, psn_no, status,
+                            created_ms, updated_ms)
+                            VALUES (:msgid, :infno, :fixmedins_code, :insuplc_admdvs, :psn_no, :status, :created_ms,
+                                    :updated_ms)""")
+_ANSWER = """UPDATE settle_claim SET status = :status, result = :result, psn_no = :psn_no, updated_ms = :updated_ms
+             WHERE msgid = :msgid AND status = """
+CLAIM_ANSWER = Statement(_ANSWER + "'pending'")
+CLAIM_SUPERSEDE = Statement(_ANSWER + "'failed'")
 SERVICE = "settle"
 
 
@@ -92,7 +98,7 @@ def submit_claim(ctx: SettleContext, claim: Claim, reply_to: str | None) -> Clai
     t = now_ms()
     try:
         with transaction(ctx.engine) as s:
-            s.connection().execute(CLAIM_INSERT, {
+            CLAIM_INSERT.run(s.connection(), {
                 "msgid": claim.msgid, "infno": claim.infno, "fixmedins_code": claim.fixmedins_code,
                 "insuplc_admdvs": claim.insuplc_admdvs, "psn_no": claim.psn_no, "status": "pending",
                 "created_ms": t, "updated_ms": t})
@@ -325,13 +331,13 @@ def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
     hdr = dict(correlation_id=c.msgid, traceparent=msg.headers.get("traceparent"))
     body = encode(result)  # one encoding for the claim record and every topic it goes to
     conn = s.connection()
-    answer = {"k_msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
+    answer = {"msgid": c.msgid, "status": "settled" if outcome.infcode == 0 else "failed", "result": body,
               "psn_no": c.psn_no or person_of(outcome), "updated_ms": now_ms()}
-    changed = conn.execute(CLAIM_ANSWER, answer).rowcount
+    changed = CLAIM_ANSWER.count(conn, answer)
     if not changed and outcome.infcode == 0:
         # the insured city booked it after a hop had given up and the hospital was told "unknown,
         # ask again by msgid": the booking is the truth, and now the answer to that question
-        changed = conn.execute(CLAIM_SUPERSEDE, answer).rowcount
+        changed = CLAIM_SUPERSEDE.count(conn, answer)
         if changed:
             log.warning("claim %s: settled after a hop had given up on it; the record now says settled", c.msgid)
     if not changed:  # answered before (a redelivery), or never submitted here
