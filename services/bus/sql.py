@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -55,6 +55,10 @@ class Statement:
         return int(self.run(conn, params).rowcount)
 
 
+@overload
+def as_date(value: None) -> None: ...
+@overload
+def as_date(value: date | str) -> date: ...
 def as_date(value: date | str | None) -> date | None:
     """A DATE column as read by the driver: psycopg gives a date, sqlite3 the ISO text SQLAlchemy wrote."""
     if value is None or isinstance(value, date):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert
 
 from services.bus.envelope import now_ms
 from services.settle import ledger
@@ -19,15 +19,13 @@ from services.settle.benefits import Accumulators
 from services.settle.clearing import AdvanceState, load_advance, save_advance
 from services.settle.domain import FilingState, PersonState
 from services.settle.store import (
-    ACC_FIELDS,
-    ACCUMULATORS,
-    PERSONS,
     VOIDED,
+    accumulators_of_year,
     filings_of,
     load_accumulators,
     load_balance,
     load_enrolments,
-    person_of_row,
+    load_holders,
     save_accumulators,
     save_balance,
     voided_by,
@@ -78,20 +76,13 @@ class SqlBooks:
         return filings_of(self.conn, psn_no)
 
     def holders(self, insuplc: str, cert_digest: str | None, psn_no: str) -> list[PersonState]:
-        q = select(PERSONS).where(PERSONS.c.insuplc_admdvs == insuplc)
-        if cert_digest:  # an ID card or social-security card: matched by digest, never by the number
-            q = q.where((PERSONS.c.cert_digest == cert_digest) | (PERSONS.c.card_digest == cert_digest))
-        else:
-            q = q.where(PERSONS.c.psn_no == psn_no)
-        return [person_of_row(r) for r in self.conn.execute(q).mappings().all()]
+        return load_holders(self.conn, insuplc, cert_digest, psn_no)
 
     def accumulators(self, psn_no: str, year: int, insutype: str) -> Accumulators | None:
         return load_accumulators(self.conn, psn_no, year, insutype)
 
     def accumulators_of_year(self, psn_no: str, year: int) -> dict[str, Accumulators]:
-        rows = self.conn.execute(select(ACCUMULATORS).where(ACCUMULATORS.c.psn_no == psn_no,
-                                                            ACCUMULATORS.c.year == year)).mappings().all()
-        return {r["insutype"]: Accumulators(**{f: r[f] for f in ACC_FIELDS}) for r in rows}
+        return accumulators_of_year(self.conn, psn_no, year)
 
     def save_accumulators(self, psn_no: str, year: int, insutype: str, acc: Accumulators, existed: bool) -> None:
         save_accumulators(self.conn, psn_no, year, insutype, acc, existed)

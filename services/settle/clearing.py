@@ -24,12 +24,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select
 from sqlmodel import Session
 
 from schemas.events import AdvanceFundWarning
 from services.bus.db import transaction
 from services.bus.envelope import now_ms
+from services.bus.sql import Statement
 from services.settle import ledger
 from services.settle.benefits import yuan_of
 from services.settle.domain import province_of
@@ -217,28 +218,27 @@ def charge(books: AdvanceBooks, t: Thresholds, insuplc: str, treat: str, fund_fe
     return warning
 
 
-ADVANCE = AdvanceFund.__table__  # type: ignore[attr-defined]
-_ADV_KEY = (ADVANCE.c.insured_prov == bindparam("k_ins"), ADVANCE.c.treat_prov == bindparam("k_trt"))
-_ADV_LOAD = select(ADVANCE).where(*_ADV_KEY)
-_ADV_UPDATE = update(ADVANCE).where(*_ADV_KEY)
-_ADV_INSERT = insert(ADVANCE)
+_ADV_KEY = "WHERE insured_prov = :insured_prov AND treat_prov = :treat_prov"  # statements: services.bus.sql
+_ADV_LOAD = Statement(f"SELECT amount_fen, used_fen, level FROM settle_advance_fund {_ADV_KEY}")
+_ADV_UPDATE = Statement(f"UPDATE settle_advance_fund SET used_fen = :used_fen, level = :level, updated_ms = :updated_ms "
+                        f"{_ADV_KEY}")
+_ADV_INSERT = Statement("""INSERT INTO settle_advance_fund (insured_prov, treat_prov, amount_fen, used_fen, level,
+                           updated_ms) VALUES (:insured_prov, :treat_prov, :amount_fen, :used_fen, :level, :updated_ms)""")
 
 
 def load_advance(conn: Connection, insured_prov: str, treat_prov: str) -> AdvanceState | None:
-    r = conn.execute(_ADV_LOAD, {"k_ins": insured_prov, "k_trt": treat_prov}).mappings().first()
-    return None if r is None else AdvanceState(r["insured_prov"], r["treat_prov"], r["amount_fen"], r["used_fen"],
-                                               r["level"])
+    r = _ADV_LOAD.one(conn, {"insured_prov": insured_prov, "treat_prov": treat_prov})
+    return None if r is None else AdvanceState(insured_prov, treat_prov, int(r[0]), int(r[1]), str(r[2]))
 
 
 def save_advance(conn: Connection, a: AdvanceState, existed: bool, at_ms: int | None = None) -> None:
     at = now_ms() if at_ms is None else at_ms
+    values = {"insured_prov": a.insured_prov, "treat_prov": a.treat_prov, "used_fen": a.used_fen, "level": a.level,
+              "updated_ms": at}
     if existed:
-        conn.execute(_ADV_UPDATE, {"k_ins": a.insured_prov, "k_trt": a.treat_prov, "used_fen": a.used_fen,
-                                   "level": a.level, "updated_ms": at})
+        _ADV_UPDATE.run(conn, values)
     else:
-        conn.execute(_ADV_INSERT, {"insured_prov": a.insured_prov, "treat_prov": a.treat_prov,
-                                   "amount_fen": a.amount_fen, "used_fen": a.used_fen, "level": a.level,
-                                   "updated_ms": at})
+        _ADV_INSERT.run(conn, values | {"amount_fen": a.amount_fen})
 
 
 def advance_funds(engine: Engine) -> list[dict[str, Any]]:

@@ -10,25 +10,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, RowMapping, bindparam, insert, select, update
+from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from services.bus.envelope import now_ms
+from services.bus.sql import Statement
 from services.settle import benefits
 from services.settle.store import ACC_FIELDS, LEDGER
 
-BOOK = insert(LEDGER)  # statements on the hot path, built once
-_BOOKED = select(LEDGER.c.setl_id).where(LEDGER.c.msgid == bindparam("msgid"))
+_BOOKED_COLUMNS = ("setl_id", "msgid", "psn_no", "insuplc_admdvs", "mdtrtarea_admvs", "fixmedins_code", "year",
+                   "medfee_fen", "fund_fen", "hifp_fen", "acct_fen", "cash_fen", "insutype", "acc_delta", "outcome",
+                   "created_ms")
+BOOK = Statement(f"INSERT INTO settle_ledger ({', '.join(_BOOKED_COLUMNS)}) "  # on the hot path: services.bus.sql
+                 f"VALUES ({', '.join(':' + c for c in _BOOKED_COLUMNS)})")
+_BOOKED = Statement("SELECT setl_id FROM settle_ledger WHERE msgid = :msgid")
 AMOUNTS = ("medfee_fen", "fund_fen", "hifp_fen", "acct_fen", "cash_fen")
 
 
 def booked(conn: Connection, msgid: str) -> bool:
     """Whether a request is in the ledger already (a redelivery is then ignored)."""
-    return conn.execute(_BOOKED, {"msgid": msgid}).first() is not None
+    return _BOOKED.one(conn, {"msgid": msgid}) is not None
 
 
 def book_settlement(conn: Connection, row: dict[str, Any]) -> None:
-    """A settlement's row (amounts in fen, acc_delta what it added to the accumulators)."""
-    conn.execute(BOOK, row)
+    """A settlement's row (amounts in fen, acc_delta what it added to the accumulators): exactly the
+    columns of `_BOOKED_COLUMNS`."""
+    BOOK.run(conn, row)
 
 
 def settlement(conn: Connection, setl_id: str) -> RowMapping | None:

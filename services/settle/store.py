@@ -6,21 +6,13 @@ from datetime import date
 from typing import Any
 
 import orjson
-from sqlalchemy import (
-    BigInteger,
-    Connection,
-    LargeBinary,
-    RowMapping,
-    bindparam,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import BigInteger, Connection, LargeBinary
 from sqlmodel import Column, Field, SQLModel
 
 from schemas.common import FilingType
 from services.bus.inbox import InboxRecord
 from services.bus.outbox import OutboxRow
+from services.bus.sql import Statement, as_date
 from services.settle.benefits import Accumulators
 from services.settle.domain import FilingState, PersonState
 
@@ -253,78 +245,91 @@ TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry
                                 InboxRecord, OutboxRow]
 
 
-# --- Core queries for the insured city's hot path (one settlement = a handful of statements) ---
+# --- the insured city's hot path (one settlement = a handful of statements) ---
 
-PERSONS = PersonView.__table__  # type: ignore[attr-defined]
-FILINGS = FilingView.__table__  # type: ignore[attr-defined]
 LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
-ACCUMULATORS = AccumulatorRow.__table__  # type: ignore[attr-defined]
-ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
 VOIDED = VoidedRequest.__table__  # type: ignore[attr-defined]
 ACC_FIELDS = ("dedc_used_ip", "dedc_used_op", "hifp_paid_ip", "hifp_paid_op", "compliant_selfpay", "critical_paid",
               "chronic_paid", "maf_dedc_used", "maf_paid")
 
 
-# Statements built once, executed with parameters: building a statement per call cost more than
-# running it (profiled at ~45 µs a statement on the insured city's hot path).
-_ENROLMENTS = select(PERSONS).where(PERSONS.c.psn_no == bindparam("psn_no"))
-_FILINGS = select(FILINGS).where(FILINGS.c.psn_no == bindparam("psn_no"))
-_ACC_KEY = (ACCUMULATORS.c.psn_no == bindparam("k_psn_no"), ACCUMULATORS.c.year == bindparam("k_year"),
-            ACCUMULATORS.c.insutype == bindparam("k_insutype"))
-_ACC_LOAD = select(*(ACCUMULATORS.c[f] for f in ACC_FIELDS)).where(*_ACC_KEY)
-_ACC_UPDATE = update(ACCUMULATORS).where(*_ACC_KEY)
-_ACC_INSERT = insert(ACCUMULATORS)
-_BALANCE = select(ACCOUNTS.c.balance_fen).where(ACCOUNTS.c.psn_no == bindparam("psn_no"))
-_BALANCE_UPDATE = update(ACCOUNTS).where(ACCOUNTS.c.psn_no == bindparam("k_psn_no"))
-_ACCOUNT_INSERT = insert(ACCOUNTS)
-_VOIDED_BY = select(VOIDED.c.by_msgid).where(VOIDED.c.msgid == bindparam("msgid"))
+# The hot path's statements run on the driver's cursor (services.bus.sql): Core cost ~30 µs each.
+_PERSON = ("psn_no, psn_name, gend, insuplc_admdvs, insutype, psn_type, psn_insu_stas, paid_through, voucher_active, "
+           "begndate, benefit_from, death_date, brdy, cvlserv_flag, hardship")
+_ENROLMENTS = Statement(f"SELECT {_PERSON} FROM settle_person_view WHERE psn_no = :psn_no")
+_HOLDERS_BY_DIGEST = Statement(f"""SELECT {_PERSON} FROM settle_person_view WHERE insuplc_admdvs = :insuplc
+                                   AND (cert_digest = :digest OR card_digest = :digest)""")
+_HOLDERS_BY_PSN = Statement(f"SELECT {_PERSON} FROM settle_person_view WHERE insuplc_admdvs = :insuplc AND psn_no = :psn_no")
+_FILINGS = Statement("""SELECT fil_id, fil_type, target_admdvs, begndate, enddate, status FROM settle_filing_view
+                        WHERE psn_no = :psn_no""")
+_ACC_WHERE = "WHERE psn_no = :psn_no AND year = :year AND insutype = :insutype"
+_ACC_LOAD = Statement(f"SELECT {', '.join(ACC_FIELDS)} FROM settle_accumulator {_ACC_WHERE}")
+_ACC_YEAR = Statement(f"SELECT insutype, {', '.join(ACC_FIELDS)} FROM settle_accumulator WHERE psn_no = :psn_no AND year = :year")
+_ACC_UPDATE = Statement(f"UPDATE settle_accumulator SET {', '.join(f'{f} = :{f}' for f in ACC_FIELDS)} {_ACC_WHERE}")
+_ACC_INSERT = Statement(f"""INSERT INTO settle_accumulator (psn_no, year, insutype, {', '.join(ACC_FIELDS)})
+                            VALUES (:psn_no, :year, :insutype, {', '.join(f':{f}' for f in ACC_FIELDS)})""")
+_BALANCE = Statement("SELECT balance_fen FROM settle_account WHERE psn_no = :psn_no")
+_BALANCE_UPDATE = Statement("UPDATE settle_account SET balance_fen = :balance_fen WHERE psn_no = :psn_no")
+_ACCOUNT_INSERT = Statement("INSERT INTO settle_account (psn_no, balance_fen) VALUES (:psn_no, :balance_fen)")
+_VOIDED_BY = Statement("SELECT by_msgid FROM settle_voided WHERE msgid = :msgid")
 
 
 def voided_by(c: Connection, msgid: str) -> str | None:
     """The 2601 that undid `msgid` before it was settled here, if one did."""
-    return c.execute(_VOIDED_BY, {"msgid": msgid}).scalar()
+    r = _VOIDED_BY.one(c, {"msgid": msgid})
+    return None if r is None else str(r[0])
 
 
-def person_of_row(r: RowMapping) -> PersonState:
-    return PersonState(psn_no=r["psn_no"], psn_name=r["psn_name"], gend=r["gend"],
-                       insuplc_admdvs=r["insuplc_admdvs"], insutype=r["insutype"], psn_type=r["psn_type"],
-                       psn_insu_stas=r["psn_insu_stas"], paid_through=r["paid_through"],
-                       voucher_active=r["voucher_active"], begndate=r["begndate"],
-                       benefit_from=r["benefit_from"], death_date=r["death_date"], brdy=r["brdy"],
-                       cvlserv_flag=r["cvlserv_flag"], hardship=r["hardship"] or b"[]")
+def _person(r: tuple[Any, ...]) -> PersonState:
+    return PersonState(psn_no=r[0], psn_name=r[1], gend=r[2], insuplc_admdvs=r[3], insutype=r[4], psn_type=r[5],
+                       psn_insu_stas=r[6], paid_through=as_date(r[7]), voucher_active=bool(r[8]),
+                       begndate=as_date(r[9]), benefit_from=as_date(r[10]), death_date=as_date(r[11]),
+                       brdy=as_date(r[12]), cvlserv_flag=bool(r[13]), hardship=bytes(r[14] or b"[]"))
 
 
 def load_enrolments(c: Connection, psn_no: str) -> list[PersonState]:
-    return [person_of_row(r) for r in c.execute(_ENROLMENTS, {"psn_no": psn_no}).mappings().all()]
+    return [_person(r) for r in _ENROLMENTS.all(c, {"psn_no": psn_no})]
+
+
+def load_holders(c: Connection, insuplc: str, cert_digest: str | None, psn_no: str) -> list[PersonState]:
+    """The enrolments at `insuplc` of whoever holds this credential digest (ID card or
+    social-security card: matched by digest, never by the number), or of psn_no without one."""
+    if cert_digest:
+        rows = _HOLDERS_BY_DIGEST.all(c, {"insuplc": insuplc, "digest": cert_digest})
+    else:
+        rows = _HOLDERS_BY_PSN.all(c, {"insuplc": insuplc, "psn_no": psn_no})
+    return [_person(r) for r in rows]
 
 
 def filings_of(c: Connection, psn_no: str) -> list[FilingState]:
-    rows = c.execute(_FILINGS, {"psn_no": psn_no}).mappings().all()
-    return [FilingState(fil_id=r["fil_id"], fil_type=FilingType(r["fil_type"]), target_admdvs=r["target_admdvs"],
-                        begndate=r["begndate"], enddate=r["enddate"], status=r["status"]) for r in rows]
+    return [FilingState(fil_id=r[0], fil_type=FilingType(r[1]), target_admdvs=r[2], begndate=as_date(r[3]),
+                        enddate=as_date(r[4]), status=r[5]) for r in _FILINGS.all(c, {"psn_no": psn_no})]
 
 
 def load_accumulators(c: Connection, psn_no: str, year: int, insutype: str) -> Accumulators | None:
-    r = c.execute(_ACC_LOAD, {"k_psn_no": psn_no, "k_year": year, "k_insutype": insutype}).mappings().first()
-    return Accumulators(**r) if r is not None else None
+    r = _ACC_LOAD.one(c, {"psn_no": psn_no, "year": year, "insutype": insutype})
+    return Accumulators(**dict(zip(ACC_FIELDS, r, strict=True))) if r is not None else None
+
+
+def accumulators_of_year(c: Connection, psn_no: str, year: int) -> dict[str, Accumulators]:
+    """insutype → that year's accumulators."""
+    return {r[0]: Accumulators(**dict(zip(ACC_FIELDS, r[1:], strict=True))) for r in _ACC_YEAR.all(c, {"psn_no": psn_no, "year": year})}
 
 
 def save_accumulators(c: Connection, psn_no: str, year: int, insutype: str, acc: Accumulators,
                       existed: bool) -> None:
     values: dict[str, object] = {f: getattr(acc, f) for f in ACC_FIELDS}
-    if existed:
-        c.execute(_ACC_UPDATE, values | {"k_psn_no": psn_no, "k_year": year, "k_insutype": insutype})
-    else:
-        c.execute(_ACC_INSERT, values | {"psn_no": psn_no, "year": year, "insutype": insutype})
+    values |= {"psn_no": psn_no, "year": year, "insutype": insutype}
+    (_ACC_UPDATE if existed else _ACC_INSERT).run(c, values)
 
 
 def load_balance(c: Connection, psn_no: str) -> int:
-    r = c.execute(_BALANCE, {"psn_no": psn_no}).first()
+    r = _BALANCE.one(c, {"psn_no": psn_no})
     return int(r[0]) if r is not None else 0
 
 
 def save_balance(c: Connection, psn_no: str, balance_fen: int) -> None:
-    if not c.execute(_BALANCE_UPDATE, {"k_psn_no": psn_no, "balance_fen": balance_fen}).rowcount:
-        c.execute(_ACCOUNT_INSERT, {"psn_no": psn_no, "balance_fen": balance_fen})
+    if not _BALANCE_UPDATE.count(c, {"psn_no": psn_no, "balance_fen": balance_fen}):
+        _ACCOUNT_INSERT.run(c, {"psn_no": psn_no, "balance_fen": balance_fen})
 
 
