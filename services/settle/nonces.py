@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import BigInteger, Engine
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel
 
 from services.bus.db import create_tables, make_engine
+from services.bus.sql import Statement
 
 
 class GatewayNonce(SQLModel, table=True):
@@ -36,6 +36,9 @@ class GatewayNonce(SQLModel, table=True):
 
 
 NONCES = GatewayNonce.__table__  # type: ignore[attr-defined]
+# the driver's rowcount says whether the row was new (SQLite and PostgreSQL both take this form)
+_INSERT = Statement("""INSERT INTO settle_gateway_nonce (fixmedins_code, nonce, seen_ms)
+                       VALUES (:fixmedins_code, :nonce, :seen_ms) ON CONFLICT DO NOTHING""")
 PRUNE_EVERY_MS = 10_000
 
 
@@ -70,10 +73,6 @@ class NonceLog:
         self._queue_lock = threading.Lock()
         self._writer = threading.Lock()
         self._pruned_ms = 0
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        # rowcount says whether the row was new; SQLAlchemy keeps it for an INSERT only when asked (on
-        # PostgreSQL it is otherwise -1, and every nonce would read as used)
-        self._insert = dialect.insert(NONCES).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
     def first_use(self, fixmedins_code: str, nonce: str, now: float) -> bool:
         mine = _Pending(fixmedins_code, nonce, int(now * 1000))
@@ -98,8 +97,8 @@ class NonceLog:
                     c.execute(NONCES.delete().where(NONCES.c.seen_ms < newest - self.window_s * 1000))
                     self._pruned_ms = newest
                 for p in batch:  # a nonce twice in one batch: the second finds the first
-                    p.first = c.execute(self._insert, {"fixmedins_code": p.fixmedins_code, "nonce": p.nonce,
-                                                       "seen_ms": p.seen_ms}).rowcount == 1
+                    p.first = _INSERT.count(c, {"fixmedins_code": p.fixmedins_code, "nonce": p.nonce,
+                                                "seen_ms": p.seen_ms}) == 1
             self.transactions += 1
         except BaseException as exc:  # every request of the batch learns it (the gate answers it)
             for p in batch:
