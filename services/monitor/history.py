@@ -19,6 +19,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from services.bus.sql import Statement
 from services.monitor.facts import Episode
 from services.monitor.outliers import Usage
 from services.monitor.rules import Stay
@@ -38,6 +39,11 @@ ITEM_MONTHS = ItemMonth.__table__  # type: ignore[attr-defined]
 HOSPITAL_MONTHS = HospitalMonth.__table__  # type: ignore[attr-defined]
 PAST_COLUMNS = [EPISODES.c[n] for n in ("msgid", "psn_no", "fixmedins_code", "mdtrtarea_admvs", "insuplc_admdvs",
                                         "inpatient", "begntime", "endtime", "diagnoses", "selfpay")]
+# per judged claim of the cluster rule: a statement on the driver's cursor (services.bus.sql)
+_PERSONS_AT = Statement("""SELECT DISTINCT psn_no FROM monitor_episodes
+                           WHERE fixmedins_code = :fixmedins_code AND begntime = :day AND insuplc_admdvs = :insuplc
+                           AND reversed = :no AND (diagnoses = :diagnosis OR diagnoses LIKE :like ESCAPE '/')
+                           LIMIT :at_most""")
 LOOK_BACK = timedelta(days=400)  # the longest window a rule reads (a calendar year, 90-day frequencies …)
 CHUNK = 500  # values per IN (…)
 
@@ -131,12 +137,11 @@ class BatchHistory:
         key = (fixmedins_code, day, insuplc, diagnosis)
         if key not in self.clinics:  # a bounded read: a busy clinic's day costs no more than a quiet one's
             assert self.session is not None, "load() first"
-            e = EPISODES.c
-            rows = self.session.connection().execute(core_select(e.psn_no).distinct().where(
-                e.fixmedins_code == fixmedins_code, e.begntime == day, e.insuplc_admdvs == insuplc,
-                e.reversed.is_(False),
-                (e.diagnoses == diagnosis) | e.diagnoses.startswith(diagnosis + ",", autoescape=True)).limit(at_most))
-            self.clinics[key] = {r.psn_no for r in rows}
+            like = diagnosis.replace("/", "//").replace("%", "/%").replace("_", "/_") + ",%"
+            rows = _PERSONS_AT.all(self.session.connection(), {
+                "fixmedins_code": fixmedins_code, "day": day.isoformat(), "insuplc": insuplc, "no": False,
+                "diagnosis": diagnosis, "like": like, "at_most": at_most})
+            self.clinics[key] = {r[0] for r in rows}
         return self.clinics[key]
 
     def visits(self, psn_no: str, since: date) -> int:

@@ -1,4 +1,4 @@
-"""The monitor's history reads on a real SQLite database: who was seen at a clinic on a day with a
+"""The monitor's history reads on real databases (SQLite and PostgreSQL): who was seen at a clinic on a day with a
 diagnosis first (聚集性就医), bounded, and what a batch adds on top."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import Engine, insert
-from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, SQLModel
 
 from services.monitor.history import EPISODES, BatchHistory
 from services.monitor.store import TABLES
@@ -19,8 +18,8 @@ CLINIC = "H44010400001"
 
 
 @pytest.fixture
-def engine() -> Engine:
-    e = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
+def engine(engine_factory) -> Engine:  # type: ignore[no-untyped-def]
+    e: Engine = engine_factory("monitor")
     SQLModel.metadata.create_all(e, tables=[t.__table__ for t in TABLES])  # type: ignore[attr-defined]
     rows = [("P1", "J06.900"), ("P2", "J06.900,I10"), ("P3", "J06.9001"), ("P4", "I10,J06.900"),
             ("P5", "J06.900")]
