@@ -18,7 +18,7 @@ CLINIC = "H44010400001"
 
 
 @pytest.fixture
-def engine(engine_factory) -> Engine:  # type: ignore[no-untyped-def]
+def engine(engine_factory) -> Engine:
     e: Engine = engine_factory("monitor")
     SQLModel.metadata.create_all(e, tables=[t.__table__ for t in TABLES])  # type: ignore[attr-defined]
     rows = [("P1", "J06.900"), ("P2", "J06.900,I10"), ("P3", "J06.9001"), ("P4", "I10,J06.900"),

@@ -20,7 +20,7 @@ BUMP = Statement("UPDATE sql_items SET n = n + :by WHERE k = :k")
 
 
 @pytest.fixture
-def engine(engine_factory) -> Engine:  # type: ignore[no-untyped-def]
+def engine(engine_factory) -> Engine:
     e: Engine = engine_factory("sql")
     META.create_all(e)
     return e
