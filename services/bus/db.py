@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, SQLModel, create_engine
 
 
@@ -55,3 +57,52 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: everything written inside commits together or not at all."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+class Tx(Protocol):
+    """What writers on the hot path need of a transaction: its connection, and `info` for what
+    runs after it commits (`after_commit`). An ORM Session is one; so is a `Unit`."""
+
+    @property
+    def info(self) -> dict[Any, Any]: ...
+
+    def connection(self) -> Connection: ...
+
+
+class Unit:
+    """A transaction on a Core connection, for writers that need no ORM objects: an ORM Session
+    costs ~0.1 ms more per transaction than the connection under it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.info: dict[Any, Any] = {}
+
+    def connection(self) -> Connection:
+        return self._conn
+
+
+@contextmanager
+def unit(engine: Engine) -> Iterator[Unit]:
+    """Like `transaction`, on a Core connection: commits at the end, or rolls back what raised."""
+    with engine.begin() as conn:
+        u = Unit(conn)
+        yield u
+    _committed(u.info)
+
+
+_AFTER_COMMIT = "yibao.after_commit"
+
+
+def after_commit(tx: Tx, fn: Callable[[], None]) -> None:
+    """Run `fn` once the transaction has committed; never if it rolls back."""
+    tx.info.setdefault(_AFTER_COMMIT, []).append(fn)
+
+
+def _committed(info: dict[Any, Any]) -> None:
+    for fn in info.pop(_AFTER_COMMIT, ()):
+        fn()
+
+
+# Every ORM session (sqlmodel's included) runs them too.
+event.listen(OrmSession, "after_commit", lambda session: _committed(session.info))
+event.listen(OrmSession, "after_rollback", lambda session, *_: session.info.pop(_AFTER_COMMIT, None))

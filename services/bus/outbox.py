@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Engine, Index, LargeBinary, event, or_, select, update
-from sqlalchemy.orm import Session as OrmSession
-from sqlmodel import Column, Field, Session, SQLModel
+from sqlalchemy import BigInteger, Engine, Index, LargeBinary, or_, select, update
+from sqlmodel import Column, Field, SQLModel
 
+from services.bus.db import Tx, after_commit
 from services.bus.envelope import Headers, encode, make_headers, now_ms
 from services.bus.sql import Statement
 from services.metrics import OUTBOX as OUTBOX_PUBLISHED
@@ -49,7 +49,8 @@ OUTBOX = OutboxRow.__table__  # type: ignore[attr-defined]
 INSERT = Statement("""INSERT INTO bus_outbox (service, topic, "key", value, headers, created_ms, lease_owner, lease_until)
                        VALUES (:service, :topic, :key, :value, :headers, :created_ms, :lease_owner, :lease_until)
                        RETURNING id""")
-STAGED = "yibao.outbox.staged"  # session.info key: rows this transaction will hand to the relay
+MARK_SENT = Statement("UPDATE bus_outbox SET sent_ms = :sent_ms WHERE id = :id")
+RELEASE = Statement("UPDATE bus_outbox SET lease_until = NULL WHERE id = :id")  # for the poll to send it again
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Staged:
 _RELAYS: dict[tuple[int, str], OutboxRelay] = {}
 
 
-def add(session: Session, service: str, topic: str, key: str | None, event: BaseModel,
+def add(session: Tx, service: str, topic: str, key: str | None, event: BaseModel,
         headers: Headers | None = None, source: str | None = None, value: bytes | None = None,
         **header_args: object) -> None:
     """Stage an event in the caller's transaction; it is published only if that commits.
@@ -86,24 +87,9 @@ def add(session: Session, service: str, topic: str, key: str | None, event: Base
         "lease_owner": relay.owner if relay else None,
         "lease_until": now_ms() + relay.lease_ms if relay else None,
     })
-    if relay is not None:
+    if relay is not None:  # committed rows go to the relay, rolled-back ones nowhere
         assert inserted is not None
-        row_id = int(inserted[0])
-        session.info.setdefault(STAGED, []).append((relay, Staged(row_id, topic, key, body, hs)))
-
-
-def _hand_over(session: OrmSession) -> None:
-    for relay, row in session.info.pop(STAGED, ()):
-        relay.hand_over(row)
-
-
-def _drop_staged(session: OrmSession, *_: object) -> None:
-    session.info.pop(STAGED, None)
-
-
-# Every ORM session (sqlmodel's included): committed rows go to the relay, rolled-back ones nowhere.
-event.listen(OrmSession, "after_commit", _hand_over)
-event.listen(OrmSession, "after_rollback", _drop_staged)
+        after_commit(session, partial(relay.hand_over, Staged(int(inserted[0]), topic, key, body, hs)))
 
 
 class OutboxRelay:
@@ -237,12 +223,10 @@ class OutboxRelay:
         failed, self._failed = self._failed, []
         if not acked and not failed:
             return
-        with Session(self.engine) as s, s.begin():
-            c = s.connection()
-            for i in range(0, len(acked), 500):
-                c.execute(update(OUTBOX).where(OUTBOX.c.id.in_(acked[i:i + 500])).values(sent_ms=now_ms()))
-            if failed:
-                c.execute(update(OUTBOX).where(OUTBOX.c.id.in_(failed)).values(lease_until=None))
+        with self.engine.begin() as c:
+            sent = now_ms()
+            MARK_SENT.run_many(c, [{"id": i, "sent_ms": sent} for i in acked])
+            RELEASE.run_many(c, [{"id": i} for i in failed])
         self.published += len(acked)
         OUTBOX_PUBLISHED.labels(self.service).inc(len(acked))
 
@@ -255,8 +239,7 @@ class OutboxRelay:
         """
         now = now_ms()
         free = or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now)
-        with Session(self.engine) as s, s.begin():
-            c = s.connection()
+        with self.engine.begin() as c:
             candidates = c.execute(
                 select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.key, OUTBOX.c.value, OUTBOX.c.headers)
                 .where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms.is_(None), free)  # ix_outbox_pending
@@ -287,8 +270,8 @@ class OutboxRelay:
     def republish_recent(self, window_s: int) -> int:
         """After the broker lost its data: publish again what was sent in the last window."""
         since = now_ms() - window_s * 1000
-        with Session(self.engine) as s, s.begin():
-            n = s.connection().execute(
+        with self.engine.begin() as c:
+            n = c.execute(
                 update(OUTBOX).where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms >= since)
                 .values(sent_ms=None, lease_until=None)
             ).rowcount or 0
@@ -299,6 +282,5 @@ class OutboxRelay:
     def prune(self, older_than_s: int) -> None:
         """Forget rows sent long ago (past the republish window)."""
         cutoff = now_ms() - older_than_s * 1000
-        with Session(self.engine) as s, s.begin():
-            s.connection().execute(OUTBOX.delete().where(OUTBOX.c.service == self.service,
-                                                         OUTBOX.c.sent_ms < cutoff))
+        with self.engine.begin() as c:
+            c.execute(OUTBOX.delete().where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms < cutoff))

@@ -1,9 +1,9 @@
 """The writes of one fetched batch in shared transactions, for a BatchHandler.
 
-One commit for the writes of a few ms instead of one each: `write_shared` runs `write(session,
-item)` for the items in order inside one transaction until it has held the event loop for
-`hold_s`, commits, lets the loop run (the outbox relay sends what committed), and goes on with
-the rest. A transaction that fails is rolled back whole and each of its items is written again
+One commit for the writes of a few ms instead of one each: `write_shared` runs `write(unit,
+item)` (a Core transaction: services.bus.db.Unit) for the items in order inside one transaction
+until it has held the event loop for `hold_s`, commits, lets the loop run (the outbox relay sends
+what committed), and goes on with the rest. A transaction that fails is rolled back whole and each of its items is written again
 in a transaction of its own, so one bad item costs the others nothing; an item that fails alone
 gets its error in the answer. `write` must not change its item (it may be written twice), and
 returns the log line to write once its transaction has committed.
@@ -17,16 +17,15 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 
-from services.bus.db import transaction
+from services.bus.db import Unit, unit
 from services.bus.worker import YIELD_AFTER_S
 
 T = TypeVar("T")
 LogLine = tuple[str, tuple[object, ...]]  # a log format and its arguments
 
 
-async def write_shared(engine: Engine, items: Sequence[T], write: Callable[[Session, T], LogLine],
+async def write_shared(engine: Engine, items: Sequence[T], write: Callable[[Unit, T], LogLine],
                        log: logging.Logger, hold_s: float = YIELD_AFTER_S) -> list[BaseException | None]:
     """Per item, None (written and committed) or what writing it alone raised."""
     errors: list[BaseException | None] = [None] * len(items)
@@ -43,12 +42,12 @@ async def write_shared(engine: Engine, items: Sequence[T], write: Callable[[Sess
     return errors
 
 
-def _together(engine: Engine, items: Sequence[T], start: int, write: Callable[[Session, T], LogLine],
+def _together(engine: Engine, items: Sequence[T], start: int, write: Callable[[Unit, T], LogLine],
               log: logging.Logger, until: float) -> tuple[int, bool]:
     """One transaction from items[start]: how many it took, and whether it committed."""
     loop, taken, lines = asyncio.get_running_loop(), 0, []
     try:
-        with transaction(engine) as s:
+        with unit(engine) as s:
             for item in items[start:]:
                 taken += 1
                 lines.append(write(s, item))
@@ -62,9 +61,9 @@ def _together(engine: Engine, items: Sequence[T], start: int, write: Callable[[S
     return taken, True
 
 
-def _alone(engine: Engine, item: T, write: Callable[[Session, T], LogLine], log: logging.Logger) -> BaseException | None:
+def _alone(engine: Engine, item: T, write: Callable[[Unit, T], LogLine], log: logging.Logger) -> BaseException | None:
     try:
-        with transaction(engine) as s:
+        with unit(engine) as s:
             fmt, args = write(s, item)
     except Exception as exc:
         return exc

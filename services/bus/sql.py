@@ -43,6 +43,18 @@ class Statement:
                                       dialect=conn.dialect) from exc
         return cur
 
+    def run_many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """The statement once per parameter set, in one driver call."""
+        if not rows:
+            return
+        sql = self.text_for(conn)
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany(sql, rows)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(sql, rows[0], exc, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect) from exc
+
     def one(self, conn: Connection, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
         row = self.run(conn, params).fetchone()
         return tuple(row) if row is not None else None

@@ -34,7 +34,7 @@ from schemas.events import (
 )
 from services.bus import outbox
 from services.bus.client import Bus
-from services.bus.db import transaction
+from services.bus.db import Unit, transaction, unit
 from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, make_headers, now_ms
 from services.bus.faults import Faults
 from services.bus.shared import LogLine, write_shared
@@ -97,7 +97,7 @@ def submit_claim(ctx: SettleContext, claim: Claim, reply_to: str | None) -> Clai
     hop = SettlementHop(claim=claim, route=route, pos=0)
     t = now_ms()
     try:
-        with transaction(ctx.engine) as s:
+        with unit(ctx.engine) as s:
             CLAIM_INSERT.run(s.connection(), {
                 "msgid": claim.msgid, "infno": claim.infno, "fixmedins_code": claim.fixmedins_code,
                 "insuplc_admdvs": claim.insuplc_admdvs, "psn_no": claim.psn_no, "status": "pending",
@@ -185,7 +185,7 @@ async def city_hops(ctx: SettleContext, msgs: list[Incoming]) -> list[BaseExcept
     return errors
 
 
-def _write(s: Session, ctx: SettleContext, msg: Incoming, received: int) -> LogLine:
+def _write(s: Unit, ctx: SettleContext, msg: Incoming, received: int) -> LogLine:
     hop: SettlementHop = msg.event
     if hop.route[hop.pos].action is HopAction.COMPUTE:
         return _compute(s, ctx, msg, hop, received)
@@ -261,7 +261,7 @@ async def _split(ctx: SettleContext, msg: Incoming, hop: SettlementHop, received
     await _forward(ctx, msg, hop)
 
 
-def _compute(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> LogLine:
+def _compute(s: Unit, ctx: SettleContext, msg: Incoming, hop: SettlementHop, received: int) -> LogLine:
     """Insured city: its decision (insured.py) on its books, exactly once per msgid, and the hop on
     its way back with the answer."""
     c = hop.claim
@@ -284,7 +284,7 @@ def _compute(s: Session, ctx: SettleContext, msg: Incoming, hop: SettlementHop, 
 
 def _finish(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     """Treatment city, in a transaction of its own: record the answer and publish it, once."""
-    with transaction(ctx.engine) as s:
+    with unit(ctx.engine) as s:
         fmt, args = _finish_in(s, msg, hop)
     log.info(fmt, *args)
 
@@ -310,7 +310,7 @@ def person_of(outcome: Outcome) -> str:
     return str(base.get("psn_no", "")) if isinstance(base, dict) else ""
 
 
-def _finish_in(s: Session, msg: Incoming, hop: SettlementHop) -> LogLine:
+def _finish_in(s: Unit, msg: Incoming, hop: SettlementHop) -> LogLine:
     """Treatment city: record the answer and publish it to the hospital, once."""
     c = hop.claim
     outcome = hop.outcome or failure("NO_DECISION", "结算链路未返回结果")

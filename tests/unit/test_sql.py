@@ -31,8 +31,10 @@ def test_statements_read_and_write_in_the_callers_transaction(engine: Engine) ->
         INSERT.run(c, {"k": "a", "n": 1, "day": "2026-12-06", "note": "50% off, a_b"})
         assert BUMP.count(c, {"k": "a", "by": 2}) == 1
         assert BUMP.count(c, {"k": "nobody", "by": 2}) == 0
+        BUMP.run_many(c, [{"k": "a", "by": 1}, {"k": "a", "by": 1}])
+        BUMP.run_many(c, [])
         n, day, note = READ.one(c, {"k": "a"}) or ()
-        assert (n, as_date(day), note) == (3, date(2026, 12, 6), "50% off, a_b")  # a literal % survives pyformat
+        assert (n, as_date(day), note) == (5, date(2026, 12, 6), "50% off, a_b")  # a literal % survives pyformat
     with engine.begin() as c:
         INSERT.run(c, {"k": "b", "n": 1, "day": None, "note": None})
         c.rollback()
@@ -46,6 +48,8 @@ def test_a_driver_error_is_raised_as_sqlalchemys(engine: Engine) -> None:
         INSERT.run(c, {"k": "a", "n": 1, "day": None, "note": None})
     with pytest.raises(IntegrityError), engine.begin() as c:
         INSERT.run(c, {"k": "a", "n": 2, "day": None, "note": None})
+    with pytest.raises(IntegrityError), engine.begin() as c:
+        INSERT.run_many(c, [{"k": "c", "n": 2, "day": None, "note": None}] * 2)
 
 
 def test_names_are_rendered_for_each_driver() -> None:
