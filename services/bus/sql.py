@@ -34,26 +34,22 @@ class Statement:
 
     def run(self, conn: Connection, params: dict[str, Any] | None = None) -> Any:
         """The driver's cursor after executing; read it with fetchone(), fetchall(), rowcount."""
-        sql = self.text_for(conn)
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cur.execute(sql, params or {})
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error,
-                                      dialect=conn.dialect) from exc
-        return cur
+        return self._execute(conn, params or {}, many=False)
 
     def run_many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """The statement once per parameter set, in one driver call."""
-        if not rows:
-            return
+        if rows:
+            self._execute(conn, rows, many=True)
+
+    def _execute(self, conn: Connection, params: Any, many: bool) -> Any:
         sql = self.text_for(conn)
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            cur.executemany(sql, rows)
+            (cur.executemany if many else cur.execute)(sql, params)
         except conn.dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(sql, rows[0], exc, conn.dialect.loaded_dbapi.Error,
-                                      dialect=conn.dialect) from exc
+            raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect,
+                                      ismulti=many) from exc
+        return cur
 
     def one(self, conn: Connection, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
         row = self.run(conn, params).fetchone()
