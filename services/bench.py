@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.common import new_msgid
 from services.bus.broker import free_port
+from services.bus.client import wait_for_leaders
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.identity import headers_for, province_of
@@ -318,6 +319,7 @@ async def relay_baseline(bootstrap: str, broker: str, seconds: float, concurrenc
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
+    await wait_for_leaders(admin, topics)
     await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=s.linger_ms,
                                 enable_idempotence=not s.embedded, max_batch_size=s.max_batch_size)

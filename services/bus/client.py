@@ -161,7 +161,7 @@ class Bus:
                 with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                     await admin.create_topics([NewTopic(s.topic(n), wanted[n], rf, topic_configs=topic_configs(n))
                                                for n in missing])
-                await _wait_for_leaders(admin, [s.topic(n) for n in missing])
+                await wait_for_leaders(admin, [s.topic(n) for n in missing])
             return missing
         finally:
             await admin.close()
@@ -314,7 +314,7 @@ class Bus:
         self.epoch_token = await self._claim_epoch()
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout: float = 30.0) -> None:
+async def wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout: float = 30.0) -> None:
     """Until every partition of the new topics has a leader: the first sends and fetches after a
     creation would otherwise be refused (NotLeaderForPartition) and retried with warnings."""
     loop = asyncio.get_running_loop()
