@@ -310,17 +310,25 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
 # --- the bare relay baseline ---------------------------------------------------------------
 
 
-async def relay_baseline(bootstrap: str, broker: str, seconds: float, concurrency: int,
-                         warmup: float) -> dict[str, Any]:
-    """A bare aiokafka consume→produce chain of LEGS legs on the platform's broker, tuned and
-    acknowledged as the platform's clients are, driven the same closed-loop way."""
-    s = BusSettings(broker=broker)
+async def relay_topics(bootstrap: str) -> list[str]:
+    """The relay's LEGS topics, created when the run starts: made right after the services stop, their
+    first sends met partitions whose leadership the busy broker had not yet taken up."""
     topics = [f"bench.relay.{datetime.now():%H%M%S}.leg{i}" for i in range(LEGS)]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
-    await wait_for_leaders(admin, topics)
-    await admin.close()
+    try:
+        await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
+        await wait_for_leaders(admin, topics)
+    finally:
+        await admin.close()
+    return topics
+
+
+async def relay_baseline(bootstrap: str, broker: str, topics: list[str], seconds: float, concurrency: int,
+                         warmup: float) -> dict[str, Any]:
+    """A bare aiokafka consume→produce chain of LEGS legs (`topics`) on the platform's broker, tuned
+    and acknowledged as the platform's clients are, driven the same closed-loop way."""
+    s = BusSettings(broker=broker)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=s.linger_ms,
                                 enable_idempotence=not s.embedded, max_batch_size=s.max_batch_size)
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id="baseline",
@@ -451,6 +459,7 @@ def main() -> None:
     p.start(timeout=120)
     kind = "embedded" if p.broker else "kafka"
     try:
+        baseline_topics = asyncio.run(relay_topics(p.bootstrap))
         progress(f"enrolling and filing {population} persons in {len(INSURED)} insured regions")
         people = asyncio.run(enrol_population(p, population))
         progress(f"driving {concurrency} concurrent hospitals for {seconds:.0f} s (+{warmup:.0f} s warm-up)")
@@ -461,7 +470,8 @@ def main() -> None:
         broker_uptime = round(time.monotonic() - t_start, 1)
         progress(f"measuring the bare relay baseline ({LEGS} legs) on the same broker, services stopped")
         p.stop_services()
-        result["relay_baseline"] = asyncio.run(relay_baseline(p.bootstrap, kind, seconds, concurrency, warmup))
+        result["relay_baseline"] = asyncio.run(relay_baseline(p.bootstrap, kind, baseline_topics, seconds,
+                                                              concurrency, warmup))
     finally:
         p.stop()
     result["overhead_ratio"] = round(result["relay_baseline"]["throughput_per_s"] / max(result["throughput_per_s"], 0.1), 2)
