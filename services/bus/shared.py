@@ -3,10 +3,10 @@
 One commit for the writes of a few ms instead of one each: `write_shared` runs `write(unit,
 item)` (a Core transaction: services.bus.db.Unit) for the items in order inside one transaction
 until it has held the event loop for `hold_s`, commits, lets the loop run (the outbox relay sends
-what committed), and goes on with the rest. A transaction that fails is rolled back whole and each of its items is written again
-in a transaction of its own, so one bad item costs the others nothing; an item that fails alone
-gets its error in the answer. `write` must not change its item (it may be written twice), and
-returns the log line to write once its transaction has committed.
+what committed), and goes on with the rest. A transaction that fails is rolled back whole and
+each of its items is written again in a transaction of its own, so one bad item costs the others
+nothing; an item that fails alone gets its error in the answer. `write` must not change its item
+(it may be written twice), and returns the log line to write once its transaction has committed.
 """
 
 from __future__ import annotations
