@@ -1,7 +1,17 @@
-"""Database engines: SQLite under var/ by default, PostgreSQL where a URL says so."""
+"""Database engines: SQLite under var/ by default, PostgreSQL where a URL says so.
+
+A SQLite file is written in WAL mode, and its checkpoints (copying the log back into the file, and
+the only fsyncs under synchronous=NORMAL) run in a thread of the process (`Checkpointer`), not in
+whichever commit crosses SQLite's automatic threshold: that commit held its event loop for the
+copy and the fsync.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -12,6 +22,8 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, SQLModel, create_engine
+
+log = logging.getLogger("yibao.db")
 
 
 def database_url(service: str, var_dir: Path, url: str | None = None) -> str:
@@ -27,6 +39,8 @@ def make_engine(url: str) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        path = engine.url.database
+        on_file = bool(path) and path != ":memory:" and not url.startswith("sqlite:///file:")
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -34,10 +48,61 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
+            if on_file:
+                cur.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTS does it, off the loop
             cur.close()
 
+        if on_file and path:
+            CHECKPOINTS.watch(os.path.abspath(path))
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+class Checkpointer:
+    """Checkpoints the WAL of every SQLite file this process opened, from one thread, every
+    `interval_s`. PASSIVE: it copies what no reader still needs and never waits for a lock, so
+    writers and readers go on meanwhile; a file that is gone is forgotten. Without `background`,
+    only `run_once` checkpoints (tests)."""
+
+    def __init__(self, interval_s: float = 0.5, background: bool = True) -> None:
+        self.interval_s, self.background = interval_s, background
+        self.paths: set[str] = set()
+        self.rounds = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, path: str) -> None:
+        with self._lock:
+            self.paths.add(path)
+            if self._thread is None and self.background:
+                self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            self.run_once()
+
+    def run_once(self) -> None:
+        with self._lock:
+            paths = sorted(self.paths)
+        for path in paths:
+            if not os.path.exists(path):
+                with self._lock:
+                    self.paths.discard(path)
+                continue
+            try:
+                conn = sqlite3.connect(path, timeout=1)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:  # busy, or being replaced: the next round tries again
+                log.debug("checkpoint of %s skipped: %s", path, exc)
+        self.rounds += 1
+
+
+CHECKPOINTS = Checkpointer()
 
 
 def create_tables(engine: Engine, tables: Sequence[type[SQLModel]]) -> None:
