@@ -60,12 +60,13 @@ def make_engine(url: str) -> Engine:
 
 class Checkpointer:
     """Checkpoints the WAL of every SQLite file this process opened, from one thread, every
-    `interval_s`. PASSIVE: it copies what no reader still needs and never waits for a lock, so
-    writers and readers go on meanwhile; a file that is gone is forgotten. Without `background`,
-    only `run_once` checkpoints (tests)."""
+    `interval_s`: first PASSIVE (copies what no reader still needs without taking a lock, so
+    writers and readers go on meanwhile), then RESTART for what the writers added meanwhile, which
+    waits at most `restart_wait_s` for readers and holds writers only while it copies that rest.
+    A file that is gone is forgotten. Without `background`, only `run_once` checkpoints (tests)."""
 
-    def __init__(self, interval_s: float = 0.5, background: bool = True) -> None:
-        self.interval_s, self.background = interval_s, background
+    def __init__(self, interval_s: float = 0.5, background: bool = True, restart_wait_s: float = 0.1) -> None:
+        self.interval_s, self.background, self.restart_wait_s = interval_s, background, restart_wait_s
         self.paths: set[str] = set()
         self.rounds = 0
         self._lock = threading.Lock()
@@ -92,9 +93,13 @@ class Checkpointer:
                     self.paths.discard(path)
                 continue
             try:
-                conn = sqlite3.connect(path, timeout=1)
+                conn = sqlite3.connect(path, timeout=self.restart_wait_s)
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the bulk, while writers go on
+                    # the rest, and the log starts again from its beginning: writers wait for this
+                    # short part only (a PASSIVE checkpoint alone never catches up with them, and
+                    # the log would grow without end)
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)")
                 finally:
                     conn.close()
             except sqlite3.Error as exc:  # busy, or being replaced: the next round tries again
