@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -110,6 +111,17 @@ def require_bootstrap() -> str:
     return bootstrap
 
 
+def _settle_the_heap() -> None:
+    """Once a service is up: what start-up built (modules, models, schemas, metadata: most of the
+    heap) leaves the collector's generations for good, and the youngest generation is collected
+    after 10,000 allocations instead of 700. A full collection then scans what was made since,
+    not the whole heap: with the defaults each took 65-135 ms in a settle process under load,
+    every 2-3 s, and held its event loop as long."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
+
+
 async def _serve_until_signalled(svc: Service, with_http: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,6 +129,7 @@ async def _serve_until_signalled(svc: Service, with_http: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     await svc.start()
     await svc.wait_ready(60)
+    _settle_the_heap()
     if with_http and svc.app is not None:
         log.info("%s ready on http://%s:%d", svc.name, CommonSettings().host, svc.port)
         await serve(svc.app, CommonSettings().host, svc.port, stop)
