@@ -40,7 +40,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         path = engine.url.database
-        on_file = bool(path) and path != ":memory:" and not url.startswith("sqlite:///file:")
+        on_file = path if path and path != ":memory:" and not url.startswith("sqlite:///file:") else None
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -52,8 +52,8 @@ def make_engine(url: str) -> Engine:
                 cur.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTS does it, off the loop
             cur.close()
 
-        if on_file and path:
-            CHECKPOINTS.watch(os.path.abspath(path))
+        if on_file:
+            CHECKPOINTS.watch(os.path.abspath(on_file))
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
@@ -68,7 +68,6 @@ class Checkpointer:
     def __init__(self, interval_s: float = 0.5, background: bool = True, restart_wait_s: float = 0.1) -> None:
         self.interval_s, self.background, self.restart_wait_s = interval_s, background, restart_wait_s
         self.paths: set[str] = set()
-        self.rounds = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -104,7 +103,6 @@ class Checkpointer:
                     conn.close()
             except sqlite3.Error as exc:  # busy, or being replaced: the next round tries again
                 log.debug("checkpoint of %s skipped: %s", path, exc)
-        self.rounds += 1
 
 
 CHECKPOINTS = Checkpointer()
