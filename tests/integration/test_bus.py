@@ -397,7 +397,41 @@ async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(
     old = first.epoch_token
     await embedded_broker.restart()
     await wait_until(lambda: sorted(recovered) == ["p1", "p2"], what="both processes to recover")
-    assert first.epoch_token == second.epoch_token != old
+    # A process whose claim of the new token failed (the restarted broker may refuse the first
+    # send) adopts the token at its next check: agreement is awaited, not assumed at once.
+    await wait_until(lambda: first.epoch_token is not None and first.epoch_token == second.epoch_token,
+                     what="both processes to hold the new epoch's token")
+    assert first.epoch_token != old
+    assert (first.epochs_seen, second.epochs_seen) == (1, 1)
+    await first.stop()
+    await second.stop()
+
+
+async def test_a_process_whose_claim_of_the_new_epoch_fails_adopts_it_at_its_next_check(embedded_broker) -> None:  # type: ignore[no-untyped-def]
+    """The restarted broker may refuse a process's first send; that process has still recovered,
+    holds no token for a moment, and takes the one the other process wrote at its next check."""
+    settings = BrokerUnderTest(embedded_broker.bootstrap, "embedded").settings()
+    first, second = Bus(settings, embedded_broker.bootstrap, "p1"), Bus(settings, embedded_broker.bootstrap, "p2")
+    refused: list[str] = []
+    real_claim = second._claim_epoch
+
+    async def refuse_once_after_recovery() -> str:
+        if second.epochs_seen and not refused:
+            refused.append("claim")
+            raise RuntimeError("the restarted broker refused the send")
+        return await real_claim()
+
+    second._claim_epoch = refuse_once_after_recovery  # type: ignore[method-assign]
+    for bus in (first, second):
+        await bus.start()
+        bus.watch_epoch()
+    await wait_until(lambda: first.epoch_token and first.epoch_token == second.epoch_token, what="one epoch token")
+    old = first.epoch_token
+    await embedded_broker.restart()
+    await wait_until(lambda: refused, what="the second process's claim to be refused")
+    await wait_until(lambda: second.epoch_token is not None and second.epoch_token == first.epoch_token,
+                     what="the second process to adopt the new token")
+    assert second.epoch_token != old
     assert (first.epochs_seen, second.epochs_seen) == (1, 1)
     await first.stop()
     await second.stop()
