@@ -383,17 +383,23 @@ async def test_broker_restart_republishes_recent_events(embedded_broker, engine_
     await bus.stop()
 
 
-async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(embedded_broker) -> None:  # type: ignore[no-untyped-def]
-    """Two processes watch the epoch; whichever notices first re-creates the topics, and the other
-    still sees the new epoch (its token changed) and recovers too."""
-    settings = BrokerUnderTest(embedded_broker.bootstrap, "embedded").settings()
-    first, second = Bus(settings, embedded_broker.bootstrap, "p1"), Bus(settings, embedded_broker.bootstrap, "p2")
-    recovered: list[str] = []
+async def watching_pair(bootstrap: str, recovered: list[str]) -> tuple[Bus, Bus]:
+    """Two processes' buses on the embedded broker, watching its epoch, once both hold its token."""
+    settings = BrokerUnderTest(bootstrap, "embedded").settings()
+    first, second = Bus(settings, bootstrap, "p1"), Bus(settings, bootstrap, "p2")
     for bus in (first, second):
         await bus.start()
         bus.on_new_epoch(lambda name=bus.client_id: asyncio.sleep(0, recovered.append(name)))
         bus.watch_epoch()
     await wait_until(lambda: first.epoch_token and first.epoch_token == second.epoch_token, what="one epoch token")
+    return first, second
+
+
+async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(embedded_broker) -> None:  # type: ignore[no-untyped-def]
+    """Two processes watch the epoch; whichever notices first re-creates the topics, and the other
+    still sees the new epoch (its token changed) and recovers too."""
+    recovered: list[str] = []
+    first, second = await watching_pair(embedded_broker.bootstrap, recovered)
     old = first.epoch_token
     await embedded_broker.restart()
     await wait_until(lambda: sorted(recovered) == ["p1", "p2"], what="both processes to recover")
@@ -410,8 +416,8 @@ async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(
 async def test_a_process_whose_claim_of_the_new_epoch_fails_adopts_it_at_its_next_check(embedded_broker) -> None:  # type: ignore[no-untyped-def]
     """The restarted broker may refuse a process's first send; that process has still recovered,
     holds no token for a moment, and takes the one the other process wrote at its next check."""
-    settings = BrokerUnderTest(embedded_broker.bootstrap, "embedded").settings()
-    first, second = Bus(settings, embedded_broker.bootstrap, "p1"), Bus(settings, embedded_broker.bootstrap, "p2")
+    recovered: list[str] = []
+    first, second = await watching_pair(embedded_broker.bootstrap, recovered)
     refused: list[str] = []
     real_claim = second._claim_epoch
 
@@ -422,13 +428,9 @@ async def test_a_process_whose_claim_of_the_new_epoch_fails_adopts_it_at_its_nex
         return await real_claim()
 
     second._claim_epoch = refuse_once_after_recovery  # type: ignore[method-assign]
-    for bus in (first, second):
-        await bus.start()
-        bus.watch_epoch()
-    await wait_until(lambda: first.epoch_token and first.epoch_token == second.epoch_token, what="one epoch token")
     old = first.epoch_token
     await embedded_broker.restart()
-    await wait_until(lambda: refused, what="the second process's claim to be refused")
+    await wait_until(lambda: refused and "p2" in recovered, what="the second process to recover, its claim refused")
     await wait_until(lambda: second.epoch_token is not None and second.epoch_token == first.epoch_token,
                      what="the second process to adopt the new token")
     assert second.epoch_token != old
