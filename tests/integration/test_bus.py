@@ -395,6 +395,20 @@ async def watching_pair(bootstrap: str, recovered: list[str]) -> tuple[Bus, Bus]
     return first, second
 
 
+async def hold_one_new_token(first: Bus, second: Bus, old: str | None) -> None:
+    """Both processes come to hold the same new token, each having seen one new epoch; then stop.
+    A process whose claim of the new token failed (the restarted broker may refuse the first send)
+    adopts it at its next check: agreement is awaited, not assumed the moment both recovered."""
+    try:
+        await wait_until(lambda: second.epoch_token is not None and second.epoch_token == first.epoch_token,
+                         what="both processes to hold the new epoch's token")
+        assert second.epoch_token != old
+        assert (first.epochs_seen, second.epochs_seen) == (1, 1)
+    finally:
+        await first.stop()
+        await second.stop()
+
+
 async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(embedded_broker) -> None:  # type: ignore[no-untyped-def]
     """Two processes watch the epoch; whichever notices first re-creates the topics, and the other
     still sees the new epoch (its token changed) and recovers too."""
@@ -403,14 +417,7 @@ async def test_after_a_broker_restart_every_process_recovers_not_only_the_first(
     old = first.epoch_token
     await embedded_broker.restart()
     await wait_until(lambda: sorted(recovered) == ["p1", "p2"], what="both processes to recover")
-    # A process whose claim of the new token failed (the restarted broker may refuse the first
-    # send) adopts the token at its next check: agreement is awaited, not assumed at once.
-    await wait_until(lambda: first.epoch_token is not None and first.epoch_token == second.epoch_token,
-                     what="both processes to hold the new epoch's token")
-    assert first.epoch_token != old
-    assert (first.epochs_seen, second.epochs_seen) == (1, 1)
-    await first.stop()
-    await second.stop()
+    await hold_one_new_token(first, second, old)
 
 
 async def test_a_process_whose_claim_of_the_new_epoch_fails_adopts_it_at_its_next_check(embedded_broker) -> None:  # type: ignore[no-untyped-def]
@@ -431,12 +438,7 @@ async def test_a_process_whose_claim_of_the_new_epoch_fails_adopts_it_at_its_nex
     old = first.epoch_token
     await embedded_broker.restart()
     await wait_until(lambda: refused and "p2" in recovered, what="the second process to recover, its claim refused")
-    await wait_until(lambda: second.epoch_token is not None and second.epoch_token == first.epoch_token,
-                     what="the second process to adopt the new token")
-    assert second.epoch_token != old
-    assert (first.epochs_seen, second.epochs_seen) == (1, 1)
-    await first.stop()
-    await second.stop()
+    await hold_one_new_token(first, second, old)
 
 
 async def test_a_replaced_kafka_cluster_is_a_new_epoch_for_every_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
