@@ -1,9 +1,12 @@
 """`yibao bench`: end-to-end settlements per second and latency, per hop, against a bare relay.
 
 Self-contained: starts a fresh broker (Apache Kafka where `yibao run` would choose it, else the
-embedded one) and the four services on free ports, enrols and files a population, drives many
-concurrent hospitals through /fsi/callService for BENCH_SECONDS, then measures a bare aiokafka
-consume→produce chain of the same length on the same broker. Prints a table and writes
+embedded one) and the four services on free ports, enrols and files a population, then sends
+claims through /fsi/callService for BENCH_SECONDS in each phase: a closed loop of many concurrent
+hospitals (the rate the platform gives: its capacity), claims arriving at random at BENCH_RATE per
+second (the latency a province sees at that rate, each claim timed from its arrival), a mixed load
+in a closed loop; then it measures a bare aiokafka consume→produce chain of the same length on the
+same broker. Prints a table and writes
 var/bench.json; the run's own state (gigabytes of broker log) goes unless BENCH_KEEP_STATE=1.
 """
 
@@ -207,64 +210,108 @@ def drift(intervals: list[dict[str, float]], window_s: float = 30.0, tick_s: flo
 
 
 async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, concurrency: int,
-                warmup: float, mixed: bool = False, tick_s: float = TICK_S) -> dict[str, Any]:
+                warmup: float, mixed: bool = False, tick_s: float = TICK_S,
+                rate: float | None = None) -> dict[str, Any]:
+    """Hospitals' requests for warmup + seconds; what was answered in the measured seconds.
+
+    Without `rate`, a closed loop: `concurrency` hospitals each send their next request when the
+    last is answered, so the rate is what the platform gives at that concurrency (its capacity).
+    With `rate`, an open loop: requests arrive at random (Poisson) at `rate` per second whether or
+    not earlier ones were answered, at most `concurrency` in flight, and each request's latency
+    runs from its arrival, so time it waited for a connection or behind a slow generator counts."""
     latencies: list[float] = []
     by_infno: dict[str, list[float]] = defaultdict(list)
     legs: dict[str, list[float]] = defaultdict(list)
     work: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
+    waited: list[float] = []  # open loop: ms from arrival to sending, where over 1 ms
     start = time.monotonic()
     measure_from, end = start + warmup, start + warmup + seconds
     url = p.url("settle") + "/fsi/callService"
-
+    settled: list[tuple[str, str, str, str]] = []  # (hospital, psn, region, setl_id) that may be reversed
     signer = SigningAuth()
 
-    async def hospital() -> None:
-        # one session (one keep-alive connection) per simulated hospital, as in the field; aiohttp
-        # because the load generator shares the two cores with the platform, and httpx cost it
-        # three times the CPU per request (measured)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as c:
-            await visits(c)
+    def session() -> aiohttp.ClientSession:
+        # one session is one keep-alive connection, as a hospital's HIS holds; aiohttp because the
+        # load generator shares the two cores with the platform, and httpx cost it three times the
+        # CPU per request (measured)
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
 
-    async def visits(c: aiohttp.ClientSession) -> None:
-        settled: list[tuple[str, str, str, str]] = []  # (hospital, psn, region, setl_id) this client may reverse
-        while (now := time.monotonic()) < end:
-            psn, region = random.choice(people)
-            x = random.random()
-            if mixed and x < MIX["2208"] and settled:
-                body = reversal(*settled.pop(random.randrange(len(settled))))
-            else:
-                body = claim(psn, region, inpatient=mixed and x < MIX["2208"] + MIX["2304"])
-            hosp = body["fixmedins_code"]
-            headers = {"content-type": "application/json"} | signer.headers(hosp)
-            t0 = time.perf_counter()
-            try:
-                async with c.post(url, data=orjson.dumps(body), headers=headers) as r:
-                    status, ans = r.status, orjson.loads(await r.read())
-            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-                errors[type(exc).__name__] += 1
-                continue
-            ms = (time.perf_counter() - t0) * 1000
-            if now < measure_from:
-                continue
-            if ans.get("infcode") != 0:
-                errors[(ans.get("output") or {}).get("err_code") or f"http {status}"] += 1
-                continue
-            latencies.append(ms)
-            by_infno[body["infno"]].append(ms)
-            if body["infno"] != "2208":
-                settled.append((body["fixmedins_code"], psn, region, ans["output"]["setlinfo"]["setl_id"]))
-            trace = ans["output"]["hop_trace"]
-            for i, h in enumerate(trace):
-                name = f"{i}:{h['level']}:{h['action']}"
-                work[name].append(h["sent_ms"] - h["received_ms"])
-                if i:
-                    legs[name].append(h["received_ms"] - trace[i - 1]["sent_ms"])
-            timing = ans["output"].get("api_timing") or {}
-            if timing:
-                legs["api→first hop"].append(trace[0]["received_ms"] - timing["received_ms"])
-                legs["last hop→api"].append(timing["replied_ms"] - trace[-1]["sent_ms"])
-                legs["http+client"].append(ms - (timing["replied_ms"] - timing["received_ms"]))
+    async def visit(c: aiohttp.ClientSession, arrived: float) -> None:
+        psn, region = random.choice(people)
+        x = random.random()
+        if mixed and x < MIX["2208"] and settled:
+            body = reversal(*settled.pop(random.randrange(len(settled))))
+        else:
+            body = claim(psn, region, inpatient=mixed and x < MIX["2208"] + MIX["2304"])
+        hosp = body["fixmedins_code"]
+        headers = {"content-type": "application/json"} | signer.headers(hosp)
+        sent = time.monotonic()
+        try:
+            async with c.post(url, data=orjson.dumps(body), headers=headers) as r:
+                status, ans = r.status, orjson.loads(await r.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            errors[type(exc).__name__] += 1
+            return
+        answered = time.monotonic()
+        if arrived < measure_from:
+            return
+        if ans.get("infcode") != 0:
+            errors[(ans.get("output") or {}).get("err_code") or f"http {status}"] += 1
+            return
+        ms = (answered - arrived) * 1000
+        latencies.append(ms)
+        by_infno[body["infno"]].append(ms)
+        if body["infno"] != "2208":
+            settled.append((body["fixmedins_code"], psn, region, ans["output"]["setlinfo"]["setl_id"]))
+        trace = ans["output"]["hop_trace"]
+        for i, h in enumerate(trace):
+            name = f"{i}:{h['level']}:{h['action']}"
+            work[name].append(h["sent_ms"] - h["received_ms"])
+            if i:
+                legs[name].append(h["received_ms"] - trace[i - 1]["sent_ms"])
+        timing = ans["output"].get("api_timing") or {}
+        if timing:
+            legs["api→first hop"].append(trace[0]["received_ms"] - timing["received_ms"])
+            legs["last hop→api"].append(timing["replied_ms"] - trace[-1]["sent_ms"])
+            http_ms = (answered - sent) * 1000
+            legs["http+client"].append(http_ms - (timing["replied_ms"] - timing["received_ms"]))
+        if sent - arrived > 0.001:
+            waited.append((sent - arrived) * 1000)
+
+    async def hospital() -> None:
+        async with session() as c:
+            while (now := time.monotonic()) < end:
+                await visit(c, now)
+
+    async def arrivals() -> None:
+        idle: list[aiohttp.ClientSession] = []
+        opened: list[aiohttp.ClientSession] = []
+        in_flight = asyncio.Semaphore(concurrency)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(arrived: float) -> None:
+            async with in_flight:
+                if not idle:
+                    opened.append(session())
+                    idle.append(opened[-1])
+                c = idle.pop()
+                try:
+                    await visit(c, arrived)
+                finally:
+                    idle.append(c)
+
+        assert rate
+        t = start
+        while (t := t + random.expovariate(rate)) < end:
+            if (ahead := t - time.monotonic()) > 0:
+                await asyncio.sleep(ahead)
+            task = asyncio.create_task(one(t))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+        for c in opened:
+            await c.close()
 
     async def sample_cpu() -> dict[str, float]:
         await asyncio.sleep(warmup)
@@ -291,15 +338,21 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
 
     cpu = asyncio.create_task(sample_cpu())
     ticker = asyncio.create_task(tick())
-    await asyncio.gather(*(hospital() for _ in range(concurrency)))
+    if rate:
+        await arrivals()
+    else:
+        await asyncio.gather(*(hospital() for _ in range(concurrency)))
     await ticker
     per_s = round(len(latencies) / seconds, 1)
     return {
+        "load": ({"kind": "open loop", "offered_per_s": rate, "max_in_flight": concurrency} if rate
+                 else {"kind": "closed loop", "hospitals": concurrency}),
         "throughput_per_s": per_s, "settled": len(latencies),
         "latency_ms": summary(latencies), "errors": dict(errors),
         "per_transaction": {k: {"count": len(v), "per_s": round(len(v) / seconds, 1)} | summary(v)
                             for k, v in sorted(by_infno.items())},
         "per_hop_transit_ms": {k: summary(v) for k, v in legs.items()},
+        "waited_to_be_sent_ms": {"count": len(waited)} | summary(waited),
         "per_hop_work_ms": {k: summary(v) for k, v in work.items()},
         "cpu_percent_of_one_core": (shares := await cpu),
         "cpu_ms_per_settlement": cpu_ms_per_settlement(shares, per_s),
@@ -407,15 +460,21 @@ def print_cpu(cpu: dict[str, float]) -> None:
 
 def print_report(r: dict[str, Any]) -> None:
     base = r["relay_baseline"]
-    print("\n                         settlements/s    p50 ms    p95 ms    p99 ms   errors")
-    print(f"platform (2207, 9 hops)  {r['throughput_per_s']:>13} {r['latency_ms']['p50']:>9} "
-          f"{r['latency_ms']['p95']:>9} {r['latency_ms']['p99']:>9}   {sum(r['errors'].values())}")
-    print(f"bare relay ({LEGS} legs)     {base['throughput_per_s']:>13} {base['latency_ms']['p50']:>9} "
-          f"{base['latency_ms']['p95']:>9} {base['latency_ms']['p99']:>9}   {sum(base['errors'].values())}")
-    print(f"overhead ratio (throughput baseline/platform): {r['overhead_ratio']}")
-    if r.get("drift_first_last_30s"):
-        d = r["drift_first_last_30s"]
-        print(f"first 30 s {d['first_per_s']}/s, last 30 s {d['last_per_s']}/s ({d['change_percent']:+} %)")
+    print("\n                                  settlements/s    p50 ms    p95 ms    p99 ms   errors")
+
+    def row(name: str, x: dict[str, Any]) -> None:
+        print(f"{name:<33} {x['throughput_per_s']:>13} {x['latency_ms']['p50']:>9} "
+              f"{x['latency_ms']['p95']:>9} {x['latency_ms']['p99']:>9}   {sum(x['errors'].values())}")
+
+    row(f"2207, {r['load']['hospitals']} hospitals (closed loop)", r)
+    if r.get("at_rate"):
+        row(f"2207, arriving at {r['at_rate']['load']['offered_per_s']:g}/s (open)", r["at_rate"])
+    row(f"bare relay ({LEGS} legs), closed loop", base)
+    print(f"overhead ratio (throughput baseline/platform, closed loops): {r['overhead_ratio']}")
+    for name, x in (("closed loop", r), ("open loop", r.get("at_rate"))):
+        if x and x.get("drift_first_last_30s"):
+            d = x["drift_first_last_30s"]
+            print(f"{name}: first 30 s {d['first_per_s']}/s, last 30 s {d['last_per_s']}/s ({d['change_percent']:+} %)")
     print("\nper hop (ms): transit = broker + queueing before the hop; work = inside the hop")
     print(f"  {'hop':<22} {'transit p50':>11} {'p99':>7} {'work p50':>9} {'p99':>7}")
     for k in sorted(r["per_hop_work_ms"], key=lambda x: int(x.split(':')[0])):
@@ -430,6 +489,13 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"errors: {r['errors']}")
     print_cpu(r["cpu_percent_of_one_core"])
     print("  CPU ms per settlement: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_settlement"].items()))
+    if r.get("at_rate"):
+        a = r["at_rate"]
+        w = a["waited_to_be_sent_ms"]
+        print(f"\nopen loop at {a['load']['offered_per_s']:g}/s: {w['count']} of {a['settled']} requests were sent "
+              f"over 1 ms after they arrived (no free connection, or the generator behind), p99 {w['p99']} ms")
+        print_cpu(a["cpu_percent_of_one_core"])
+        print("  CPU ms per settlement: " + ", ".join(f"{k} {v}" for k, v in a["cpu_ms_per_settlement"].items()))
     m = r.get("mixed")
     if m:
         print(f"\nmixed workload: {m['throughput_per_s']}/s in all, errors {sum(m['errors'].values())}")
@@ -444,6 +510,9 @@ def print_report(r: dict[str, Any]) -> None:
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
     concurrency = int(os.environ.get("BENCH_CONCURRENCY", "64"))
+    # the issue's target rate, offered open-loop: the latency a province sees at that rate
+    rate = float(os.environ.get("BENCH_RATE", "300"))
+    in_flight = int(os.environ.get("BENCH_MAX_IN_FLIGHT", "256"))
     # a few thousand persons settle a few times each in a run, as a province's traffic does; with a
     # hundred, each settles hundreds of times and the monitor reads that history with every batch
     population = int(os.environ.get("BENCH_PERSONS", "2000"))
@@ -464,6 +533,10 @@ def main() -> None:
         people = asyncio.run(enrol_population(p, population))
         progress(f"driving {concurrency} concurrent hospitals for {seconds:.0f} s (+{warmup:.0f} s warm-up)")
         result = asyncio.run(drive(p, people, seconds, concurrency, warmup))
+        if rate > 0:
+            progress(f"claims arriving at random at {rate:g}/s for {seconds:.0f} s (+{warmup:.0f} s warm-up), "
+                     f"at most {in_flight} in flight; latency from each arrival")
+            result["at_rate"] = asyncio.run(drive(p, people, seconds, in_flight, warmup, rate=rate))
         progress(f"mixed workload for {seconds:.0f} s: 70 % outpatient, 25 % inpatient with 30–200 lines, "
                  "5 % reversals")
         result["mixed"] = asyncio.run(drive(p, people, seconds, concurrency, warmup, mixed=True))
@@ -476,7 +549,8 @@ def main() -> None:
         p.stop()
     result["overhead_ratio"] = round(result["relay_baseline"]["throughput_per_s"] / max(result["throughput_per_s"], 0.1), 2)
     result["config"] = {"broker": p.broker_name, "seconds": seconds, "warmup_s": warmup,
-                        "concurrency": concurrency, "persons": population, "python_loop_ms": speed,
+                        "concurrency": concurrency, "rate_per_s": rate, "max_in_flight": in_flight,
+                        "persons": population, "python_loop_ms": speed,
                         "broker_uptime_at_end_s": broker_uptime, "cpus": os.cpu_count(),
                         "when": datetime.now().isoformat(timespec="seconds")}
     var.mkdir(parents=True, exist_ok=True)

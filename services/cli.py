@@ -231,8 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--host", default="127.0.0.1")
     d.set_defaults(func=cmd_demo)
     b = sub.add_parser("bench", help="self-contained benchmarks; JSON to var/bench*.json",
-                       description="settle: settlements/s and latency per hop (BENCH_SECONDS, BENCH_CONCURRENCY, "
-                                   "BENCH_PERSONS). "
+                       description="settle: settlements/s and latency per hop, in a closed loop of "
+                                   "BENCH_CONCURRENCY (64) hospitals (the capacity) and with claims arriving at "
+                                   "random at BENCH_RATE (300) per second, at most BENCH_MAX_IN_FLIGHT (256) at once "
+                                   "(the latency at that rate; 0 skips it); BENCH_SECONDS (20) each, BENCH_PERSONS "
+                                   "(2000). "
                                    "enroll: a generated population through enroll.inbound "
                                    "(BENCH_ENROLL_PERSONS, default 100000; the issue's scale is 1000000). "
                                    "monitor: precision and recall per rule on labelled scenarios through the "

@@ -160,6 +160,17 @@ def test_the_bench_drives_real_settlements_and_reports_each_interval(platform: P
         + r["intervals"][2]["per_s"] * (ticks[2] - 2.0)
     assert counted == pytest.approx(r["settled"], abs=8)  # claims answered after the last tick (≤ 4) are not in it
     assert "city:compute" in " ".join(r["per_hop_work_ms"])
+    assert r["load"] == {"kind": "closed loop", "hospitals": 4}
+
+
+def test_the_bench_offers_claims_at_a_rate_and_times_them_from_their_arrival(platform: Platform) -> None:
+    """The open loop: claims arrive at random at `rate`/s whether or not earlier ones were answered."""
+    people = asyncio.run(bench.enrol_population(platform, 6))
+    r = asyncio.run(bench.drive(platform, people, seconds=3.0, concurrency=32, warmup=0.5, tick_s=1.0, rate=20))
+    assert r["errors"] == {}, r["errors"]
+    assert r["load"] == {"kind": "open loop", "offered_per_s": 20, "max_in_flight": 32}
+    assert 25 <= r["settled"] <= 100, r["settled"]  # Poisson arrivals: 60 expected in 3 s
+    assert r["latency_ms"]["p50"] > 0 and r["waited_to_be_sent_ms"]["count"] <= r["settled"]
 
 
 def test_a_worker_killed_under_load_is_restarted_and_its_claims_complete(tmp_path, broker: BrokerUnderTest) -> None:  # type: ignore[no-untyped-def]
