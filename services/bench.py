@@ -6,8 +6,8 @@ claims through /fsi/callService for BENCH_SECONDS in each phase: a closed loop o
 hospitals (the rate the platform gives: its capacity), claims arriving at random at BENCH_RATE per
 second (the latency a province sees at that rate, each claim timed from its arrival), a mixed load
 in a closed loop; then it measures a bare aiokafka consume→produce chain of the same length on the
-same broker. Prints a table and writes
-var/bench.json; the run's own state (gigabytes of broker log) goes unless BENCH_KEEP_STATE=1.
+same broker. Prints a table and writes var/bench.json; the run's own state (gigabytes of broker
+log) goes unless BENCH_KEEP_STATE=1.
 """
 
 from __future__ import annotations
@@ -170,6 +170,8 @@ def _catalogue() -> list[tuple[str, str]]:
 
 
 CATALOGUE = _catalogue()
+
+
 async def until_quiet(p: Platform, below: float = 15.0, most_s: float = 120.0) -> None:
     """Until the platform's processes together use under `below` % of one core over a second: what
     one phase left behind (the monitor reading its backlog of settled claims) is not charged to the

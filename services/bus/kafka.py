@@ -29,7 +29,7 @@ log = logging.getLogger("yibao.bus.kafka")
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM = DEPLOY / "pom.xml"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-# Sized for two cores shared with the services: a small heap, one GC thread.
+# Sized for two cores shared with the services: a small heap, at most two GC threads.
 # G1 (Kafka's own default) with short pauses: under 300 settlements/s the serial collector paused
 # the broker, and every leg of every claim in flight, 12 ms at the median every 1-2 s and 66-73 ms
 # when it collected the old generation; G1 5-6 ms, at most 15-21 ms (docs/performance.md)
