@@ -472,11 +472,13 @@ async def relay_baseline(bootstrap: str, broker: str, topics: list[str], seconds
 # --- report --------------------------------------------------------------------------------
 
 
-def print_cpu(cpu: dict[str, float]) -> None:
+def print_cpu(cpu: dict[str, float], per_settlement: dict[str, float] | None = None) -> None:
     cores = os.cpu_count() or 1
     print(f"  CPU, % of one core ({cores} cores = {cores * 100} %): "
           + ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
           + f"; total {round(sum(cpu.values()), 1)}")
+    if per_settlement:
+        print("  CPU ms per settlement: " + ", ".join(f"{k} {v}" for k, v in per_settlement.items()))
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -508,15 +510,13 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"  {k:<22} {e['p50']:>11} {e['p99']:>7}")
     if r["errors"]:
         print(f"errors: {r['errors']}")
-    print_cpu(r["cpu_percent_of_one_core"])
-    print("  CPU ms per settlement: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_settlement"].items()))
+    print_cpu(r["cpu_percent_of_one_core"], r["cpu_ms_per_settlement"])
     if r.get("at_rate"):
         a = r["at_rate"]
         w = a["waited_to_be_sent_ms"]
         print(f"\nopen loop at {a['load']['offered_per_s']:g}/s: {w['count']} of {a['settled']} requests were sent "
               f"over 1 ms after they arrived (no free connection, or the generator behind), p99 {w['p99']} ms")
-        print_cpu(a["cpu_percent_of_one_core"])
-        print("  CPU ms per settlement: " + ", ".join(f"{k} {v}" for k, v in a["cpu_ms_per_settlement"].items()))
+        print_cpu(a["cpu_percent_of_one_core"], a["cpu_ms_per_settlement"])
     m = r.get("mixed")
     if m:
         print(f"\nmixed workload: {m['throughput_per_s']}/s in all, errors {sum(m['errors'].values())}")
