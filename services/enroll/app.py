@@ -29,16 +29,8 @@ class EnrollService(Service):
             "enroll", {"enroll.inbound": BatchHandler(partial(handle_batch, self.ctx))},
             on_dead_letter=rejections.publisher(self.runtime.bus, "enroll.rejections", self.name, shows_key=False),
             slow=True)  # provinces' bulk records: throughput, not latency
-        self.reminders = Periodic("enroll-reminders", self.settings.reminder_interval_s,
-                                  partial(scan_lapses, self.ctx), first_after_s=30)
+        self.reminders = self.every(Periodic("enroll-reminders", self.settings.reminder_interval_s,
+                                             partial(scan_lapses, self.ctx), first_after_s=30))
         from services.enroll.api import create_api
 
         self.app = create_api(self)
-
-    async def start(self) -> None:
-        await super().start()
-        self.reminders.start()
-
-    async def stop(self) -> None:
-        await self.reminders.stop()
-        await super().stop()

@@ -29,15 +29,8 @@ class FilingService(Service):
             "filing-inbound", {"filing.inbound": BatchHandler(partial(handle_batch, self.ctx))},
             on_dead_letter=rejections.publisher(self.runtime.bus, "filing.rejections", self.name),
             slow=True)  # provinces' bulk records: throughput, not latency
-        self.expiry = Periodic("filing-expiry", self.settings.expiry_interval_s, partial(expire_due, self.ctx))
+        self.expiry = self.every(Periodic("filing-expiry", self.settings.expiry_interval_s,
+                                          partial(expire_due, self.ctx)))
         from services.filing.api import create_api
 
         self.app = create_api(self)
-
-    async def start(self) -> None:
-        await super().start()
-        self.expiry.start()
-
-    async def stop(self) -> None:
-        await self.expiry.stop()
-        await super().stop()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from services.bus.periodic import Periodic
 from services.bus.worker import BatchHandler
+from services.monitor.aggregate import judge_outliers
 from services.monitor.catalogue import RuleBook
 from services.monitor.facts import SettledView
 from services.monitor.handlers import MonitorContext, apply_person, check_batch
@@ -28,6 +30,8 @@ class MonitorService(Service):
         self.runtime.add_worker("monitor", {"settle.completed": BatchHandler(partial(check_batch, self.ctx)),
                                             "enroll.events": partial(apply_person, self.ctx)}, slow=True,
                                 read_as={"settle.completed": SettledView})
+        self.outliers = self.every(Periodic("monitor-outliers", self.settings.outlier_interval_s,
+                                            partial(judge_outliers, self.ctx)))
         from services.monitor.api import create_api
 
         self.app = create_api(self)

@@ -22,7 +22,7 @@ from services.bus.intake import apply_batch
 from services.monitor.catalogue import Phase, RuleBook, RuleSpec
 from services.monitor.facts import Episode, Hit, SettledView, from_result
 from services.monitor.history import BatchHistory
-from services.monitor.outliers import find
+from services.monitor.outliers import Due
 from services.monitor.rules import Items, evaluate
 from services.monitor.store import Alert, EpisodeRow, PersonFacts
 
@@ -41,6 +41,7 @@ class MonitorContext:
     items: Items
     regions: dict[str, str] = field(default_factory=lambda: {
         code: str(h["admdvs"]) for code, h in designated_hospitals().items()})  # hospital → its region
+    due: Due = field(default_factory=Due)  # (month, item) pairs the outlier rule has yet to judge
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Batch:
     episodes: dict[str, Episode]
     raised: set[str]
     in_force: dict[date, list[RuleSpec]] = field(default_factory=dict)
+    touched: set[tuple[str, str]] = field(default_factory=set)  # (month, item) pairs it billed
 
     def rules_on(self, ctx: MonitorContext, day: date) -> list[RuleSpec]:
         if day not in self.in_force:
@@ -65,10 +67,12 @@ async def check_batch(ctx: MonitorContext, msgs: list[Incoming]) -> list[BaseExc
     episodes = {m.event.msgid: ep for m in msgs
                 if m.event.infno in SETTLEMENTS and (ep := from_result(m.event)) is not None}
     batch = Batch(BatchHistory(watched_items(rules)), episodes, set())
-    return await asyncio.to_thread(partial(
+    errors = await asyncio.to_thread(partial(
         apply_batch, inbox_key=lambda m: m.event.msgid, autoflush=False,
-        prepare=lambda s, _: batch.history.load(s, list(episodes.values())), finish=partial(_finish, ctx, batch)),
+        prepare=lambda s, _: batch.history.load(s, list(episodes.values())), finish=partial(_finish, batch)),
         ctx.engine, "monitor.rules", msgs, partial(_check, ctx, batch), ())
+    ctx.due.add(batch.touched)  # committed: the outlier job (services/monitor/aggregate.py) judges them
+    return errors
 
 
 def _check(ctx: MonitorContext, batch: Batch, s: Session, msg: Incoming) -> None:
@@ -90,24 +94,10 @@ def _check(ctx: MonitorContext, batch: Batch, s: Session, msg: Incoming) -> None
             batch.raised.add(f"{h.rule_id}-{h.key or ep.msgid}")
 
 
-def _finish(ctx: MonitorContext, batch: Batch, s: Session) -> None:
-    """The batch's history written; the items it billed judged against their peers this month."""
-    touched = batch.history.usage.touched()
+def _finish(batch: Batch, s: Session) -> None:
+    """The batch's history written, and the (month, item) pairs it billed noted."""
+    batch.touched = batch.history.usage.touched()
     batch.history.write(s)
-    rule = next((r for r in ctx.rules.current().rules if r.kind == "peer_outlier"), None)
-    if rule is None or not touched:
-        return
-    for o in find(batch.history.month_usage(s, touched), rule, touched):
-        first = date.fromisoformat(f"{o.month}-01")
-        if not rule.in_force(first):
-            continue
-        item = ctx.items.get(o.code)
-        ep = Episode(msgid="", psn_no="", fixmedins_code=o.fixmedins_code,
-                     mdtrtarea_admvs=ctx.regions.get(o.fixmedins_code, ""), insuplc_admdvs="", insutype="",
-                     med_type="", begntime=first, endtime=first, lines=())
-        alert = o.hit(rule, f"{item.name}({o.code})" if item else o.code)
-        if f"{rule.id}-{alert.key}" not in batch.raised and raise_alert(s, alert, ep, rule.family, phase="aggregate"):
-            batch.raised.add(f"{rule.id}-{alert.key}")
 
 
 def watched_items(rules: list[RuleSpec]) -> set[str]:

@@ -187,21 +187,6 @@ class BatchHistory:
                 {"month": m, "fixmedins_code": h, "claims": n} for (m, h), n in self.usage.claims.items()])
         self.usage = Usage.empty()
 
-    def month_usage(self, s: Session, touched: set[tuple[str, str]]) -> Usage:
-        """The months' counts now, of the (month, item) pairs given and every hospital's claims."""
-        conn = s.connection()
-        months = sorted({m for m, _ in touched})
-        u = Usage.empty()
-        for chunk in _chunks(c for _, c in touched):
-            for r in conn.execute(core_select(ITEM_MONTHS).where(ITEM_MONTHS.c.month.in_(months),
-                                                                 ITEM_MONTHS.c.code.in_(chunk))):
-                if (r.month, r.code) in touched:
-                    u.items[(r.month, r.fixmedins_code, r.code)] = Decimal(r.cnt)
-        for r in conn.execute(core_select(HOSPITAL_MONTHS).where(HOSPITAL_MONTHS.c.month.in_(months))):
-            u.claims[(r.month, r.fixmedins_code)] = r.claims
-        return u
-
-
     def reverse(self, s: Session, msgid: str) -> None:
         """A reversed settlement no longer counts (stays, visits, self-pay), whether it was judged
         in an earlier batch or earlier in this one."""
@@ -211,3 +196,23 @@ class BatchHistory:
         for psn, past in self.past.items():
             self.past[psn] = [p for p in past if p.stay.msgid != msgid]
         s.exec(update(EpisodeRow).where(col(EpisodeRow.msgid) == msgid).values(reversed=True))
+
+
+def month_usage(conn: Connection, pairs: set[tuple[str, str]] | None, since_month: str = "") -> Usage:
+    """The months' counts now: of the (month, item) pairs given, or (None) of every item of the
+    months from `since_month` on; with every hospital's claims in those months."""
+    u = Usage.empty()
+    if pairs is None:
+        for r in conn.execute(core_select(ITEM_MONTHS).where(ITEM_MONTHS.c.month >= since_month)):
+            u.items[(r.month, r.fixmedins_code, r.code)] = Decimal(r.cnt)
+        months = sorted({m for m, _, _ in u.items})
+    else:
+        months = sorted({m for m, _ in pairs})
+        for chunk in _chunks(c for _, c in pairs):
+            for r in conn.execute(core_select(ITEM_MONTHS).where(ITEM_MONTHS.c.month.in_(months),
+                                                                 ITEM_MONTHS.c.code.in_(chunk))):
+                if (r.month, r.code) in pairs:
+                    u.items[(r.month, r.fixmedins_code, r.code)] = Decimal(r.cnt)
+    for r in conn.execute(core_select(HOSPITAL_MONTHS).where(HOSPITAL_MONTHS.c.month.in_(months))):
+        u.claims[(r.month, r.fixmedins_code)] = r.claims
+    return u

@@ -1,12 +1,14 @@
 """Statistical outliers (统计异常): a hospital whose use of an item per settled claim, in a month,
 stands far above its peers' (the other hospitals billing that item that month), by the robust
 z-score 0.6745·(x − median)/MAD. Two ways to the same answer: streaming (the monitor keeps the
-month's counts as settlements arrive and judges the items a batch touched) and nightly (`yibao
-monitor outliers` reads settle.completed back from Kafka and counts again); both call `find`."""
+month's counts as settlements arrive and, every few seconds, judges the items billed since it last
+did: services/monitor/aggregate.py) and nightly (`yibao monitor outliers` reads settle.completed
+back from Kafka and counts again); both call `find`."""
 
 from __future__ import annotations
 
 import statistics
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +37,28 @@ class Usage:
 
     def touched(self) -> set[tuple[str, str]]:
         return {(month, code) for month, _, code in self.items}
+
+
+class Due:
+    """The (month, item) pairs billed since the outlier rule last judged them, shared by the
+    batches that add them (once committed) and the job that takes them. It starts as None, "every
+    item of the recent months": what a stopped process had not judged yet is judged after its start."""
+
+    def __init__(self) -> None:
+        self._pairs: set[tuple[str, str]] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, pairs: set[tuple[str, str]] | None) -> None:
+        with self._lock:
+            if pairs is None or self._pairs is None:
+                self._pairs = None
+            else:
+                self._pairs |= pairs
+
+    def take(self) -> set[tuple[str, str]] | None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, set()
+            return pairs
 
 
 def of(episodes: Iterable[Episode]) -> Usage:

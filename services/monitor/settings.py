@@ -8,3 +8,5 @@ class MonitorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="YIBAO_MONITOR_", extra="ignore")
 
     port: int = 8104
+    # the peer-outlier rule's judgement of the items billed since the last one (0: never)
+    outlier_interval_s: float = 5.0
