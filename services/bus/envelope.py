@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -15,6 +15,12 @@ from schemas.events import EVENT_TYPES, event_type_of
 from schemas.topics import topic as topic_spec
 
 Headers = list[tuple[str, bytes]]
+
+
+class Reader(Protocol):
+    """What validates a value: a model class, or a reader of one (a lighter view, a memo)."""
+
+    def model_validate(self, obj: Any) -> Any: ...
 
 # Extensions this runtime adds to every message (CloudEvents extension names: lowercase).
 CORRELATION = "ce_correlationid"  # the hospital's msgid
@@ -157,10 +163,11 @@ def decode_key(key: bytes | None) -> str | None:
 
 
 def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
-           partition: int = 0, offset: int = 0, model: type[BaseModel] | None = None) -> Incoming:
+           partition: int = 0, offset: int = 0, model: Reader | None = None) -> Incoming:
     """Parse and validate; raises BadMessageError with a sentence that says what is wrong.
 
-    `model` reads the value as a lighter view of its ce_type (a relay's view of a hop)."""
+    `model` reads the value otherwise than its ce_type's model: a lighter view (a relay's view of
+    a hop), or a reader that remembers what it validated (services/settle/hopreader.py)."""
     raw = header_list(headers)
     hd = strict_headers(raw)
     text_key = decode_key(key)

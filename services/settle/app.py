@@ -9,6 +9,7 @@ import orjson
 
 from schemas.events import FaultsChanged, SettlementHopInTransit
 from services.bus.broadcast import Broadcast
+from services.bus.envelope import Reader
 from services.bus.faults import Fault, Faults
 from services.bus.reply import ReplyListener
 from services.bus.worker import BatchHandler, Handler
@@ -22,6 +23,7 @@ from services.settle.handlers import (
     give_up,
     relay_hop,
 )
+from services.settle.hopreader import CityHopReader
 from services.settle.refdata import Reference
 from services.settle.settings import SettleSettings
 from services.settle.store import TABLES
@@ -52,9 +54,11 @@ class SettleService(Service):
             handlers["enroll.events"] = partial(apply_enrolment, self.ctx)
             handlers["filing.events"] = partial(apply_filing, self.ctx)
         group = "settle" if levels == ALL_LEVELS else "settle-" + "-".join(levels)
-        relays = {f"settle.{lvl}": SettlementHopInTransit for lvl in levels if lvl != "city"}
+        read_as: dict[str, Reader] = {f"settle.{lvl}": SettlementHopInTransit for lvl in levels if lvl != "city"}
+        if "city" in levels:
+            read_as["settle.city"] = CityHopReader()
         self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx),
-                                               read_as=relays)
+                                               read_as=read_as)
                        if handlers else None)  # no levels: an API-only process
         self.replies = ReplyListener(self.runtime.bus, orjson.loads) if with_api else None  # answered as JSON
         # fault changes reach every settle process, whichever one's ops API was called

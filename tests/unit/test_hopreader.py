@@ -1,0 +1,80 @@
+"""The city hops' reader (services/settle/hopreader.py) along a claim's way, on the bytes each step
+sends: a claim and split validated once are not validated again when they come back equal, and
+anything that differs — one line's amount — is validated in full and refused as before."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from schemas.events import Claim, FeeLine, FeeSplit, HopAction, SettlementHop
+from services.bus.envelope import encode
+from services.settle.domain import plan_route
+from services.settle.hopreader import CityHopReader
+
+ZERO = Decimal("0.00")
+
+
+def claim(lines: int = 40) -> Claim:
+    fees = [FeeLine(feedetl_sn=str(i), med_list_codg=f"00110100{i:07d}", cnt=Decimal(2), pric=Decimal("12.35"),
+                    det_item_fee_sumamt=Decimal("24.70")) for i in range(1, lines + 1)]
+    return Claim(msgid="H44010400001202612061200000001", infno="2304", fixmedins_code="H44010400001",
+                 mdtrtarea_admvs="440100", insuplc_admdvs="360100", psn_no="36010000000000000001", insutype="310",
+                 med_type="21", begntime="2026-12-06", fees=fees, deadline_ms=1)
+
+
+def split_of(c: Claim) -> list[FeeSplit]:
+    return [FeeSplit(feedetl_sn=f.feedetl_sn, med_list_codg=f.med_list_codg, det_item_fee_sumamt=f.det_item_fee_sumamt,
+                     chrgitm_lv="01", selfpay_prop=Decimal("0"), fulamt_ownpay_amt=ZERO, overlmt_amt=ZERO,
+                     preselfpay_amt=ZERO, inscp_scp_amt=f.det_item_fee_sumamt) for f in c.fees]
+
+
+def wire(hop: SettlementHop) -> Any:
+    """What the next step parses: the hop as sent, read back."""
+    return orjson.loads(encode(hop))
+
+
+def at(hop: SettlementHop, action: HopAction, **changes: Any) -> SettlementHop:
+    pos = next(i for i, s in enumerate(hop.route) if s.action is action and i >= hop.pos)
+    return hop.model_copy(update={"pos": pos, **changes})
+
+
+def test_a_claim_and_its_split_are_validated_once_along_the_way() -> None:
+    reader = CityHopReader()
+    first = SettlementHop(claim=claim(), route=plan_route("440100", "360100"), pos=0)
+    at_split = reader.model_validate(wire(first))  # the treatment city: validated in full
+    assert reader.reused == 0
+
+    at_compute = reader.model_validate(wire(at(at_split, HopAction.COMPUTE, split=split_of(at_split.claim))))
+    assert at_compute.claim is at_split.claim and reader.reused == 1  # the split is new here: validated
+
+    answered = at(at_compute, HopAction.FINISH)
+    at_finish = reader.model_validate(wire(answered))
+    assert at_finish.claim is at_split.claim and reader.reused == 3
+    assert at_finish.split and at_compute.split and all(
+        a is b for a, b in zip(at_finish.split, at_compute.split, strict=True))
+    assert at_finish == answered  # the same values as validating it all again
+    assert reader.model_validate(wire(answered)).claim is not at_split.claim  # answered: forgotten
+
+
+def test_a_line_that_changed_on_the_way_is_validated_and_refused() -> None:
+    reader = CityHopReader()
+    first = SettlementHop(claim=claim(), route=plan_route("440100", "360100"), pos=0)
+    reader.model_validate(wire(first))
+    tampered = wire(at(first, HopAction.COMPUTE, split=split_of(first.claim)))
+    tampered["claim"]["fees"][7]["det_item_fee_sumamt"] = "99.99"  # no longer cnt × pric
+    with pytest.raises(ValidationError, match="cnt × pric"):
+        reader.model_validate(tampered)
+    assert reader.reused == 0
+
+
+def test_what_it_remembers_is_bounded() -> None:
+    reader = CityHopReader(size=3)
+    for n in range(10):
+        c = claim(2).model_copy(update={"msgid": f"H44010400001202612061200{n:06d}"})
+        reader.model_validate(wire(SettlementHop(claim=c, route=plan_route("440100", "360100"), pos=0)))
+    assert len(reader._seen) == 3
