@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,9 @@ class Wire(BaseModel):
     """Base of events: unknown fields are ignored so producers may add optional fields."""
 
     model_config = ConfigDict(extra="ignore", frozen=False)
+    # sent without the fields that hold their defaults (read back, they take them again): for
+    # events only the platform reads, whose many empty fields would be most of their bytes
+    compact: ClassVar[bool] = False
 
 
 class Command(BaseModel):

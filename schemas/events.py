@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -366,6 +366,8 @@ class Outcome(BaseModel):
 
 class SettlementHop(Wire):
     """A claim on its way through the hop chain (settle.city / settle.province / settle.national)."""
+
+    compact: ClassVar[bool] = True  # a 115-line inpatient hop: 60 KB in full, 41 KB without its defaults
 
     claim: Claim
     route: list[RouteStep]
