@@ -187,7 +187,9 @@ class FeeLine(BaseModel):
                                       description="费用发生时间 yyyy-MM-dd HH:mm:ss (the encounter's day when absent)")
     prd_days: Decimal | None = Field(None, ge=0, max_digits=8, decimal_places=2,
                                      description="周期天数: the days a prescription lasts")
-    drugtracinfo: list[DrugTrace] = Field([], max_length=500, description="药品追溯码 of the packs sold on this line")
+    # a factory, not `[]`: a mutable default is deep-copied for every line validated
+    drugtracinfo: list[DrugTrace] = Field(default_factory=list, max_length=500,
+                                          description="药品追溯码 of the packs sold on this line")
 
     @property
     def trace_codes(self) -> list[str]:
@@ -401,7 +403,7 @@ class LineFacts(BaseModel):
     pric: UnitPrice
     day: date
     prd_days: Decimal | None = None
-    trac: list[str] = []
+    trac: list[str] = Field(default_factory=list)  # per line: no deep copy of a default
 
 
 class ClaimFacts(BaseModel):
