@@ -14,9 +14,8 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, update
+from sqlalchemy import Connection, update
 from sqlalchemy import select as core_select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from services.bus.sql import Statement
@@ -44,6 +43,16 @@ _PERSONS_AT = Statement("""SELECT DISTINCT psn_no FROM monitor_episodes
                            WHERE fixmedins_code = :fixmedins_code AND begntime = :day AND insuplc_admdvs = :insuplc
                            AND reversed = :no AND (diagnoses = :diagnosis OR diagnoses LIKE :like ESCAPE '/')
                            LIMIT :at_most""")
+# a batch's additions to the months' counts (the statistical outliers'), on the driver's cursor:
+# the same SQL on SQLite and PostgreSQL
+_ADD_ITEMS = Statement("""INSERT INTO monitor_item_months (month, code, fixmedins_code, cnt)
+                          VALUES (:month, :code, :fixmedins_code, :cnt)
+                          ON CONFLICT (month, code, fixmedins_code)
+                          DO UPDATE SET cnt = monitor_item_months.cnt + excluded.cnt""")
+_ADD_CLAIMS = Statement("""INSERT INTO monitor_hospital_months (month, fixmedins_code, claims)
+                           VALUES (:month, :fixmedins_code, :claims)
+                           ON CONFLICT (month, fixmedins_code)
+                           DO UPDATE SET claims = monitor_hospital_months.claims + excluded.claims""")
 LOOK_BACK = timedelta(days=400)  # the longest window a rule reads (a calendar year, 90-day frequencies …)
 CHUNK = 500  # values per IN (…)
 
@@ -53,14 +62,6 @@ class Past:
     stay: Stay
     insuplc: str
     selfpay: Decimal
-
-
-def _add_up(conn: Connection, table: Table, keys: tuple[str, ...], column: str, rows: list[dict[str, Any]]) -> None:
-    """Insert the rows, or add their `column` to the row already there (one statement)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys),
-                                            set_={column: table.c[column] + stmt.excluded[column]}), rows)
 
 
 def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
@@ -181,10 +182,11 @@ class BatchHistory:
                 conn.execute(table.insert(), self.rows[name])
         self.rows.clear()
         if self.usage.claims:
-            _add_up(conn, ITEM_MONTHS, ("month", "code", "fixmedins_code"), "cnt", [
-                {"month": m, "code": c, "fixmedins_code": h, "cnt": q} for (m, h, c), q in self.usage.items.items()])
-            _add_up(conn, HOSPITAL_MONTHS, ("month", "fixmedins_code"), "claims", [
-                {"month": m, "fixmedins_code": h, "claims": n} for (m, h), n in self.usage.claims.items()])
+            exact = conn.dialect.name == "postgresql"  # SQLite stores the count as REAL, as SQLAlchemy binds it
+            _ADD_ITEMS.run_many(conn, [{"month": m, "code": c, "fixmedins_code": h, "cnt": q if exact else float(q)}
+                                       for (m, h, c), q in self.usage.items.items()])
+            _ADD_CLAIMS.run_many(conn, [{"month": m, "fixmedins_code": h, "claims": n}
+                                        for (m, h), n in self.usage.claims.items()])
         self.usage = Usage.empty()
 
     def reverse(self, s: Session, msgid: str) -> None:

@@ -15,7 +15,8 @@ from services.monitor import aggregate
 from services.monitor.aggregate import judge_outliers, since_month
 from services.monitor.catalogue import RuleBook
 from services.monitor.handlers import MonitorContext
-from services.monitor.history import HOSPITAL_MONTHS, ITEM_MONTHS
+from services.bus.db import transaction
+from services.monitor.history import HOSPITAL_MONTHS, ITEM_MONTHS, BatchHistory, month_usage
 from services.monitor.store import TABLES, Alert
 from services.settle.refdata import load_catalogue
 
@@ -76,3 +77,16 @@ def test_what_a_failed_judgement_took_stays_due(ctx: MonitorContext, monkeypatch
     with pytest.raises(RuntimeError):
         judge_outliers(ctx, TODAY)
     assert ctx.due.take() == {("2026-11", XRAY)}
+
+
+def test_each_batch_adds_to_the_months_counts(ctx: MonitorContext) -> None:
+    for qty in ("1.5", "2.25"):
+        h = BatchHistory(set())
+        h.usage.items[("2026-11", HOSPITALS[0], LOZENGE)] += Decimal(qty)
+        h.usage.claims[("2026-11", HOSPITALS[0])] += 1
+        with transaction(ctx.engine) as s:
+            h.write(s)
+    with transaction(ctx.engine) as s:
+        u = month_usage(s.connection(), {("2026-11", LOZENGE)})
+    assert dict(u.items) == {("2026-11", HOSPITALS[0], LOZENGE): Decimal("3.75")}
+    assert dict(u.claims) == {("2026-11", HOSPITALS[0]): 2}
