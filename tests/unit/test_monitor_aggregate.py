@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import Engine, func, insert, select
 from sqlmodel import SQLModel
 
+from services.bus.db import transaction
 from services.monitor import aggregate
 from services.monitor.aggregate import judge_outliers, since_month
 from services.monitor.catalogue import RuleBook
 from services.monitor.handlers import MonitorContext
-from services.bus.db import transaction
 from services.monitor.history import HOSPITAL_MONTHS, ITEM_MONTHS, BatchHistory, month_usage
 from services.monitor.store import TABLES, Alert
 from services.settle.refdata import load_catalogue
