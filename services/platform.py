@@ -144,6 +144,9 @@ def run_service(name: str, **kw: Any) -> None:
     """Entry of `python -m services.<name>`: serve one service until SIGINT/SIGTERM."""
     setup_logging(CommonSettings().log_level)
     svc = build_service(name, require_bootstrap(), **kw)
+    if svc.nice > 0:
+        os.nice(min(svc.nice, 19))
+        log.info("%s runs at nice %d: the settlement path's processes go first on a busy machine", name, svc.nice)
     asyncio.run(_serve_until_signalled(svc, with_http=svc.app is not None))
 
 

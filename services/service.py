@@ -22,6 +22,7 @@ class Service:
     name: str = ""
     tables: Sequence[type[SQLModel]] = ()
     port: int = 0
+    nice: int = 0  # the process's CPU priority below the others' (run_service applies it)
 
     def __init__(self, bootstrap: str, *, bus_settings: BusSettings | None = None,
                  common: CommonSettings | None = None, engine: Engine | None = None) -> None:

@@ -25,6 +25,7 @@ class MonitorService(Service):
         super().__init__(bootstrap, **kw)
         self.settings = settings or MonitorSettings()
         self.port = self.settings.port
+        self.nice = self.settings.nice
         self.ctx = MonitorContext(self.engine, RuleBook(self.common.rules_file), load_catalogue())
         # alerts are for supervisors, seconds are fine: batches (one transaction each), fewer fetches
         self.runtime.add_worker("monitor", {"settle.completed": BatchHandler(partial(check_batch, self.ctx)),
