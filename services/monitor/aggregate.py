@@ -5,7 +5,6 @@ instead of once per batch that touched them."""
 
 from __future__ import annotations
 
-import logging
 from datetime import date
 
 from services.bus.db import transaction
@@ -13,8 +12,6 @@ from services.monitor.facts import Episode
 from services.monitor.handlers import MonitorContext, raise_alert
 from services.monitor.history import month_usage
 from services.monitor.outliers import find
-
-log = logging.getLogger("yibao.monitor.aggregate")
 
 
 def since_month(today: date) -> str:
