@@ -22,6 +22,7 @@ class Reader(Protocol):
 
     def model_validate(self, obj: Any) -> Any: ...
 
+
 # Extensions this runtime adds to every message (CloudEvents extension names: lowercase).
 CORRELATION = "ce_correlationid"  # the hospital's msgid
 ATTEMPT = "ce_attempt"
