@@ -11,17 +11,26 @@ came back three times; its split twice."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.events import Claim, FeeSplit, HopAction, SettlementHop
 
 REMEMBERED = 512  # claims between their split and their answer, in this process
 
 
+class Validated(NamedTuple):
+    """A claim's last hop as it came (parsed JSON) and what validating it gave."""
+
+    claim_doc: Any
+    claim: Claim
+    split_doc: Any
+    split: list[FeeSplit] | None
+
+
 class CityHopReader:
     def __init__(self, size: int = REMEMBERED) -> None:
         self.size = size
-        self._seen: OrderedDict[str, tuple[Any, Claim, Any, list[FeeSplit] | None]] = OrderedDict()
+        self._seen: OrderedDict[str, Validated] = OrderedDict()
         self.reused = 0  # claims and splits not validated again
 
     def model_validate(self, data: Any) -> SettlementHop:
@@ -33,16 +42,16 @@ class CityHopReader:
         split_doc = data.get("split")
         if seen is not None:
             data = dict(data)
-            if seen[0] == claim_doc:
-                data["claim"] = seen[1]
+            if seen.claim_doc == claim_doc:
+                data["claim"] = seen.claim
                 self.reused += 1
-            if seen[3] is not None and split_doc is not None and seen[2] == split_doc:
-                data["split"] = seen[3]
+            if seen.split is not None and split_doc is not None and seen.split_doc == split_doc:
+                data["split"] = seen.split
                 self.reused += 1
         hop = SettlementHop.model_validate(data)
         if self._last_step(hop):
             return hop  # the claim's answer: nothing comes back after it
-        self._seen[msgid] = (claim_doc, hop.claim, split_doc, hop.split)
+        self._seen[msgid] = Validated(claim_doc, hop.claim, split_doc, hop.split)
         while len(self._seen) > self.size:
             self._seen.popitem(last=False)
         return hop
