@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,6 +22,17 @@ class Reader(Protocol):
     """What validates a value: a model class, or a reader of one (a lighter view, a memo)."""
 
     def model_validate(self, obj: Any) -> Any: ...
+
+
+class RecordReader(Protocol):
+    """A reader that reads the record itself, its value's bytes with its headers (text), and
+    need not parse the value (a relay that routes by headers). It raises BadMessageError,
+    orjson.JSONDecodeError or ValidationError for what it cannot read, as `decode` would."""
+
+    def read_record(self, value: bytes, headers: dict[str, str]) -> Any: ...
+
+
+Readable = Reader | RecordReader
 
 
 # Extensions this runtime adds to every message (CloudEvents extension names: lowercase).
@@ -50,7 +62,7 @@ def _traceparent() -> str:
 
 
 def make_headers(
-    event: BaseModel,
+    event: BaseModel | str,
     source: str,
     *,
     correlation_id: str | None = None,
@@ -60,12 +72,14 @@ def make_headers(
     traceparent: str | None = None,
     attempt: int = 1,
     ce_id: str | None = None,
+    extra: Sequence[tuple[str, bytes]] = (),
 ) -> Headers:
+    """`event`: the event, or its ce_type; `extra`: headers of the event's own contract."""
     h: Headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", (ce_id or os.urandom(16).hex()).encode()),  # 128 random bits, as a uuid4 has
         ("ce_source", source.encode()),
-        ("ce_type", event_type_of(event).encode()),
+        ("ce_type", (event if isinstance(event, str) else event_type_of(event)).encode()),
         ("ce_time", datetime.now(UTC).isoformat(timespec="milliseconds").encode()),
         ("content-type", b"application/json"),
         ("traceparent", (traceparent or _traceparent()).encode()),
@@ -79,6 +93,7 @@ def make_headers(
         h.append((HOPTRACE, hoptrace.encode()))
     if reply_to:
         h.append((REPLY_TO, reply_to.encode()))
+    h.extend(extra)
     return h
 
 
@@ -113,7 +128,6 @@ class Incoming:
     attempt: int = 1
     deadline_ms: int | None = None  # epoch ms after which no hop acts on it
     extra: dict[str, Any] = field(default_factory=dict)
-    doc: Any = None  # the value as parsed JSON, which `event` was validated from
 
     @property
     def ce_type(self) -> str:
@@ -165,11 +179,12 @@ def decode_key(key: bytes | None) -> str | None:
 
 
 def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
-           partition: int = 0, offset: int = 0, model: Reader | None = None) -> Incoming:
+           partition: int = 0, offset: int = 0, model: Readable | None = None) -> Incoming:
     """Parse and validate; raises BadMessageError with a sentence that says what is wrong.
 
-    `model` reads the value otherwise than its ce_type's model: a lighter view (a relay's view of
-    a hop), or a reader that remembers what it validated (services/settle/hopreader.py)."""
+    `model` reads the value otherwise than its ce_type's model: a lighter view, a reader that
+    remembers what it validated, or a RecordReader that reads headers too (a relay that routes by
+    them, a hop whose relays stamped their passage in headers: services/settle/hopreader.py)."""
     raw = header_list(headers)
     hd = strict_headers(raw)
     text_key = decode_key(key)
@@ -184,12 +199,15 @@ def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
                               "UNKNOWN_TYPE")
     if value is None:
         raise BadMessageError("empty value (tombstone) where an event was expected", "EMPTY_VALUE")
+    reader = model or EVENT_TYPES[ce_type]
+    read_record = getattr(reader, "read_record", None)
     try:
-        data = orjson.loads(value)
+        if read_record is not None:
+            event = read_record(value, hd)
+        else:
+            event = reader.model_validate(orjson.loads(value))  # type: ignore[union-attr]
     except orjson.JSONDecodeError as exc:
         raise BadMessageError(f"value is not JSON: {exc}", "NOT_JSON") from None
-    try:
-        event = (model or EVENT_TYPES[ce_type]).model_validate(data)
     except ValidationError as exc:
         errs = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
@@ -197,5 +215,5 @@ def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
         raise BadMessageError(f"value does not match {ce_type}: {errs}", "SCHEMA_INVALID") from None
     return Incoming(
         topic=topic, key=text_key, event=event, headers=hd, raw_headers=raw, value=value,
-        partition=partition, offset=offset, attempt=attempt or 1, deadline_ms=deadline, doc=data,
+        partition=partition, offset=offset, attempt=attempt or 1, deadline_ms=deadline,
     )

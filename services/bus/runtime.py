@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from services.bus.client import Bus
-from services.bus.envelope import Reader
+from services.bus.envelope import Readable
 from services.bus.outbox import OutboxRelay
 from services.bus.settings import BusSettings
 from services.bus.worker import GiveUp, Handler, OnDeadLetter, Worker
@@ -28,7 +28,7 @@ class ServiceRuntime:
 
     def add_worker(self, group: str, handlers: Mapping[str, Handler],
                    on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None,
-                   slow: bool = False, read_as: Mapping[str, Reader] | None = None) -> Worker:
+                   slow: bool = False, read_as: Mapping[str, Readable] | None = None) -> Worker:
         w = Worker(self.bus, group, handlers, on_give_up, on_dead_letter, slow, read_as)
         self.workers.append(w)
         return w

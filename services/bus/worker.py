@@ -30,7 +30,7 @@ from services.bus.envelope import (
     BadMessageError,
     Headers,
     Incoming,
-    Reader,
+    Readable,
     decode,
     header_dict,
     header_list,
@@ -154,7 +154,7 @@ class Worker:
 
     def __init__(self, bus: Bus, group: str, handlers: Mapping[str, Handler],
                  on_give_up: GiveUp | None = None, on_dead_letter: OnDeadLetter | None = None,
-                 slow: bool = False, read_as: Mapping[str, Reader] | None = None) -> None:
+                 slow: bool = False, read_as: Mapping[str, Readable] | None = None) -> None:
         self.bus, self.group, self.handlers, self.on_give_up = bus, group, handlers, on_give_up
         self.on_dead_letter = on_dead_letter
         self.read_as = dict(read_as or {})  # topic → a lighter view of its type (a relay's view of a hop)

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from schemas.events import FaultsChanged, SettlementHopInTransit
+from schemas.events import FaultsChanged
 from services.bus.broadcast import Broadcast
-from services.bus.envelope import Reader
+from services.bus.envelope import Readable
 from services.bus.faults import Fault, Faults
 from services.bus.reply import ReplyListener
 from services.bus.worker import BatchHandler, Handler
@@ -23,7 +23,7 @@ from services.settle.handlers import (
     give_up,
     relay_hop,
 )
-from services.settle.hopreader import CityHopReader
+from services.settle.hopreader import CityHopReader, RelayReader
 from services.settle.refdata import Reference
 from services.settle.settings import SettleSettings
 from services.settle.store import TABLES
@@ -54,7 +54,7 @@ class SettleService(Service):
             handlers["enroll.events"] = partial(apply_enrolment, self.ctx)
             handlers["filing.events"] = partial(apply_filing, self.ctx)
         group = "settle" if levels == ALL_LEVELS else "settle-" + "-".join(levels)
-        read_as: dict[str, Reader] = {f"settle.{lvl}": SettlementHopInTransit for lvl in levels if lvl != "city"}
+        read_as: dict[str, Readable] = {f"settle.{lvl}": RelayReader() for lvl in levels if lvl != "city"}
         if "city" in levels:
             read_as["settle.city"] = CityHopReader()
         self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx),

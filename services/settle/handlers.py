@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -29,13 +28,21 @@ from schemas.events import (
     Outcome,
     RouteStep,
     SettlementHop,
-    SettlementHopInTransit,
     SettlementResult,
 )
 from services.bus import outbox
 from services.bus.client import Bus
 from services.bus.db import Unit, transaction, unit
-from services.bus.envelope import CORRELATION, REPLY_TO, Incoming, encode, make_headers, now_ms
+from services.bus.envelope import (
+    CORRELATION,
+    HOPTRACE,
+    REPLY_TO,
+    BadMessageError,
+    Incoming,
+    encode,
+    make_headers,
+    now_ms,
+)
 from services.bus.faults import Faults
 from services.bus.shared import LogLine, write_shared
 from services.bus.sql import Statement
@@ -55,6 +62,7 @@ from services.settle.domain import (
     split_line,
 )
 from services.settle.encounters import REGISTRATIONS, mark_settled, mdtrt_id_of, open_encounter
+from services.settle.hopreader import RelayView, routing_headers, with_routing
 from services.settle.infnos import TRANSACTIONS
 from services.settle.insured import failure
 from services.settle.refdata import Reference
@@ -104,7 +112,7 @@ def submit_claim(ctx: SettleContext, claim: Claim, reply_to: str | None) -> Clai
                 "created_ms": t, "updated_ms": t})
             outbox.add(s, SERVICE, hop_topic(route[0].level), route[0].admdvs, hop,
                        source=f"/yibao/hospital/{claim.fixmedins_code}", correlation_id=claim.msgid,
-                       deadline_ms=claim.deadline_ms, reply_to=reply_to)
+                       deadline_ms=claim.deadline_ms, reply_to=reply_to, extra=routing_headers(hop))
     except IntegrityError:  # the same msgid again
         return claim_status(ctx.engine, claim.msgid)
     log.info("claim %s from %s accepted: %s route, %d legs", claim.msgid, claim.fixmedins_code,
@@ -120,7 +128,7 @@ def claim_status(engine: Engine, msgid: str) -> ClaimRecord | None:
 # --- the hops ------------------------------------------------------------------------------
 
 
-AnyHop = SettlementHop | SettlementHopInTransit  # the full hop, or a relay's reading of it
+AnyHop = SettlementHop | RelayView  # the full hop, or a relay's reading of it
 
 
 async def _arrive(ctx: SettleContext, msg: Incoming, hop: AnyHop) -> RouteStep:
@@ -135,24 +143,27 @@ async def _arrive(ctx: SettleContext, msg: Incoming, hop: AnyHop) -> RouteStep:
 
 
 async def relay_hop(ctx: SettleContext, msg: Incoming) -> None:
-    """Province and national hops: pass the hop on, read as SettlementHopInTransit. Only its
-    position and trace change: the parsed document goes on with them changed, the claim, split and
-    outcome as they came (no model of them is built or encoded here)."""
-    hop: SettlementHopInTransit = msg.event
-    step = await _arrive(ctx, msg, hop)
+    """Province and national hops: pass the hop on by its headers (services/settle/hopreader.py).
+    The value goes on byte for byte, unparsed; the next position and this relay's stamp go in
+    the next record's headers. The deadline goes on as it came: a hop the insured city decided
+    was sent without one."""
+    view: RelayView = msg.event
+    step = await _arrive(ctx, msg, view)
     if step.action is not HopAction.RELAY:
-        raise PermanentError(f"step {hop.pos} at {step.level} {step.admdvs} is {step.action}, not a relay")
-    if hop.pos + 1 >= len(hop.route):
-        raise PermanentError(f"step {hop.pos} is a relay and the last of its route: nowhere to pass the claim")
+        raise PermanentError(f"step {view.pos} at {step.level} {step.admdvs} is {step.action}, not a relay")
+    if view.pos + 1 >= len(view.route):
+        raise PermanentError(f"step {view.pos} is a relay and the last of its route: nowhere to pass the claim")
     t = now_ms()
     stamp = {"level": step.level, "admdvs": step.admdvs, "action": step.action, "received_ms": t,
              "sent_ms": t, "attempt": msg.attempt}
-    doc = msg.doc | {"pos": hop.pos + 1, "trace": [*msg.doc.get("trace", ()), stamp]}
-    nxt = hop.route[hop.pos + 1]
-    hoptrace = _hoptrace([*hop.trace, step])
-    await ctx.bus.send_raw(hop_topic(nxt.level), nxt.admdvs, orjson.dumps(doc),
-                           make_headers(hop, f"/yibao/settle/{step.level}/{step.admdvs}",
-                                        **_headers(msg, hop.outcome is not None, hoptrace)))
+    nxt = view.route[view.pos + 1]
+    here = f"{step.level}:{step.admdvs}"
+    before = msg.headers.get(HOPTRACE)
+    headers = make_headers(msg.ce_type, f"/yibao/settle/{step.level}/{step.admdvs}",
+                           correlation_id=msg.headers.get(CORRELATION), deadline_ms=msg.deadline_ms,
+                           reply_to=msg.headers.get(REPLY_TO), traceparent=msg.headers.get("traceparent"),
+                           hoptrace=f"{before}>{here}" if before else here, extra=view.onward(stamp))
+    await ctx.bus.send_raw(hop_topic(nxt.level), nxt.admdvs, msg.value, headers)
 
 
 Write = tuple[Incoming, int]  # a city hop that writes: the message and when it was received (ms)
@@ -200,19 +211,16 @@ def _stamped(hop: SettlementHop, received: int, attempt: int, **changes: Any) ->
     return hop.model_copy(update={"trace": [*hop.trace, stamp], **changes})
 
 
-def _hoptrace(steps: Sequence[HopStamp | RouteStep]) -> str:
+def _hoptrace(steps: Sequence[HopStamp]) -> str:
     return ">".join(f"{t.level}:{t.admdvs}" for t in steps)
 
 
-def _headers(msg: Incoming, decided: bool, hoptrace: str) -> dict[str, Any]:
-    # Once the insured city has decided, the answer must travel back whatever the deadline.
-    return dict(correlation_id=msg.headers.get(CORRELATION), deadline_ms=None if decided else msg.deadline_ms,
-                reply_to=msg.headers.get(REPLY_TO), traceparent=msg.headers.get("traceparent"),
-                hoptrace=hoptrace)
-
-
 def _next_headers(msg: Incoming, hop: SettlementHop) -> dict[str, Any]:
-    return _headers(msg, hop.outcome is not None, _hoptrace(hop.trace))
+    # Once the insured city has decided, the answer must travel back whatever the deadline.
+    return dict(correlation_id=msg.headers.get(CORRELATION),
+                deadline_ms=None if hop.outcome is not None else msg.deadline_ms,
+                reply_to=msg.headers.get(REPLY_TO), traceparent=msg.headers.get("traceparent"),
+                hoptrace=_hoptrace(hop.trace), extra=routing_headers(hop))
 
 
 def _onward(hop: SettlementHop) -> tuple[SettlementHop, str, str]:
@@ -365,10 +373,10 @@ def _finish_in(s: Unit, msg: Incoming, hop: SettlementHop) -> LogLine:
 
 async def give_up(ctx: SettleContext, msg: Incoming, reason: str) -> None:
     """A hop gave up (budget or deadline): the hospital gets an answer now, not never."""
-    if isinstance(msg.event, SettlementHopInTransit):  # a relay gave up: the answer needs the whole hop
+    if isinstance(msg.event, RelayView):  # a relay gave up: the answer needs the whole hop
         try:
-            hop = SettlementHop.model_validate_json(msg.value)
-        except ValidationError:
+            hop = SettlementHop.model_validate(with_routing(orjson.loads(msg.value), msg.headers))
+        except (ValueError, BadMessageError):  # not JSON, not a hop, or headers that do not fit it
             log.warning("claim %s: gave up at a relay and its hop is not valid; no answer sent",
                         msg.correlation_id)
             return

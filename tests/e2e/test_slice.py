@@ -294,8 +294,9 @@ async def _status(stack: Stack, msgid: str) -> str | None:
 
 async def test_relays_pass_the_claim_on_unread_and_the_next_city_hop_rejects_a_bad_one(stack: Stack,
                                                                                       broker: BrokerUnderTest) -> None:
-    """Province and national hops read only the route (SettlementHopInTransit): a claim they pass on
-    arrives intact, and one that breaks the contract is dead-lettered by the next city hop."""
+    """Province and national hops route by headers (services/settle/hopreader.py): the value they
+    pass on is the bytes they got, their position and stamps travel in headers, one that breaks
+    the contract is dead-lettered by the next city hop, and bad routing headers at the relay."""
     psn = await stack.person("360100")
     await stack.file(psn, "440100", "REFERRAL")
     ans = await stack.settle_claim(psn, GZ_HOSPITAL, "440100", "360100")
@@ -305,21 +306,36 @@ async def test_relays_pass_the_claim_on_unread_and_the_next_city_hop_rejects_a_b
         return [r for r in records if headers_of(r).get("ce_correlationid") == ans["msgid"]]
 
     legs = mine(await read_until(broker, "settle.province", lambda rs: len(mine(rs)) >= 4, what="the province legs"))
-    first, last = orjson.loads(legs[0].value), orjson.loads(legs[-1].value)
-    assert first["pos"] == 1 and last["pos"] == 7
-    assert last["claim"] == first["claim"]  # three relays and the insured city later: the claim as it left
+    assert [headers_of(r)["yibao-pos"] for r in legs] == ["1", "3", "5", "7"]
+    assert legs[1].value == legs[0].value and legs[3].value == legs[2].value  # two relays on: the same bytes
+    relayed = orjson.loads(headers_of(legs[1])["yibao-relayed"])
+    assert [(t["level"], t["admdvs"]) for t in relayed] == [("province", "440000"), ("national", "360000")]
+    first, back = orjson.loads(legs[0].value), orjson.loads(legs[2].value)
+    assert back["pos"] == 5 and back["claim"] == first["claim"]  # the insured city wrote it whole, claim as it left
+    assert "yibao-relayed" not in headers_of(legs[2])  # its stamps are in the body's trace now
+    assert [t["level"] for t in back["trace"]] == ["city", "province", "national", "province", "city"]
 
     bad = first | {"claim": first["claim"] | {"msgid": ans["msgid"] + "X",
                                               "fees": [first["claim"]["fees"][0] | {"cnt": "-1"}]}}
     headers = [(k, v) for k, v in legs[0].headers if k not in ("ce_id", "ce_correlationid", "ce_deadline")]
     headers += [("ce_id", b"relay-test-" + ans["msgid"].encode()), ("ce_correlationid", (ans["msgid"] + "X").encode())]
     await stack.settle.runtime.bus.send_raw("settle.province", "440000", orjson.dumps(bad), headers)
+    misrouted = [(k, v) for k, v in headers if k not in ("ce_id", "ce_correlationid", "yibao-route")]
+    misrouted += [("ce_id", b"relay-test-Y" + ans["msgid"].encode()), ("ce_correlationid", (ans["msgid"] + "Y").encode()),
+                  ("yibao-route", b"city:440100:split>province:440000")]
+    await stack.settle.runtime.bus.send_raw("settle.province", "440000", orjson.dumps(first), misrouted)
 
-    def dead(records: list[Any]) -> list[Any]:
-        return [r for r in records if headers_of(r).get("ce_correlationid") == ans["msgid"] + "X"]
+    def dead(records: list[Any], suffix: str = "X") -> list[Any]:
+        return [r for r in records if headers_of(r).get("ce_correlationid") == ans["msgid"] + suffix]
 
     got = dead(await read_until(broker, "settle.city.dlq", lambda rs: bool(dead(rs)), what="the bad claim's dead letter"))
     h = headers_of(got[0])
     assert h["dlq-original-topic"] == "settle.city" and "claim.fees.0.cnt" in h["dlq-error-message"], h
-    hop = orjson.loads(got[0].value)
-    assert hop["pos"] == 4 and [t["level"] for t in hop["trace"]][-3:] == ["province", "national", "province"]
+    assert got[0].value == orjson.dumps(bad)  # as it was sent: the relays did not touch it
+    assert h["yibao-pos"] == "4" and [t["level"] for t in orjson.loads(h["yibao-relayed"])] == [
+        "province", "national", "province"]
+
+    got = dead(await read_until(broker, "settle.province.dlq", lambda rs: bool(dead(rs, "Y")),
+                                what="the misrouted hop's dead letter"), "Y")
+    h = headers_of(got[0])
+    assert h["dlq-error-class"] == "BadMessageError" and "yibao-route" in h["dlq-error-message"], h

@@ -1,6 +1,7 @@
-"""The city hops' reader (services/settle/hopreader.py) along a claim's way, on the bytes each step
-sends: a claim and split validated once are not validated again when they come back equal, and
-anything that differs — one line's amount — is validated in full and refused as before."""
+"""services/settle/hopreader.py: relays read a hop by its headers and leave its value unread; the
+city hops read the body brought up to date by those headers. Along a claim's way, on the bytes
+each step sends, a claim and split validated once are not validated again when they come back
+equal, and anything that differs — one line's amount — is validated in full and refused."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.events import Claim, FeeLine, FeeSplit, HopAction, SettlementHop
-from services.bus.envelope import encode
+from services.bus.envelope import BadMessageError, encode, make_headers, strict_headers
 from services.settle.domain import plan_route
-from services.settle.hopreader import CityHopReader
+from services.settle.hopreader import CityHopReader, RelayReader, routing_headers
 
 ZERO = Decimal("0.00")
 
@@ -78,3 +79,47 @@ def test_what_it_remembers_is_bounded() -> None:
         c = claim(2).model_copy(update={"msgid": f"H44010400001202612061200{n:06d}"})
         reader.model_validate(wire(SettlementHop(claim=c, route=plan_route("440100", "360100"), pos=0)))
     assert len(reader._seen) == 3
+
+
+def sent(hop: SettlementHop) -> tuple[bytes, dict[str, str]]:
+    """The value and headers a city hop sends the hop with."""
+    return encode(hop), strict_headers(make_headers(hop, "/test", extra=routing_headers(hop)))
+
+
+def test_relays_route_by_headers_and_the_city_reads_their_stamps_after_the_trace() -> None:
+    first = SettlementHop(claim=claim(), route=plan_route("440100", "360100"), pos=0)
+    split = at(CityHopReader().model_validate(wire(first)), HopAction.SPLIT)
+    value, headers = sent(split.model_copy(update={"pos": 1}))
+    for pos in (1, 2, 3):  # province, national, province: none of them parses the value
+        view = RelayReader.read_record(b"not JSON: a relay does not read it", headers)
+        assert view.pos == pos and view.route == tuple(first.route)
+        step = view.route[pos]
+        stamp = {"level": step.level, "admdvs": step.admdvs, "action": step.action, "received_ms": pos,
+                 "sent_ms": pos, "attempt": 1}
+        headers = headers | {k: v.decode() for k, v in view.onward(stamp)}
+    hop = CityHopReader().read_record(value, headers)
+    assert hop.pos == 4 and hop.route[hop.pos].action is HopAction.COMPUTE
+    assert [(t.level, t.received_ms) for t in hop.trace] == [("province", 1), ("national", 2), ("province", 3)]
+    assert hop.claim == first.claim
+
+
+def test_a_hop_sent_without_routing_headers_is_read_by_its_body() -> None:
+    hop = SettlementHop(claim=claim(2), route=plan_route("440100", "360100"), pos=1)
+    view = RelayReader.read_record(encode(hop), {"ce_type": "x"})
+    assert (view.pos, view.route, view.relayed) == (1, tuple(hop.route), [])
+    again = CityHopReader().read_record(encode(hop), {})
+    assert again == hop
+
+
+@pytest.mark.parametrize(("headers", "words"), [
+    ({"yibao-route": "city:440100:split>province:440000", "yibao-pos": "1"}, "yibao-route"),
+    ({"yibao-route": "city:440100:split>moon:440000:relay", "yibao-pos": "1"}, "yibao-route"),
+    ({"yibao-route": "city:440100:split>province:440000:relay"}, "yibao-pos is missing"),
+    ({"yibao-route": "city:440100:split>province:440000:relay", "yibao-pos": "one"}, "yibao-pos"),
+    ({"yibao-route": "city:440100:split>province:440000:relay", "yibao-pos": "1", "yibao-relayed": "{"},
+     "yibao-relayed"),
+])
+def test_bad_routing_headers_are_bad_input_that_says_which(headers: dict[str, str], words: str) -> None:
+    with pytest.raises(BadMessageError, match=words) as e:
+        RelayReader.read_record(b"{}", headers)
+    assert e.value.code == "BAD_HEADER"
