@@ -373,7 +373,8 @@ class SettlementHop(Wire):
 
     claim: Claim
     route: list[RouteStep]
-    pos: int = Field(ge=0, description="index in route of the hop that must act on this message")
+    pos: int = Field(ge=0, description="index in route of the hop that must act on this message; while relays "
+                     "pass it on, the yibao-pos header is newer (and yibao-relayed holds their stamps)")
     hosp_lv: Literal["1", "2", "3"] | None = Field(None, description="treating hospital's level")
     split: list[FeeSplit] | None = None
     outcome: Outcome | None = None
@@ -382,10 +383,10 @@ class SettlementHop(Wire):
 
 
 class SettlementHopInTransit(Wire):
-    """How a relay (province, national) reads a SettlementHop: the same ce_type and the same bytes,
-    but only the routing fields are validated; claim, split and outcome pass through exactly as they
-    came (kept as parsed JSON) and the next city hop validates them in full. A relay does not look
-    inside the claim, so validating a 200-line claim at each of its six legs only cost CPU."""
+    """How a relay (province, national) reads a SettlementHop sent without routing headers: only
+    the routing fields are validated; claim, split and outcome are not its business, and the next
+    city hop validates them in full. A hop with routing headers is routed by them, its value
+    unread (services/settle/hopreader.py)."""
 
     model_config = ConfigDict(extra="allow")
 
