@@ -86,6 +86,9 @@ async def test_a_hop_still_down_after_its_retries_answers_the_hospital(broker: B
         ans = await stack.settle_claim(psn, "H44010400001", "440100", "360100")
         assert ans["infcode"] == -1 and ans["output"]["err_code"] == "HOP_DOWN", ans
         assert "national" in ans["err_msg"] and "重试" in ans["err_msg"]
+        # given up at a relay: the answer's trace is the body's and the relays' stamps from headers
+        assert [(h["level"], h["action"]) for h in ans["output"]["hop_trace"]] == [("city", "split"),
+                                                                                   ("province", "relay")]
         assert ledger_count(stack, ans["msgid"]) == 0
     finally:
         await stack.stop()
