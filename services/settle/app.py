@@ -23,7 +23,7 @@ from services.settle.handlers import (
     give_up,
     relay_hop,
 )
-from services.settle.hopreader import CityHopReader, RelayReader
+from services.settle.hopreader import RelayReader
 from services.settle.refdata import Reference
 from services.settle.settings import SettleSettings
 from services.settle.store import TABLES
@@ -56,7 +56,7 @@ class SettleService(Service):
         group = "settle" if levels == ALL_LEVELS else "settle-" + "-".join(levels)
         read_as: dict[str, Readable] = {f"settle.{lvl}": RelayReader() for lvl in levels if lvl != "city"}
         if "city" in levels:
-            read_as["settle.city"] = CityHopReader()
+            read_as["settle.city"] = self.ctx.hops
         self.worker = (self.runtime.add_worker(group, handlers, on_give_up=partial(give_up, self.ctx),
                                                read_as=read_as)
                        if handlers else None)  # no levels: an API-only process

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -62,7 +62,7 @@ from services.settle.domain import (
     split_line,
 )
 from services.settle.encounters import REGISTRATIONS, mark_settled, mdtrt_id_of, open_encounter
-from services.settle.hopreader import RelayView, routing_headers, with_routing
+from services.settle.hopreader import CityHopReader, RelayView, routing_headers, with_routing
 from services.settle.infnos import TRANSACTIONS
 from services.settle.insured import failure
 from services.settle.refdata import Reference
@@ -90,6 +90,7 @@ class SettleContext:
     ref: Reference
     faults: Faults
     rules: RuleBook
+    hops: CityHopReader = field(default_factory=CityHopReader)  # reads settle.city; told what we send
 
 
 def hop_topic(level: str) -> str:
@@ -232,6 +233,7 @@ def _onward(hop: SettlementHop) -> tuple[SettlementHop, str, str]:
 
 async def _forward(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     nxt, topic, key = _onward(hop)
+    ctx.hops.sent(nxt)
     src = f"/yibao/settle/{hop.trace[-1].level}/{hop.trace[-1].admdvs}"
     await ctx.bus.send(topic, key, nxt, src, **_next_headers(msg, nxt))
 
@@ -285,6 +287,7 @@ def _compute(s: Unit, ctx: SettleContext, msg: Incoming, hop: SettlementHop, rec
         outbox.add(s, SERVICE, "settle.advance", f"{w.insured_prov}-{w.treat_prov}", w, source=src)
         log.warning("预付金 %s→%s %s: %s of %s used", w.insured_prov, w.treat_prov, w.level, w.used, w.amount)
     nxt, topic, key = _onward(_stamped(hop, received, msg.attempt, outcome=decision.outcome, split=decision.split))
+    ctx.hops.sent(nxt)
     outbox.add(s, SERVICE, topic, key, nxt, source=src, **_next_headers(msg, nxt))
     return ("claim %s decided at %s: infcode %s %s",
             (c.msgid, c.insuplc_admdvs, decision.outcome.infcode, decision.outcome.err_code or ""))
