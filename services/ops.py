@@ -256,5 +256,6 @@ async def hop_records(bus: Bus, msgid: str, since_ms: int) -> list[dict[str, Any
                     found.append({"topic": topic, "partition": rec.partition, "offset": rec.offset,
                                   "time_ms": rec.timestamp, "key": rec.key.decode("utf-8", "replace") if rec.key
                                   else None, "attempt": int(h.get("ce_attempt", "1") or 1),
+                                  "step": h.get("yibao-pos"),  # the route's step it asks for (a hop's header)
                                   "reason": h.get("dlq-error-message") or h.get("yibao-last-error")})
     return sorted(found, key=lambda r: (r["time_ms"], r["offset"]))

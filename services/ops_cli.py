@@ -194,7 +194,8 @@ def trace(c: httpx.Client, args: argparse.Namespace) -> None:
     print(f"{t['msgid']}  {t['infno']}  {t['fixmedins_code']}  received {clock(t['received_ms'])}  {t['now']}")
     for r in t["records"]:
         print(f"  {clock(r['time_ms'])}  {r['topic']}/{r['partition']}/{r['offset']}  key {r['key']}  "
-              f"attempt {r['attempt']}" + (f"  {r['reason']}" if r["reason"] else ""))
+              + (f"step {r['step']}  " if r.get("step") else "")
+              + f"attempt {r['attempt']}" + (f"  {r['reason']}" if r["reason"] else ""))
     for h in t["hop_trace"]:
         print(f"  hop {h['level']:<8} {h['admdvs']}  {h['action']:<7} attempt {h['attempt']}  "
               f"{h['sent_ms'] - h['received_ms']} ms")

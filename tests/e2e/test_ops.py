@@ -163,6 +163,8 @@ async def test_replaying_settle_completed_by_time_is_harmless_and_a_claim_can_be
     t = (await ops.get(f"/ops/trace/{msgids[0]}")).json()
     assert t["status"] == "settled" and t["now"] == "answered: settled"
     assert {r["topic"] for r in t["records"]} >= {"settle.city", "settle.province", "settle.national"}
+    hops = [r for r in t["records"] if not r["topic"].endswith((".retry", ".dlq"))]
+    assert sorted(int(r["step"]) for r in hops) == list(range(len(hops)))  # each record's step of the route
     assert [h["action"] for h in t["hop_trace"]][0] == "split"
 
 
