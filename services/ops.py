@@ -24,6 +24,7 @@ from services.bus.envelope import CORRELATION, header_dict
 from services.bus.reading import partitions_of, read_to_end
 from services.bus.replay import GroupBusyError, known_topic, replay, reset_group
 from services.identity import Caller, allow
+from services.settle.hopreader import POS
 
 log = logging.getLogger("yibao.ops")
 
@@ -256,6 +257,6 @@ async def hop_records(bus: Bus, msgid: str, since_ms: int) -> list[dict[str, Any
                     found.append({"topic": topic, "partition": rec.partition, "offset": rec.offset,
                                   "time_ms": rec.timestamp, "key": rec.key.decode("utf-8", "replace") if rec.key
                                   else None, "attempt": int(h.get("ce_attempt", "1") or 1),
-                                  "step": h.get("yibao-pos"),  # the route's step it asks for (a hop's header)
+                                  "step": h.get(POS),  # the route's step it asks for
                                   "reason": h.get("dlq-error-message") or h.get("yibao-last-error")})
     return sorted(found, key=lambda r: (r["time_ms"], r["offset"]))

@@ -41,13 +41,12 @@ from schemas.events import (
     SettlementHop,
     SettlementHopInTransit,
 )
-from services.bus.envelope import BadMessageError, whole_number
+from services.bus.envelope import BadMessageError, Headers, whole_number
 
 REMEMBERED = 512  # claims between their split and their answer, in this process
 ROUTE = "yibao-route"  # level:admdvs:action of each step, joined by ">"
 POS = "yibao-pos"  # the step that must act on the hop
 RELAYED = "yibao-relayed"  # JSON: the relays' stamps since the value was written, to follow its trace
-HeaderList = list[tuple[str, bytes]]
 SPLITS = TypeAdapter(list[FeeSplit])
 
 
@@ -72,7 +71,7 @@ def parse_route(text: str) -> tuple[RouteStep, ...]:
                               "joined by '>' (city:440100:split>province:440000:relay…)", "BAD_HEADER") from None
 
 
-def routing_headers(hop: SettlementHop) -> HeaderList:
+def routing_headers(hop: SettlementHop) -> Headers:
     """The headers a hop is sent with: its route and position."""
     return [(ROUTE, route_text(hop.route).encode()), (POS, str(hop.pos).encode())]
 
@@ -115,7 +114,7 @@ class RelayView:
     pos: int
     relayed: list[Any]
 
-    def onward(self, stamp: dict[str, Any]) -> HeaderList:
+    def onward(self, stamp: dict[str, Any]) -> Headers:
         """The next record's routing headers, this relay's stamp added."""
         return [(ROUTE, self.route_text.encode()), (POS, str(self.pos + 1).encode()),
                 (RELAYED, orjson.dumps([*self.relayed, stamp]))]
