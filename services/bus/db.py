@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, Table, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, SQLModel, create_engine
@@ -109,15 +109,36 @@ CHECKPOINTS = Checkpointer()
 
 
 def create_tables(engine: Engine, tables: Sequence[type[SQLModel]]) -> None:
-    """Create what is missing; several processes of one service may race here at start-up."""
+    """Create what is missing, and add the nullable columns a table made by an older version
+    lacks; several processes of one service may race here at start-up."""
     for attempt in range(5):
         try:
             SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in tables])  # type: ignore[attr-defined]
+            add_missing_columns(engine, [t.__table__ for t in tables])  # type: ignore[attr-defined]
             return
         except (OperationalError, ProgrammingError, IntegrityError):
             if attempt == 4:
                 raise
             time.sleep(0.1 * (attempt + 1))  # another process created it meanwhile: check again
+
+
+def add_missing_columns(engine: Engine, tables: Sequence[Table]) -> None:
+    """The nullable columns a table lacks, added (`ALTER TABLE ... ADD COLUMN`): a table made by an
+    older version takes a new optional column without `make clean`. Any other change to a table
+    still needs its database dropped."""
+    with engine.begin() as conn:
+        have = inspect(conn)
+        for table in tables:
+            present = {c["name"] for c in have.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in present:
+                    continue
+                if not col.nullable:
+                    raise RuntimeError(f"table {table.name} lacks column {col.name}, which cannot be added to "
+                                       "rows already there: drop the database (make clean)")
+                kind = col.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
+                log.info("table %s: column %s added", table.name, col.name)
 
 
 @contextmanager

@@ -1,4 +1,9 @@
-"""Transactional outbox: events are rows written with the state change; a relay publishes them."""
+"""Transactional outbox: events are rows written with the state change; a relay publishes them.
+
+A row is one record: its value and headers, and where it goes: `topic` and `key`, and in `fanout`
+any further (topic, key) the same record goes to (an answer sent to the hospital, the monitor and
+the waiting API is stored once, not three times). A row is marked sent when every send of it is
+acknowledged; if one fails, all of its sends go again (consumers are idempotent)."""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel
@@ -39,6 +44,7 @@ class OutboxRow(SQLModel, table=True):
     key: str | None = Field(default=None, max_length=200)
     value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     headers: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    fanout: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))  # JSON [[topic, key]]
     created_ms: int = Field(sa_type=BigInteger)
     sent_ms: int | None = Field(default=None, sa_type=BigInteger)
     lease_owner: str | None = Field(default=None, max_length=40)
@@ -46,20 +52,29 @@ class OutboxRow(SQLModel, table=True):
 
 
 OUTBOX = OutboxRow.__table__  # type: ignore[attr-defined]
-INSERT = Statement("""INSERT INTO bus_outbox (service, topic, "key", value, headers, created_ms, lease_owner, lease_until)
-                       VALUES (:service, :topic, :key, :value, :headers, :created_ms, :lease_owner, :lease_until)
+INSERT = Statement("""INSERT INTO bus_outbox (service, topic, "key", value, headers, fanout, created_ms, lease_owner,
+                                               lease_until)
+                       VALUES (:service, :topic, :key, :value, :headers, :fanout, :created_ms, :lease_owner,
+                               :lease_until)
                        RETURNING id""")
 MARK_SENT = Statement("UPDATE bus_outbox SET sent_ms = :sent_ms WHERE id = :id")
 RELEASE = Statement("UPDATE bus_outbox SET lease_until = NULL WHERE id = :id")  # for the poll to send it again
 
 
+Target = tuple[str, str | None]  # a topic and the record's key on it
+
+
 @dataclass(frozen=True)
 class Staged:
     id: int
-    topic: str
-    key: str | None
+    targets: tuple[Target, ...]
     value: bytes
     headers: Headers
+
+
+def targets_of(topic: str, key: str | None, fanout: bytes | None) -> tuple[Target, ...]:
+    """A row's (topic, key) pairs: its own, then its fan-out's."""
+    return ((topic, key), *((t, k) for t, k in orjson.loads(fanout))) if fanout else ((topic, key),)
 
 
 # The relay of each (engine, service) in this process: a commit hands its rows straight to it.
@@ -68,10 +83,11 @@ _RELAYS: dict[tuple[int, str], OutboxRelay] = {}
 
 def add(session: Tx, service: str, topic: str, key: str | None, event: BaseModel,
         headers: Headers | None = None, source: str | None = None, value: bytes | None = None,
-        **header_args: object) -> None:
+        fanout: Sequence[Target] = (), **header_args: object) -> None:
     """Stage an event in the caller's transaction; it is published only if that commits.
 
-    `value`: the event already encoded, when the caller needed the bytes too. When this
+    `value`: the event already encoded, when the caller needed the bytes too. `fanout`: further
+    topics (and keys) the same record goes to, stored once with it. When this
     process runs the service's relay, the row is leased to it and handed over at commit, so
     it is published at once without being read back; otherwise the relay's poll finds it."""
     hs = headers if headers is not None else make_headers(
@@ -81,15 +97,16 @@ def add(session: Tx, service: str, topic: str, key: str | None, event: BaseModel
     relay = _RELAYS.get((id(conn.engine), service))
     if relay is not None and relay.engine is not conn.engine:
         relay = None
+    more = orjson.dumps([[t, k] for t, k in fanout]) if fanout else None
     inserted = INSERT.one(conn, {
         "service": service, "topic": topic, "key": key, "value": body,
-        "headers": orjson.dumps([[k, v.decode()] for k, v in hs]), "created_ms": now_ms(),
+        "headers": orjson.dumps([[k, v.decode()] for k, v in hs]), "fanout": more, "created_ms": now_ms(),
         "lease_owner": relay.owner if relay else None,
         "lease_until": now_ms() + relay.lease_ms if relay else None,
     })
     if relay is not None:  # committed rows go to the relay, rolled-back ones nowhere
         assert inserted is not None
-        after_commit(session, partial(relay.hand_over, Staged(int(inserted[0]), topic, key, body, hs)))
+        after_commit(session, partial(relay.hand_over, Staged(int(inserted[0]), targets_of(topic, key, more), body, hs)))
 
 
 class OutboxRelay:
@@ -116,7 +133,7 @@ class OutboxRelay:
         self._ready: list[Staged] = []
         self._acked: list[int] = []
         self._failed: list[int] = []
-        self._inflight: set[asyncio.Future[None]] = set()
+        self._inflight: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self.owner = uuid.uuid4().hex[:16]
@@ -196,11 +213,18 @@ class OutboxRelay:
                 log.warning("outbox relay for %s failed; will retry", self.service, exc_info=True)
                 await asyncio.sleep(0.5)
 
+    async def _send(self, row: Staged) -> asyncio.Future[Any]:
+        """Send a row to each of its targets; the future is done when every send is acknowledged."""
+        if len(row.targets) == 1:
+            topic, key = row.targets[0]
+            return await self.bus.send_raw(topic, key, row.value, row.headers)
+        return asyncio.gather(*[await self.bus.send_raw(t, k, row.value, row.headers) for t, k in row.targets])
+
     async def _send_ready(self) -> None:
         rows, self._ready = self._ready, []
         for i, r in enumerate(rows):
             try:
-                fut = await self.bus.send_raw(r.topic, r.key, r.value, r.headers)
+                fut = await self._send(r)
             except Exception:
                 self._failed.extend(x.id for x in rows[i:])  # the poll sends them
                 self._poll_now = True
@@ -208,7 +232,7 @@ class OutboxRelay:
             fut.add_done_callback(partial(self._acknowledged, r.id))
             self._inflight.add(fut)
 
-    def _acknowledged(self, row_id: int, fut: asyncio.Future[None]) -> None:
+    def _acknowledged(self, row_id: int, fut: asyncio.Future[Any]) -> None:
         self._inflight.discard(fut)
         if fut.cancelled() or fut.exception() is not None:
             self._failed.append(row_id)
@@ -241,7 +265,8 @@ class OutboxRelay:
         free = or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now)
         with self.engine.begin() as c:
             candidates = c.execute(
-                select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.key, OUTBOX.c.value, OUTBOX.c.headers)
+                select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.key, OUTBOX.c.value, OUTBOX.c.headers,
+                       OUTBOX.c.fanout)
                 .where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms.is_(None), free)  # ix_outbox_pending
                 .order_by(OUTBOX.c.id).limit(self.batch)).all()
             if not candidates:
@@ -257,7 +282,7 @@ class OutboxRelay:
         futures = []
         for r in rows:
             hs = [(k, v.encode()) for k, v in orjson.loads(r.headers)]
-            futures.append(await self.bus.send_raw(r.topic, r.key, r.value, hs))
+            futures.append(await self._send(Staged(r.id, targets_of(r.topic, r.key, r.fanout), r.value, hs)))
         results = await asyncio.gather(*futures, return_exceptions=True)
         for r, res in zip(rows, results, strict=True):
             (self._failed if isinstance(res, BaseException) else self._acked).append(r.id)

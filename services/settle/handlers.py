@@ -366,9 +366,9 @@ def _finish_in(s: Unit, msg: Incoming, hop: SettlementHop) -> LogLine:
     reply_to = msg.headers.get(REPLY_TO)
     if reply_to:
         targets.append((reply_to, c.msgid))
-    for topic, key in targets:
-        outbox.add(s, SERVICE, topic, key, result, source=src, value=body, ce_id=result_ce_id(c.msgid),
-                   **hdr)  # type: ignore[arg-type]
+    (topic, key), *more = targets  # one row, stored once, for every topic the answer goes to
+    outbox.add(s, SERVICE, topic, key, result, source=src, value=body, fanout=more, ce_id=result_ce_id(c.msgid),
+               **hdr)  # type: ignore[arg-type]
     return ("claim %s answered to %s: infcode %s %s (%d hops, %d ms)",
             (c.msgid, c.fixmedins_code, outcome.infcode, outcome.err_code or "", len(hop.trace),
              now_ms() - (hop.trace[0].received_ms if hop.trace else now_ms())))

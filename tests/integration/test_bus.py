@@ -350,6 +350,46 @@ async def test_outbox_rows_the_fast_path_missed_are_published_by_the_poll(broker
     await bus.stop()
 
 
+async def test_an_outbox_row_goes_to_every_topic_of_its_fanout(broker: BrokerUnderTest, bus_settings: BusSettings,
+                                                               engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """One row, stored once, is sent to each of its topics with its key there; it is marked sent when
+    all are acknowledged, and when one send fails the whole row goes again (by the poll)."""
+    engine = engine_factory("outbox-fanout")
+    create_tables(engine, [OutboxRow])
+    bus = await started_bus(bus_settings, broker)
+    topics = ["t.fanout.a", "t.fanout.b", "t.fanout.c"]
+    for t in topics:
+        await bus.create_topic(t, 1)
+    fanout = [("t.fanout.b", "KB"), ("t.fanout.c", None)]
+    with transaction(engine) as s:  # no relay yet: the poll sends it
+        outbox.add(s, "t-fanout", "t.fanout.a", "KA", filing_event(1), fanout=fanout)
+    relay = OutboxRelay(engine, "t-fanout", bus)
+    relay.start()
+    await wait_until(lambda: relay.published == 1, what="the poll to publish the row to its three topics")
+    real_send, failed = bus.send_raw, []
+
+    async def second_fails_once(topic, *args, **kw):  # type: ignore[no-untyped-def]
+        if topic == "t.fanout.b" and not failed:
+            failed.append(topic)
+            raise ConnectionError("broker away")
+        return await real_send(topic, *args, **kw)
+
+    bus.send_raw = second_fails_once  # type: ignore[method-assign]
+    with transaction(engine) as s:  # handed over at commit; its second send fails
+        outbox.add(s, "t-fanout", "t.fanout.a", "KA", filing_event(2), fanout=fanout)
+    await wait_until(lambda: relay.published == 2, what="the row whose send failed to go again")
+    got = {t: [(r.key, orjson.loads(r.value)["fil_id"]) for r in await read_topic(broker, t, 2, timeout=3)]
+           for t in topics}
+    assert failed and got == {"t.fanout.a": [(b"KA", "F1"), (b"KA", "F2"), (b"KA", "F2")],
+                              "t.fanout.b": [(b"KB", "F1"), (b"KB", "F2")],
+                              "t.fanout.c": [(None, "F1"), (None, "F2")]}
+    with transaction(engine) as s:
+        rows = s.exec(select(OutboxRow).where(OutboxRow.service == "t-fanout")).all()
+        assert len(rows) == 2 and all(r.sent_ms is not None for r in rows)
+    await relay.stop()
+    await bus.stop()
+
+
 def test_inbox_records_once(engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = engine_factory("inbox")
     create_tables(engine, [InboxRecord])
