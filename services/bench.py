@@ -5,9 +5,10 @@ embedded one) and the four services on free ports, enrols and files a population
 claims through /fsi/callService for BENCH_SECONDS in each phase: a closed loop of many concurrent
 hospitals (the rate the platform gives: its capacity), claims arriving at random at BENCH_RATE per
 second (the latency a province sees at that rate, each claim timed from its arrival), a mixed load
-in a closed loop; then it measures a bare aiokafka consume→produce chain of the same length on the
-same broker. Prints a table and writes var/bench.json; the run's own state (gigabytes of broker
-log) goes unless BENCH_KEEP_STATE=1.
+in a closed loop (its capacity) and arriving at random at a share of that capacity (BENCH_MIXED_LOAD,
+or BENCH_MIXED_RATE per second); then it measures a bare aiokafka consume→produce chain of the same
+length on the same broker. Prints a table and writes var/bench.json; the run's own state (gigabytes
+of broker log) goes unless BENCH_KEEP_STATE=1.
 """
 
 from __future__ import annotations
@@ -517,15 +518,22 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"\nopen loop at {a['load']['offered_per_s']:g}/s: {w['count']} of {a['settled']} requests were sent "
               f"over 1 ms after they arrived (no free connection, or the generator behind), p99 {w['p99']} ms")
         print_cpu(a["cpu_percent_of_one_core"], a["cpu_ms_per_settlement"])
-    m = r.get("mixed")
-    if m:
-        print(f"\nmixed workload: {m['throughput_per_s']}/s in all, errors {sum(m['errors'].values())}")
+    for m in (r.get("mixed"), r.get("mixed_at_rate")):
+        if not m:
+            continue
+        load = m["load"]
+        how = (f"{load['hospitals']} hospitals, closed loop" if load["kind"] == "closed loop"
+               else f"arriving at {load['offered_per_s']:g}/s, open loop")
+        print(f"\nmixed workload ({how}): {m['throughput_per_s']}/s in all, p50 {m['latency_ms']['p50']} ms, "
+              f"p99 {m['latency_ms']['p99']} ms, errors {sum(m['errors'].values())}")
         print(f"  {'infno':<8} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
         for k, v in m["per_transaction"].items():
             print(f"  {k:<8} {v['count']:>7} {v['per_s']:>7} {v['p50']:>8} {v['p95']:>8} {v['p99']:>8}")
         if m["errors"]:
             print(f"  errors: {m['errors']}")
-        print_cpu(m["cpu_percent_of_one_core"])
+        if d := m.get("drift_first_last_30s"):
+            print(f"  first 30 s {d['first_per_s']}/s, last 30 s {d['last_per_s']}/s ({d['change_percent']:+} %)")
+        print_cpu(m["cpu_percent_of_one_core"], m["cpu_ms_per_settlement"])
 
 
 def main() -> None:
@@ -537,6 +545,10 @@ def main() -> None:
     # a few thousand persons settle a few times each in a run, as a province's traffic does; with a
     # hundred, each settles hundreds of times and the monitor reads that history with every batch
     population = int(os.environ.get("BENCH_PERSONS", "2000"))
+    # the mixed load arriving at random: BENCH_MIXED_RATE per second, else this share of the rate its
+    # closed loop reached in the same run (its capacity here); 0 leaves the phase out
+    mixed_rate_set = float(os.environ.get("BENCH_MIXED_RATE", "0"))
+    mixed_load = float(os.environ.get("BENCH_MIXED_LOAD", "0.75"))
     warmup = float(os.environ.get("BENCH_WARMUP", "3"))
     var = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
     run_dir = var / f"bench-{datetime.now():%Y%m%d%H%M%S}"
@@ -564,6 +576,14 @@ def main() -> None:
         progress(f"mixed workload for {seconds:.0f} s: 70 % outpatient, 25 % inpatient with 30–200 lines, "
                  "5 % reversals")
         result["mixed"] = asyncio.run(drive(p, people, seconds, concurrency, warmup, mixed=True))
+        capacity = result["mixed"]["throughput_per_s"]
+        mixed_rate = mixed_rate_set or round(mixed_load * capacity)
+        if mixed_rate > 0:
+            asyncio.run(until_quiet(p))
+            share = "" if mixed_rate_set else f" ({mixed_load:.0%} of the closed loop's {capacity}/s)"
+            progress(f"the mixed workload arriving at random at {mixed_rate:g}/s for {seconds:.0f} s{share}")
+            result["mixed_at_rate"] = asyncio.run(drive(p, people, seconds, in_flight, warmup, mixed=True,
+                                                        rate=mixed_rate))
         broker_uptime = round(time.monotonic() - t_start, 1)
         progress(f"measuring the bare relay baseline ({LEGS} legs) on the same broker, services stopped")
         p.stop_services()
@@ -574,6 +594,8 @@ def main() -> None:
     result["overhead_ratio"] = round(result["relay_baseline"]["throughput_per_s"] / max(result["throughput_per_s"], 0.1), 2)
     result["config"] = {"broker": p.broker_name, "seconds": seconds, "warmup_s": warmup,
                         "concurrency": concurrency, "rate_per_s": rate, "max_in_flight": in_flight,
+                        "mixed_rate_per_s": mixed_rate_set or None,
+                        "mixed_load_share": None if mixed_rate_set else mixed_load,
                         "persons": population, "python_loop_ms": speed,
                         "broker_uptime_at_end_s": broker_uptime, "cpus": os.cpu_count(),
                         "when": datetime.now().isoformat(timespec="seconds")}
