@@ -145,10 +145,16 @@ def add_healthz(app: FastAPI, service: str, health: Any) -> None:
         return JSONResponse({"service": service, "ok": ok, "consumers": consumers}, status_code=200 if ok else 503)
 
 
+# How long an idle keep-alive connection stays open. Longer than the clients' own idle limits
+# (aiohttp 15 s, a proxy's 60 s): a client then closes first, and never sends a request on a
+# connection the server is closing at that moment (uvicorn's 5 s did that to hospitals' requests).
+KEEP_ALIVE_S = 75
+
+
 async def serve(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
     """Run uvicorn inside the current loop until `stop` is set."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", http="httptools",
-                            access_log=False)
+                            access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await stop.wait()
