@@ -106,7 +106,7 @@ def add(session: Tx, service: str, topic: str, key: str | None, event: BaseModel
     })
     if relay is not None:  # committed rows go to the relay, rolled-back ones nowhere
         assert inserted is not None
-        after_commit(session, partial(relay.hand_over, Staged(int(inserted[0]), targets_of(topic, key, more), body, hs)))
+        after_commit(session, partial(relay.hand_over, Staged(int(inserted[0]), ((topic, key), *fanout), body, hs)))
 
 
 class OutboxRelay:
