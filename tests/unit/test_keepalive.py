@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from services.bus.broker import free_port
 from services.http import serve
+from tests.helpers import wait_until
 
 REQUEST = b"GET /ping HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n"
 
@@ -22,13 +23,14 @@ async def test_an_idle_connection_outlives_uvicorns_default_keep_alive() -> None
 
     port, stop = free_port(), asyncio.Event()
     server = asyncio.create_task(serve(app, "127.0.0.1", port, stop))
+    async def connected() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except OSError:  # not listening yet
+            return None
+
     try:
-        for _ in range(200):  # until it listens
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
+        reader, writer = await wait_until(connected, timeout=10, what="the server to listen")
         writer.write(REQUEST)
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
         await reader.readexactly(len(b'{"pong":"yes"}'))
