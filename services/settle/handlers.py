@@ -233,9 +233,10 @@ def _onward(hop: SettlementHop) -> tuple[SettlementHop, str, str]:
 
 async def _forward(ctx: SettleContext, msg: Incoming, hop: SettlementHop) -> None:
     nxt, topic, key = _onward(hop)
-    ctx.hops.sent(nxt)
+    value = encode(nxt)
+    ctx.hops.sent(nxt, value)
     src = f"/yibao/settle/{hop.trace[-1].level}/{hop.trace[-1].admdvs}"
-    await ctx.bus.send(topic, key, nxt, src, **_next_headers(msg, nxt))
+    await ctx.bus.send_raw(topic, key, value, make_headers(nxt, src, **_next_headers(msg, nxt)))
 
 
 async def _turn_back(ctx: SettleContext, msg: Incoming, hop: SettlementHop, outcome: Outcome) -> None:
@@ -287,8 +288,9 @@ def _compute(s: Unit, ctx: SettleContext, msg: Incoming, hop: SettlementHop, rec
         outbox.add(s, SERVICE, "settle.advance", f"{w.insured_prov}-{w.treat_prov}", w, source=src)
         log.warning("预付金 %s→%s %s: %s of %s used", w.insured_prov, w.treat_prov, w.level, w.used, w.amount)
     nxt, topic, key = _onward(_stamped(hop, received, msg.attempt, outcome=decision.outcome, split=decision.split))
-    ctx.hops.sent(nxt)
-    outbox.add(s, SERVICE, topic, key, nxt, source=src, **_next_headers(msg, nxt))
+    value = encode(nxt)
+    ctx.hops.sent(nxt, value)
+    outbox.add(s, SERVICE, topic, key, nxt, source=src, value=value, **_next_headers(msg, nxt))
     return ("claim %s decided at %s: infcode %s %s",
             (c.msgid, c.insuplc_admdvs, decision.outcome.infcode, decision.outcome.err_code or ""))
 

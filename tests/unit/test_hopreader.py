@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from schemas.events import Claim, FeeLine, FeeSplit, HopAction, SettlementHop
 from services.bus.envelope import BadMessageError, encode, make_headers, strict_headers
 from services.settle.domain import plan_route
-from services.settle.hopreader import CityHopReader, RelayReader, routing_headers
+from services.settle.hopreader import CityHopReader, RelayReader, routing_headers, with_routing
 
 ZERO = Decimal("0.00")
 
@@ -140,3 +140,56 @@ def test_a_split_made_here_is_compared_not_validated_when_it_comes_back() -> Non
     at_finish = reader.model_validate(changed)
     assert at_finish.split and at_finish.split[3].inscp_scp_amt == Decimal("20.00")  # validated: what came
     assert reader.reused == 3  # the claim only
+
+
+def relayed(hop: SettlementHop, value: bytes) -> dict[str, str]:
+    """The headers the next city hop reads `value` with, after the relays between (as relay_hop)."""
+    headers = strict_headers(make_headers(hop, "/test", correlation_id=hop.claim.msgid, extra=routing_headers(hop)))
+    view = RelayReader.read_record(value, headers)
+    while view.route[view.pos].action is HopAction.RELAY:
+        step = view.route[view.pos]
+        stamp = {"level": step.level, "admdvs": step.admdvs, "action": step.action, "received_ms": view.pos,
+                 "sent_ms": view.pos, "attempt": 1}
+        headers = headers | {k: v.decode() for k, v in view.onward(stamp)}
+        view = RelayReader.read_record(value, headers)
+    return headers
+
+
+def test_a_hop_that_comes_back_as_the_bytes_sent_is_that_hop_unparsed() -> None:
+    reader = CityHopReader()
+    at_split = reader.model_validate(wire(SettlementHop(claim=claim(), route=plan_route("440100", "360100"), pos=0)))
+    out = at_split.model_copy(update={"pos": 1, "split": split_of(at_split.claim)})  # on to the province
+    value = encode(out)
+    reader.sent(out, value)
+    headers = relayed(out, value)
+
+    at_compute = reader.read_record(value, headers)
+    assert reader.unparsed == 1 and at_compute.claim is out.claim and at_compute.split is out.split
+    assert at_compute == SettlementHop.model_validate(with_routing(orjson.loads(value), headers))  # as if parsed
+    assert at_compute.route[at_compute.pos].action is HopAction.COMPUTE
+    assert [t.level for t in at_compute.trace] == ["province", "national", "province"]
+
+    again = reader.read_record(value, headers)  # delivered twice: the second is read as any other value
+    assert reader.unparsed == 1 and again == at_compute
+
+
+def test_a_value_not_the_bytes_sent_is_read_in_full() -> None:
+    reader = CityHopReader()
+    at_split = reader.model_validate(wire(SettlementHop(claim=claim(), route=plan_route("440100", "360100"), pos=0)))
+    out = at_split.model_copy(update={"pos": 1, "split": split_of(at_split.claim)})
+    reader.sent(out, encode(out))
+    split = split_of(at_split.claim)
+    split[3] = split[3].model_copy(update={"inscp_scp_amt": Decimal("20.00")})
+    other = encode(out.model_copy(update={"split": split}))  # one amount differs on the way
+    hop = reader.read_record(other, relayed(out, other))
+    assert reader.unparsed == 0 and hop.split and hop.split[3].inscp_scp_amt == Decimal("20.00")
+
+
+def test_the_relays_stamps_on_a_hop_sent_here_are_validated() -> None:
+    reader = CityHopReader()
+    out = SettlementHop(claim=claim(2), route=plan_route("440100", "360100"), pos=1)
+    value = encode(out)
+    reader.sent(out, value)
+    headers = relayed(out, value) | {"yibao-relayed": '[{"level": "province"}]'}
+    with pytest.raises(ValidationError, match="admdvs"):
+        reader.read_record(value, headers)
