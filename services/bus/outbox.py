@@ -1,9 +1,14 @@
 """Transactional outbox: events are rows written with the state change; a relay publishes them.
 
-A row is one record: its value and headers, and where it goes: `topic` and `key`, and in `fanout`
-any further (topic, key) the same record goes to (an answer sent to the hospital, the monitor and
-the waiting API is stored once, not three times). A row is marked sent when every send of it is
-acknowledged; if one fails, all of its sends go again (consumers are idempotent)."""
+A row is one record: its headers, and where it goes: `topic` and `key`, and in `fanout` any
+further (topic, key) the same record goes to (an answer sent to the hospital, the monitor and the
+waiting API is stored once, not three times). A row is marked sent when every send of it is
+acknowledged; if one fails, all of its sends go again (consumers are idempotent).
+
+Its value lives apart, in `bus_outbox_value` under the row's id: marking a row sent, leasing it
+and re-publishing it rewrite the row, and SQLite rewrites a row's whole record, a 70-KB answer
+included (~240 µs a row against ~3 µs without it). Rows written before that table existed keep
+their value in `bus_outbox.value`; rows written since leave it empty, and the relay reads either."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Engine, Index, LargeBinary, or_, select, update
+from sqlalchemy import BigInteger, Engine, Index, LargeBinary, func, or_, select, update
 from sqlmodel import Column, Field, SQLModel
 
 from services.bus.db import Tx, after_commit
@@ -42,7 +47,7 @@ class OutboxRow(SQLModel, table=True):
     service: str = Field(max_length=40)
     topic: str = Field(max_length=200)
     key: str | None = Field(default=None, max_length=200)
-    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # b"": in bus_outbox_value
     headers: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     fanout: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))  # JSON [[topic, key]]
     created_ms: int = Field(sa_type=BigInteger)
@@ -51,12 +56,24 @@ class OutboxRow(SQLModel, table=True):
     lease_until: int | None = Field(default=None, sa_type=BigInteger)
 
 
+class OutboxValue(SQLModel, table=True):
+    """The value of the outbox row with the same id, apart from the row (see the module's doc)."""
+
+    __tablename__ = "bus_outbox_value"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+OUTBOX_TABLES: list[type[SQLModel]] = [OutboxRow, OutboxValue]  # what a service with an outbox creates
 OUTBOX = OutboxRow.__table__  # type: ignore[attr-defined]
+VALUES = OutboxValue.__table__  # type: ignore[attr-defined]
 INSERT = Statement("""INSERT INTO bus_outbox (service, topic, "key", value, headers, fanout, created_ms, lease_owner,
                                                lease_until)
                        VALUES (:service, :topic, :key, :value, :headers, :fanout, :created_ms, :lease_owner,
                                :lease_until)
                        RETURNING id""")
+INSERT_VALUE = Statement("INSERT INTO bus_outbox_value (id, value) VALUES (:id, :value)")
 MARK_SENT = Statement("UPDATE bus_outbox SET sent_ms = :sent_ms WHERE id = :id")
 RELEASE = Statement("UPDATE bus_outbox SET lease_until = NULL WHERE id = :id")  # for the poll to send it again
 
@@ -99,14 +116,16 @@ def add(session: Tx, service: str, topic: str, key: str | None, event: BaseModel
         relay = None
     more = orjson.dumps([[t, k] for t, k in fanout]) if fanout else None
     inserted = INSERT.one(conn, {
-        "service": service, "topic": topic, "key": key, "value": body,
+        "service": service, "topic": topic, "key": key, "value": b"",
         "headers": orjson.dumps([[k, v.decode()] for k, v in hs]), "fanout": more, "created_ms": now_ms(),
         "lease_owner": relay.owner if relay else None,
         "lease_until": now_ms() + relay.lease_ms if relay else None,
     })
+    assert inserted is not None
+    row_id = int(inserted[0])
+    INSERT_VALUE.run(conn, {"id": row_id, "value": body})
     if relay is not None:  # committed rows go to the relay, rolled-back ones nowhere
-        assert inserted is not None
-        after_commit(session, partial(relay.hand_over, Staged(int(inserted[0]), ((topic, key), *fanout), body, hs)))
+        after_commit(session, partial(relay.hand_over, Staged(row_id, ((topic, key), *fanout), body, hs)))
 
 
 class OutboxRelay:
@@ -265,8 +284,9 @@ class OutboxRelay:
         free = or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now)
         with self.engine.begin() as c:
             candidates = c.execute(
-                select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.key, OUTBOX.c.value, OUTBOX.c.headers,
-                       OUTBOX.c.fanout)
+                select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.key, func.coalesce(VALUES.c.value, OUTBOX.c.value).label("value"),
+                       OUTBOX.c.headers, OUTBOX.c.fanout)
+                .select_from(OUTBOX.outerjoin(VALUES, VALUES.c.id == OUTBOX.c.id))
                 .where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms.is_(None), free)  # ix_outbox_pending
                 .order_by(OUTBOX.c.id).limit(self.batch)).all()
             if not candidates:
@@ -307,5 +327,7 @@ class OutboxRelay:
     def prune(self, older_than_s: int) -> None:
         """Forget rows sent long ago (past the republish window)."""
         cutoff = now_ms() - older_than_s * 1000
+        old = (OUTBOX.c.service == self.service, OUTBOX.c.sent_ms < cutoff)
         with self.engine.begin() as c:
-            c.execute(OUTBOX.delete().where(OUTBOX.c.service == self.service, OUTBOX.c.sent_ms < cutoff))
+            c.execute(VALUES.delete().where(VALUES.c.id.in_(select(OUTBOX.c.id).where(*old))))
+            c.execute(OUTBOX.delete().where(*old))

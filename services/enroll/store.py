@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Text
 from sqlmodel import Column, Field, Session, SQLModel, col, select
 
 from services.bus.inbox import InboxRecord
-from services.bus.outbox import OutboxRow
+from services.bus.outbox import OUTBOX_TABLES
 
 
 class Person(SQLModel, table=True):
@@ -97,7 +97,7 @@ class ReminderSent(SQLModel, table=True):
     sent_ms: int = Field(sa_type=BigInteger)
 
 
-TABLES: list[type[SQLModel]] = [Person, Enrolment, EnrolmentHistory, Duplicate, ReminderSent, InboxRecord, OutboxRow]
+TABLES: list[type[SQLModel]] = [Person, Enrolment, EnrolmentHistory, Duplicate, ReminderSent, InboxRecord, *OUTBOX_TABLES]
 
 
 # --- what one transaction has loaded -----------------------------------------------------------

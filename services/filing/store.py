@@ -8,7 +8,7 @@ from sqlalchemy import BigInteger, Text
 from sqlmodel import Column, Field, SQLModel
 
 from services.bus.inbox import InboxRecord
-from services.bus.outbox import OutboxRow
+from services.bus.outbox import OUTBOX_TABLES
 from services.filing.domain import EnrolmentStatus
 
 
@@ -48,4 +48,4 @@ class Filing(SQLModel, table=True):
     created_ms: int = Field(sa_type=BigInteger)
 
 
-TABLES: list[type[SQLModel]] = [EnrolmentView, Filing, InboxRecord, OutboxRow]
+TABLES: list[type[SQLModel]] = [EnrolmentView, Filing, InboxRecord, *OUTBOX_TABLES]

@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, Index
 from sqlmodel import Field, SQLModel
 
 from services.bus.inbox import InboxRecord
-from services.bus.outbox import OutboxRow
+from services.bus.outbox import OUTBOX_TABLES
 
 
 class Alert(SQLModel, table=True):
@@ -134,4 +134,4 @@ class HospitalMonth(SQLModel, table=True):
 
 
 TABLES: list[type[SQLModel]] = [Alert, Case, EpisodeRow, ItemUse, TraceSold, PersonFacts, ItemMonth, HospitalMonth,
-                                InboxRecord, OutboxRow]
+                                InboxRecord, *OUTBOX_TABLES]

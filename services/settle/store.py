@@ -11,7 +11,7 @@ from sqlmodel import Column, Field, SQLModel
 
 from schemas.common import FilingType
 from services.bus.inbox import InboxRecord
-from services.bus.outbox import OutboxRow
+from services.bus.outbox import OUTBOX_TABLES
 from services.bus.sql import Statement, as_date
 from services.settle.benefits import Accumulators
 from services.settle.domain import FilingState, PersonState
@@ -242,7 +242,7 @@ class AdvanceFund(SQLModel, table=True):
 
 TABLES: list[type[SQLModel]] = [ClaimRecord, PersonView, FilingView, LedgerEntry, VoidedRequest, AccumulatorRow,
                                 AccountRow, Encounter, EncounterFee, EncounterDiagnoses, LocalAnswer, ClearingRun, ClearingStatement, AdvanceFund,
-                                InboxRecord, OutboxRow]
+                                InboxRecord, *OUTBOX_TABLES]
 
 
 # --- the insured city's hot path (one settlement = a handful of statements) ---

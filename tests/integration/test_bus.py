@@ -20,7 +20,7 @@ from services.bus.db import create_tables, transaction
 from services.bus.envelope import Incoming, encode, make_headers
 from services.bus.inbox import InboxRecord, already_processed
 from services.bus.kafka import KafkaCluster
-from services.bus.outbox import OutboxRelay, OutboxRow
+from services.bus.outbox import OUTBOX_TABLES, OutboxRelay, OutboxRow, OutboxValue
 from services.bus.settings import BusSettings
 from services.bus.worker import BatchHandler, DeadLetter, PermanentError, Worker
 from tests.conftest import BrokerUnderTest
@@ -300,7 +300,7 @@ async def test_a_new_topic_does_not_stall_sends_to_known_ones(broker: BrokerUnde
 async def test_outbox_publishes_what_commits_and_nothing_that_rolls_back(broker: BrokerUnderTest, bus_settings: BusSettings,
                                                                          engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = engine_factory("outbox")
-    create_tables(engine, [OutboxRow])
+    create_tables(engine, OUTBOX_TABLES)
     bus = await started_bus(bus_settings, broker)
     relay = OutboxRelay(engine, "t-outbox", bus)
     relay.start()
@@ -322,7 +322,7 @@ async def test_outbox_rows_the_fast_path_missed_are_published_by_the_poll(broker
                                                                           engine_factory) -> None:  # type: ignore[no-untyped-def]
     """Rows committed where no relay runs (another process) and rows whose send failed still go out."""
     engine = engine_factory("outbox-poll")
-    create_tables(engine, [OutboxRow])
+    create_tables(engine, OUTBOX_TABLES)
     bus = await started_bus(bus_settings, broker)
     await bus.create_topic("t.outbox.poll", 1)
     with transaction(engine) as s:  # no relay in this process yet: the row is not leased
@@ -350,12 +350,39 @@ async def test_outbox_rows_the_fast_path_missed_are_published_by_the_poll(broker
     await bus.stop()
 
 
+async def test_a_row_an_older_version_wrote_with_its_value_in_it_is_published(
+        broker: BrokerUnderTest, bus_settings: BusSettings, engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """Rows keep their values in bus_outbox_value; a pending row from before that table, its value
+    in bus_outbox itself, still goes out with it. A row written now leaves bus_outbox.value empty."""
+    engine = engine_factory("outbox-old")
+    create_tables(engine, OUTBOX_TABLES)
+    bus = await started_bus(bus_settings, broker)
+    await bus.create_topic("t.outbox.old", 1)
+    event = filing_event(1)
+    with transaction(engine) as s:
+        s.connection().execute(OutboxRow.__table__.insert().values(  # type: ignore[attr-defined]
+            service="t-old", topic="t.outbox.old", key="P1", value=encode(event), created_ms=1,
+            headers=orjson.dumps([[k, v.decode()] for k, v in make_headers(event, "/test")])))
+        outbox.add(s, "t-old", "t.outbox.old", "P2", filing_event(2))
+    relay = OutboxRelay(engine, "t-old", bus)
+    relay.start()
+    await wait_until(lambda: relay.published == 2, what="both rows published")
+    records = await read_topic(broker, "t.outbox.old", 2, timeout=3)
+    assert [orjson.loads(r.value)["fil_id"] for r in records] == ["F1", "F2"]
+    with transaction(engine) as s:
+        rows = s.exec(select(OutboxRow).where(OutboxRow.service == "t-old").order_by(OutboxRow.id)).all()  # type: ignore[arg-type]
+        assert [r.value for r in rows] == [encode(event), b""] and all(r.sent_ms for r in rows)
+        assert s.get(OutboxValue, rows[1].id).value == encode(filing_event(2))  # type: ignore[union-attr]
+    await relay.stop()
+    await bus.stop()
+
+
 async def test_an_outbox_row_goes_to_every_topic_of_its_fanout(broker: BrokerUnderTest, bus_settings: BusSettings,
                                                                engine_factory) -> None:  # type: ignore[no-untyped-def]
     """One row, stored once, is sent to each of its topics with its key there; it is marked sent when
     all are acknowledged, and when one send fails the whole row goes again (by the poll)."""
     engine = engine_factory("outbox-fanout")
-    create_tables(engine, [OutboxRow])
+    create_tables(engine, OUTBOX_TABLES)
     bus = await started_bus(bus_settings, broker)
     topics = ["t.fanout.a", "t.fanout.b", "t.fanout.c"]
     for t in topics:
@@ -404,7 +431,7 @@ async def test_broker_restart_republishes_recent_events(embedded_broker, engine_
     """broker-notes item 8: after the embedded broker loses its data, the outbox fills it again."""
     bus_settings = BrokerUnderTest(embedded_broker.bootstrap, "embedded").settings()
     engine = engine_factory("epoch")
-    create_tables(engine, [OutboxRow])
+    create_tables(engine, OUTBOX_TABLES)
     bus = await started_bus(bus_settings, BrokerUnderTest(embedded_broker.bootstrap, "embedded"))
     relay = OutboxRelay(engine, "t-epoch", bus)
     relay.start()
@@ -602,7 +629,7 @@ async def test_the_producer_is_idempotent_on_kafka_and_at_least_once_on_the_embe
 async def test_two_relays_on_one_database_publish_each_row_once(broker: BrokerUnderTest, bus_settings: BusSettings,
                                                                 engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = engine_factory("lease")
-    create_tables(engine, [OutboxRow])
+    create_tables(engine, OUTBOX_TABLES)
     bus = await started_bus(bus_settings, broker)
     with transaction(engine) as s:
         for n in range(60):
@@ -617,9 +644,13 @@ async def test_two_relays_on_one_database_publish_each_row_once(broker: BrokerUn
     assert a.published + b.published == 60
     records = await read_topic(broker, "filing.events", 60)
     assert sorted(orjson.loads(r.value)["fil_id"] for r in records) == sorted(f"F{n}" for n in range(60))
+    with transaction(engine) as s:
+        ids = [r.id for r in s.exec(select(OutboxRow).where(OutboxRow.service == "t-lease")).all()]
+        assert len(ids) == 60 and len(s.exec(select(OutboxValue).where(OutboxValue.id.in_(ids))).all()) == 60  # type: ignore[union-attr]
     a.prune(0)
     with transaction(engine) as s:
         assert not s.exec(select(OutboxRow).where(OutboxRow.service == "t-lease")).all()
+        assert not s.exec(select(OutboxValue).where(OutboxValue.id.in_(ids))).all()  # type: ignore[union-attr]
     await bus.stop()
 
 
