@@ -174,7 +174,7 @@ class CityHopReader:
             return hop
         return self.model_validate(with_routing(orjson.loads(value), headers))
 
-    def sent(self, hop: SettlementHop, value: bytes | None = None) -> None:
+    def sent(self, hop: SettlementHop, value: bytes) -> None:
         """A hop this process sends on, and `value`, the bytes it is sent as: if those bytes come
         back, they are this hop. A split it made (the treatment city's, the insured city's) that
         comes back as its JSON in another value is not validated again either."""
@@ -182,11 +182,10 @@ class CityHopReader:
         seen = self._seen.get(msgid)
         if seen is not None and seen.claim is hop.claim and hop.split is not None:
             self._seen[msgid] = seen._replace(split_doc=None, split=hop.split)
-        if value is not None:
-            self._sent[msgid] = (value, hop)
-            self._sent.move_to_end(msgid)
-            while len(self._sent) > self.size:
-                self._sent.popitem(last=False)
+        self._sent[msgid] = (value, hop)
+        self._sent.move_to_end(msgid)
+        while len(self._sent) > self.size:
+            self._sent.popitem(last=False)
 
     def _as_sent(self, value: bytes, headers: dict[str, str]) -> SettlementHop | None:
         """The hop this process sent as exactly `value`, moved on by the relays' headers; None for

@@ -129,14 +129,14 @@ def test_a_split_made_here_is_compared_not_validated_when_it_comes_back() -> Non
     reader = CityHopReader()
     at_split = reader.model_validate(wire(SettlementHop(claim=claim(), route=plan_route("440100", "360100"), pos=0)))
     made = at(at_split, HopAction.COMPUTE, split=split_of(at_split.claim))
-    reader.sent(made)  # the treatment city sends its split on
+    reader.sent(made, encode(made))  # the treatment city sends its split on
     at_compute = reader.model_validate(wire(made))
     assert reader.reused == 2 and at_compute == made and at_compute.split and made.split
     assert all(a is b for a, b in zip(at_compute.split, made.split, strict=True))  # the objects it made
 
     changed = wire(at(at_compute, HopAction.FINISH))
     changed["split"][3]["inscp_scp_amt"] = "20.00"  # not the split this process sent on
-    reader.sent(at_compute)
+    reader.sent(at_compute, encode(at_compute))
     at_finish = reader.model_validate(changed)
     assert at_finish.split and at_finish.split[3].inscp_scp_amt == Decimal("20.00")  # validated: what came
     assert reader.reused == 3  # the claim only
