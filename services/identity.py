@@ -18,7 +18,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -115,7 +115,7 @@ def _sign(body: str, key: str | None) -> str:
 
 # --- on the APIs ----------------------------------------------------------------------------
 
-HospitalCheck = Callable[[Mapping[str, str]], str]  # headers → the authenticated fixmedins_code
+HospitalCheck = Callable[[Mapping[str, str]], Awaitable[str]]  # headers → the authenticated fixmedins_code
 
 
 class Authenticator:
@@ -124,7 +124,7 @@ class Authenticator:
     def __init__(self, key: str, hospitals: HospitalCheck | None = None) -> None:
         self.key, self.hospitals = key, hospitals
 
-    def identify(self, headers: Mapping[str, str], roles: tuple[str, ...] = ROLES) -> Caller:
+    async def identify(self, headers: Mapping[str, str], roles: tuple[str, ...] = ROLES) -> Caller:
         """The caller; `roles` only shapes the message when no identity is sent (a hospital route
         names the x-tif-* headers it misses)."""
         signed, auth = headers.get("x-tif-paasid"), headers.get("authorization")
@@ -134,7 +134,7 @@ class Authenticator:
             if self.hospitals is None:
                 raise IdentityError("hospitals call the settle service (/fsi/callService); this service takes "
                                     "bearer tokens (Authorization: Bearer …)")
-            code = self.hospitals(headers)
+            code = await self.hospitals(headers)
             return Caller(role="hospital", subject=code, scope=code)
         if not auth:
             raise IdentityError("who is calling? send Authorization: Bearer <token> (`yibao token --role … "
@@ -150,11 +150,12 @@ def install(app: Any, authenticator: Authenticator) -> None:
 
 
 def allow(*roles: Role) -> Any:
-    """A route dependency: the Caller, when their role is one of `roles`; else 401 or 403."""
+    """A route dependency: the Caller, when their role is one of `roles`; else 401 or 403. Async:
+    on the event loop, not in a thread of the pool that FastAPI runs plain functions in."""
 
-    def dependency(request: Request) -> Caller:
+    async def dependency(request: Request) -> Caller:
         try:
-            who = request.app.state.authenticator.identify(request.headers, roles)
+            who = await request.app.state.authenticator.identify(request.headers, roles)
         except IdentityError as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
         if who.role not in roles:

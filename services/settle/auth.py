@@ -21,7 +21,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 
 import httpx
 
@@ -56,7 +56,8 @@ class Gate:
     """Checks the headers against the hospitals' keys; remembers recent nonces against replays."""
 
     def __init__(self, keys: Mapping[str, str], window_s: int = WINDOW_S, remember: int = 200_000,
-                 durable: Callable[[str, str, float], bool] | None = None, schemes: Mapping[str, str] | None = None,
+                 durable: Callable[[str, str, float], Awaitable[bool]] | None = None,
+                 schemes: Mapping[str, str] | None = None,
                  paasids: Mapping[str, str] | None = None) -> None:
         """`keys` and `schemes` by fixmedins_code (scheme default: DEFAULT_SCHEME); `paasids` maps an
         assigned paasid to its fixmedins_code. `durable(code, nonce, now)` records a nonce where a
@@ -65,8 +66,9 @@ class Gate:
         self.schemes, self.paasids = schemes or {}, paasids or {}
         self._nonces: OrderedDict[str, float] = OrderedDict()
 
-    def check(self, headers: Mapping[str, str], now: float | None = None) -> str:
-        """The authenticated fixmedins_code, or AuthError saying what is wrong."""
+    async def check(self, headers: Mapping[str, str], now: float | None = None) -> str:
+        """The authenticated fixmedins_code, or AuthError saying what is wrong. Pure but for the
+        nonce's durable record, which the event loop awaits (services/settle/nonces.py)."""
         now = time.time() if now is None else now
         missing = [h for h in ("x-tif-paasid", "x-tif-timestamp", "x-tif-nonce", "x-tif-signature")
                    if not headers.get(h)]
@@ -90,7 +92,7 @@ class Gate:
         if not hmac.compare_digest(sign(ts, key, nonce, scheme), headers["x-tif-signature"].lower()):
             raise AuthError(f"x-tif-signature 校验失败：{paasid} 应签 {SCHEMES[scheme]} 的十六进制小写")
         seen = f"{code}:{nonce}"
-        if seen in self._nonces or (self.durable is not None and not self.durable(code, nonce, now)):
+        if seen in self._nonces or (self.durable is not None and not await self.durable(code, nonce, now)):
             raise AuthError("x-tif-nonce 已使用过：每个请求须用新的 nonce（防重放）")
         self._nonces[seen] = now
         while len(self._nonces) > self.remember or (

@@ -6,15 +6,16 @@ transactions and held them up in turn, with the waiting side's event loop blocke
 handler. On a server database (PostgreSQL) they stay in the settle database.
 
 Every signed request waits until its nonce is committed (or found there already), so a replayed
-request is refused after a restart and by every API process. Requests that arrive together share
-one transaction: the first to take the writer's lock writes every nonce queued by then, and the
-others find theirs done; a transaction per request was the largest cost of the hospital
-interface (docs/performance.md)."""
+request is refused after a restart and by every API process. The request awaits it on the event
+loop; one thread of the log's own writes the nonces, every nonce that arrived while it wrote the
+last ones in the next transaction: a transaction per request was the largest cost of the
+hospital interface, a hand-over to a thread per request the next (docs/performance.md)."""
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import BigInteger, Engine
@@ -59,7 +60,6 @@ class _Pending:
     seen_ms: int
     first: bool = False
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class NonceLog:
@@ -69,23 +69,39 @@ class NonceLog:
         self.engine, self.window_s = engine, window_s
         create_tables(engine, [GatewayNonce])
         self.transactions = 0
-        self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._writer = threading.Lock()
+        self._waiting: list[tuple[_Pending, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nonces")
         self._pruned_ms = 0
 
-    def first_use(self, fixmedins_code: str, nonce: str, now: float) -> bool:
-        mine = _Pending(fixmedins_code, nonce, int(now * 1000))
-        with self._queue_lock:
-            self._queue.append(mine)
-        with self._writer:
-            if not mine.done.is_set():  # nobody took it before us: write it, and all queued with it
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._write(batch)
-        if mine.error is not None:
-            raise mine.error
-        return mine.first
+    async def first_use(self, fixmedins_code: str, nonce: str, now: float) -> bool:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append((_Pending(fixmedins_code, nonce, int(now * 1000)), answer))
+        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
+            self._writer = loop.create_task(self._write_waiting(), name="nonce-writer")
+        return await answer
+
+    async def _write_waiting(self) -> None:
+        """Until none is waiting: every nonce waiting, in one transaction in the log's thread."""
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            pending = [p for p, _ in batch]
+            try:
+                await loop.run_in_executor(self._thread, self._write, pending)
+            except BaseException as exc:  # the thread could not run it: every request learns it
+                for p in pending:
+                    p.error = exc
+                raise
+            finally:
+                for p, answer in batch:
+                    if answer.done():  # its request went away meanwhile
+                        continue
+                    if p.error is not None:
+                        answer.set_exception(p.error)
+                    else:
+                        answer.set_result(p.first)
 
     def _write(self, batch: list[_Pending]) -> None:
         newest = max(p.seen_ms for p in batch)
@@ -103,6 +119,3 @@ class NonceLog:
         except BaseException as exc:  # every request of the batch learns it (the gate answers it)
             for p in batch:
                 p.error, p.first = exc, False
-        finally:
-            for p in batch:
-                p.done.set()

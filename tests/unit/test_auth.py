@@ -9,12 +9,12 @@ from services.settle.auth import AuthError, Gate, hospital_headers, sign
 KEYS = {"H44010400001": "k-gz", "H36010200001": "k-nc"}
 
 
-def test_a_signed_call_names_its_hospital_once() -> None:
+async def test_a_signed_call_names_its_hospital_once() -> None:
     gate = Gate(KEYS)
     h = hospital_headers("H44010400001", "k-gz")
-    assert gate.check(h) == "H44010400001"
+    assert await gate.check(h) == "H44010400001"
     with pytest.raises(AuthError, match="nonce 已使用"):
-        gate.check(h)  # the same headers again: a replay
+        await gate.check(h)  # the same headers again: a replay
 
 
 @pytest.mark.parametrize("change,fragment", [
@@ -24,7 +24,7 @@ def test_a_signed_call_names_its_hospital_once() -> None:
     ({"x-tif-timestamp": "1000"}, "校准时钟"),
     ({"x-tif-signature": sign("1", "k-gz", "n")}, "校验失败"),
 ])
-def test_what_is_wrong_is_said(change: dict[str, str | None], fragment: str) -> None:
+async def test_what_is_wrong_is_said(change: dict[str, str | None], fragment: str) -> None:
     h = hospital_headers("H44010400001", "k-gz")
     for k, v in change.items():
         if v is None:
@@ -32,15 +32,15 @@ def test_what_is_wrong_is_said(change: dict[str, str | None], fragment: str) -> 
         else:
             h[k] = v
     with pytest.raises(AuthError, match=fragment):
-        Gate(KEYS).check(h)
+        await Gate(KEYS).check(h)
 
 
-def test_a_key_of_another_hospital_does_not_sign() -> None:
+async def test_a_key_of_another_hospital_does_not_sign() -> None:
     with pytest.raises(AuthError, match="校验失败"):
-        Gate(KEYS).check(hospital_headers("H44010400001", "k-nc"))
+        await Gate(KEYS).check(hospital_headers("H44010400001", "k-nc"))
 
 
-def test_the_adapters_signature_timestamp_key_nonce_timestamp() -> None:
+async def test_the_adapters_signature_timestamp_key_nonce_timestamp() -> None:
     """Public hospital adapters of several provinces sign sha256(timestamp + secret + nonce +
     timestamp): a header set computed that way by hand is accepted."""
     import hashlib
@@ -49,14 +49,14 @@ def test_the_adapters_signature_timestamp_key_nonce_timestamp() -> None:
     ts, nonce = str(int(time.time())), "18c2f3a9b10-5d3e1f"  # hex milliseconds "-" hex random, as they make it
     by_hand = hashlib.sha256(f"{ts}k-gz{nonce}{ts}".encode()).hexdigest()
     h = {"x-tif-paasid": "H44010400001", "x-tif-timestamp": ts, "x-tif-nonce": nonce, "x-tif-signature": by_hand}
-    assert Gate(KEYS).check(h) == "H44010400001"
+    assert await Gate(KEYS).check(h) == "H44010400001"
 
 
-def test_a_hospital_may_be_configured_for_the_other_scheme_and_an_assigned_paasid() -> None:
+async def test_a_hospital_may_be_configured_for_the_other_scheme_and_an_assigned_paasid() -> None:
     gate = Gate(KEYS, schemes={"H36010200001": "ts-key-nonce"}, paasids={"jx-paas-0001": "H36010200001"})
-    assert gate.check(hospital_headers("H36010200001", "k-nc", "ts-key-nonce", paasid="jx-paas-0001")) \
+    assert await gate.check(hospital_headers("H36010200001", "k-nc", "ts-key-nonce", paasid="jx-paas-0001")) \
         == "H36010200001"
     with pytest.raises(AuthError, match=r"应签 sha256\(timestamp \+ 密钥 \+ nonce\)"):
-        gate.check(hospital_headers("H36010200001", "k-nc", paasid="jx-paas-0001"))  # the default scheme: wrong here
+        await gate.check(hospital_headers("H36010200001", "k-nc", paasid="jx-paas-0001"))  # the default scheme: wrong here
     with pytest.raises(ValueError, match="signature scheme"):
         sign("1", "k", "n", "md5")

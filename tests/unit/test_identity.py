@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -64,22 +67,25 @@ def test_tokens_are_not_issued_for_hospitals_or_bad_scopes() -> None:
         issue_token("supervisor", "44", "s", key=KEY)
 
 
-def test_one_request_carries_one_identity() -> None:
-    auth = Authenticator(KEY, hospitals=lambda h: h["x-tif-paasid"])
-    assert auth.identify({"x-tif-paasid": "H44010400001"}).role == "hospital"
+async def test_one_request_carries_one_identity() -> None:
+    async def by_paasid(h: Mapping[str, str]) -> str:
+        return h["x-tif-paasid"]
+
+    auth = Authenticator(KEY, hospitals=by_paasid)
+    assert (await auth.identify({"x-tif-paasid": "H44010400001"})).role == "hospital"
     token = bearer(issue_token("operator", "*", "ops", key=KEY))
-    assert auth.identify({k.lower(): v for k, v in token.items()}).role == "operator"
+    assert (await auth.identify({k.lower(): v for k, v in token.items()})).role == "operator"
     with pytest.raises(IdentityError, match="one identity"):
-        auth.identify({"x-tif-paasid": "H44010400001", "authorization": token["Authorization"]})
+        await auth.identify({"x-tif-paasid": "H44010400001", "authorization": token["Authorization"]})
     with pytest.raises(IdentityError, match="who is calling"):
-        auth.identify({})
+        await auth.identify({})
     with pytest.raises(IdentityError, match="Bearer"):
-        auth.identify({"authorization": "Basic dXNlcjpwYXNz"})
+        await auth.identify({"authorization": "Basic dXNlcjpwYXNz"})
     with pytest.raises(IdentityError, match="hospitals call the settle service"):
-        Authenticator(KEY).identify({"x-tif-paasid": "H44010400001"})
+        await Authenticator(KEY).identify({"x-tif-paasid": "H44010400001"})
 
 
-def test_a_replayed_signed_request_is_refused_after_a_restart(tmp_path: Path) -> None:
+async def test_a_replayed_signed_request_is_refused_after_a_restart(tmp_path: Path) -> None:
     """The nonce goes to a file beside the settle database: a gateway that starts afresh (a new
     engine, as a new process has) still knows it."""
     keys = {"H44010400001": "k-gz"}
@@ -88,10 +94,10 @@ def test_a_replayed_signed_request_is_refused_after_a_restart(tmp_path: Path) ->
         settle = make_engine(f"sqlite:///{tmp_path / 'settle.db'}")
         return Gate(keys, durable=NonceLog(nonce_engine(settle), 300).first_use)
     signed = hospital_headers("H44010400001", "k-gz")
-    assert gate().check(signed) == "H44010400001"
+    assert await gate().check(signed) == "H44010400001"
     with pytest.raises(AuthError, match="nonce 已使用"):
-        gate().check(signed)  # a new process, the same headers
-    assert gate().check(hospital_headers("H44010400001", "k-gz")) == "H44010400001"
+        await gate().check(signed)  # a new process, the same headers
+    assert await gate().check(hospital_headers("H44010400001", "k-gz")) == "H44010400001"
 
 
 def test_on_sqlite_the_nonces_have_a_file_of_their_own(tmp_path: Path, engine_factory) -> None:  # type: ignore[no-untyped-def]
@@ -108,57 +114,52 @@ def _log(engine: Engine) -> NonceLog:
     return NonceLog(engine, 300)
 
 
-def _together(log: NonceLog, nonces: list[str], now: float) -> dict[int, bool | BaseException]:
-    """Each nonce from its own thread while a write is under way, so that they queue; the answers."""
-    import threading
-    import time
-
-    answers: dict[int, bool | BaseException] = {}
-
-    def ask(i: int, nonce: str) -> None:
-        try:
-            answers[i] = log.first_use("H44010400001", nonce, now)
-        except Exception as exc:
-            answers[i] = exc
-
-    log._writer.acquire()  # a write under way
-    threads = [threading.Thread(target=ask, args=(i, n)) for i, n in enumerate(nonces)]
-    for t in threads:
-        t.start()
-    end = time.monotonic() + 5
-    while len(log._queue) < len(nonces):  # every request queued behind the write under way
-        assert time.monotonic() < end, f"{len(log._queue)} of {len(nonces)} requests queued after 5 s"
-        time.sleep(0.001)
-    log._writer.release()
-    for t in threads:
-        t.join(5)
-    return answers
+async def _together(log: NonceLog, nonces: list[str], now: float) -> list[bool | BaseException]:
+    """Each nonce from a request of its own, all arriving while the loop is busy (the same turn
+    of the loop); the answers."""
+    return await asyncio.gather(*(log.first_use("H44010400001", n, now) for n in nonces), return_exceptions=True)
 
 
-def test_nonces_that_arrive_together_are_written_in_one_transaction(engine_factory) -> None:  # type: ignore[no-untyped-def]
-    """The next writer takes every queued nonce; a nonce sent twice among them is accepted once
+async def test_nonces_that_arrive_together_are_written_in_one_transaction(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """The writer takes every waiting nonce; a nonce sent twice among them is accepted once
     (on SQLite and on PostgreSQL, whose driver reports the rows inserted only when asked to)."""
     log, now = _log(engine_factory("settle")), 1_000_000.0
-    answers = _together(log, [f"n{i}" for i in range(10)] + ["n3"], now)
+    answers = await _together(log, [f"n{i}" for i in range(10)] + ["n3"], now)
     assert log.transactions == 1
     assert [answers[i] for i in range(10) if i != 3] == [True] * 9
     assert sorted([answers[3], answers[10]]) == [False, True]  # one of the two n3
-    assert log.first_use("H44010400001", "n5", now) is False  # committed: refused afterwards
-    assert log.first_use("H44010400002", "n5", now) is True  # another hospital's nonce
+    assert await log.first_use("H44010400001", "n5", now) is False  # committed: refused afterwards
+    assert await log.first_use("H44010400002", "n5", now) is True  # another hospital's nonce
 
 
-def test_a_failed_write_reaches_every_request_of_its_batch(tmp_path: Path) -> None:
+async def test_nonces_arriving_during_a_write_go_together_in_the_next(tmp_path: Path) -> None:
+    """While the writer's thread writes, the loop goes on; what arrives meanwhile waits for the
+    next transaction, all of it in one."""
+    log, now = _log(make_engine(f"sqlite:///{tmp_path / 'settle.db'}")), 1_000_000.0
+    held = threading.Event()
+    log._thread.submit(held.wait, 5)  # the log's thread is busy
+    first = asyncio.ensure_future(log.first_use("H44010400001", "a", now))
+    await asyncio.sleep(0)  # the writer has started and waits for the thread
+    later = [asyncio.ensure_future(log.first_use("H44010400001", n, now)) for n in ("b", "c", "a")]
+    await asyncio.sleep(0)
+    held.set()
+    assert await first is True
+    assert [await f for f in later] == [True, True, False]
+    assert log.transactions == 2
+
+
+async def test_a_failed_write_reaches_every_request_of_its_batch(tmp_path: Path) -> None:
     log = _log(make_engine(f"sqlite:///{tmp_path / 'settle.db'}"))
     with log.engine.begin() as c:
         c.exec_driver_sql("DROP TABLE settle_gateway_nonce")
-    answers = _together(log, ["a", "b", "c"], 1_000_000.0)
-    assert [type(answers[i]).__name__ for i in range(3)] == ["OperationalError"] * 3
+    answers = await _together(log, ["a", "b", "c"], 1_000_000.0)
+    assert [type(a).__name__ for a in answers] == ["OperationalError"] * 3
     assert "no such table" in str(answers[0])
 
 
-def test_nonces_older_than_the_window_are_dropped(engine_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_nonces_older_than_the_window_are_dropped(engine_factory) -> None:  # type: ignore[no-untyped-def]
     log = _log(engine_factory("settle"))
-    assert log.first_use("H44010400001", "old", 1_000.0)
-    assert log.first_use("H44010400001", "new", 1_000.0 + 301 + 10)  # past the window and the prune interval
+    assert await log.first_use("H44010400001", "old", 1_000.0)
+    assert await log.first_use("H44010400001", "new", 1_000.0 + 301 + 10)  # past the window and the prune interval
     with log.engine.connect() as c:
         assert [r[0] for r in c.exec_driver_sql("SELECT nonce FROM settle_gateway_nonce")] == ["new"]
