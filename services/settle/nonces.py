@@ -90,18 +90,20 @@ class NonceLog:
             pending = [p for p, _ in batch]
             try:
                 await loop.run_in_executor(self._thread, self._write, pending)
-            except BaseException as exc:  # the thread could not run it: every request learns it
+            except asyncio.CancelledError:  # the loop is closing: nobody is told a nonce was used
+                for _, answer in batch:
+                    answer.cancel()
+                raise
+            except Exception as exc:  # the thread could not run it: every request learns it
                 for p in pending:
                     p.error = exc
-                raise
-            finally:
-                for p, answer in batch:
-                    if answer.done():  # its request went away meanwhile
-                        continue
-                    if p.error is not None:
-                        answer.set_exception(p.error)
-                    else:
-                        answer.set_result(p.first)
+            for p, answer in batch:
+                if answer.done():  # its request went away meanwhile
+                    continue
+                if p.error is not None:
+                    answer.set_exception(p.error)
+                else:
+                    answer.set_result(p.first)
 
     def _write(self, batch: list[_Pending]) -> None:
         newest = max(p.seen_ms for p in batch)

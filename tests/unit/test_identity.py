@@ -139,9 +139,12 @@ async def test_nonces_arriving_during_a_write_go_together_in_the_next(tmp_path: 
     held = threading.Event()
     log._thread.submit(held.wait, 5)  # the log's thread is busy
     first = asyncio.ensure_future(log.first_use("H44010400001", "a", now))
-    await asyncio.sleep(0)  # the writer has started and waits for the thread
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert log._waiting == [] and log.transactions == 0  # the writer took "a" and waits for the thread
     later = [asyncio.ensure_future(log.first_use("H44010400001", n, now)) for n in ("b", "c", "a")]
     await asyncio.sleep(0)
+    assert len(log._waiting) == 3
     held.set()
     assert await first is True
     assert [await f for f in later] == [True, True, False]
