@@ -2,7 +2,7 @@
 
 `deploy/kafka/pom.xml` pins the release; Maven copies its runtime jars into `<home>/lib`. Each node
 is one JVM in combined mode (broker and controller) with a static voter list, formatted once and
-restarted on the same data. A node is ready when a metadata request lists every node.
+restarted on the same data. The cluster is ready when every node, asked on its own port, lists every node.
 """
 
 from __future__ import annotations
@@ -261,9 +261,10 @@ class KafkaCluster:
         log_file.close()
         node.pid_file.write_text(str(node.proc.pid))
 
-    def wait_ready(self, timeout: float = 90.0, nodes: int | None = None) -> None:
-        """Until a metadata request lists `nodes` brokers (default: all of them)."""
-        want = len(self.nodes) if nodes is None else nodes
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until every node, asked on its own port, lists all of them: a node the others already
+        list may not accept connections yet (a client told of it is refused)."""
+        want = len(self.nodes)
         end = time.monotonic() + timeout
         while True:
             for node in self.nodes:
@@ -271,7 +272,7 @@ class KafkaCluster:
                     raise KafkaUnavailableError(
                         f"Kafka node {node.node_id} exited with code {node.proc.returncode}; "
                         f"its log: {node.dir / 'server.log'}\n{self.log_tail(node)}")
-            if self.live_brokers() >= want:
+            if all(_run(_count_brokers(f"127.0.0.1:{n.port}")) >= want for n in self.nodes):
                 return
             if time.monotonic() > end:
                 raise KafkaUnavailableError(f"Kafka did not list {want} broker(s) within {timeout:.0f} s; "
