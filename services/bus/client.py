@@ -11,7 +11,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from pydantic import BaseModel
 
@@ -19,6 +24,7 @@ from schemas.topics import all_topic_names, topic_configs
 from services.bus.envelope import Headers, encode, make_headers
 from services.bus.settings import BusSettings
 
+UNREACHABLE = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)  # a broker asked is down
 log = logging.getLogger("yibao.bus")
 
 # The broker's epoch: the token at offset 0 of this topic. A broker that lost its data (the embedded
@@ -145,11 +151,24 @@ class Bus:
     def admin(self) -> AIOKafkaAdminClient:
         return AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
 
-    async def ensure_topics(self, extra: Iterable[tuple[str, int]] = ()) -> list[str]:
+    async def ensure_topics(self, extra: Iterable[tuple[str, int]] = (), patience_s: float = 30.0) -> list[str]:
         """Create every registry topic (and .retry/.dlq) that does not exist, with the registry's
-        configs (retention, cleanup policy); return the logical names of the new ones."""
+        configs (retention, cleanup policy); return the logical names of the new ones. A broker
+        that has died but is still listed (the cluster fences it within seconds) may be the one
+        asked: asked again, with fresh metadata, for `patience_s`."""
+        end, more = asyncio.get_running_loop().time() + patience_s, dict(extra)
+        while True:
+            try:
+                return await self._ensure_topics(more)
+            except UNREACHABLE as exc:
+                if asyncio.get_running_loop().time() > end:
+                    raise
+                log.warning("creating topics: %s; asking again", exc)
+                await asyncio.sleep(0.5)
+
+    async def _ensure_topics(self, extra: dict[str, int]) -> list[str]:
         s = self.settings
-        wanted = dict(all_topic_names(s.partitions)) | {EPOCH_TOPIC: 1} | dict(extra)
+        wanted = dict(all_topic_names(s.partitions)) | {EPOCH_TOPIC: 1} | extra
         admin = self.admin()
         await admin.start()
         try:
