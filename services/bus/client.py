@@ -24,7 +24,9 @@ from schemas.topics import all_topic_names, topic_configs
 from services.bus.envelope import Headers, encode, make_headers
 from services.bus.settings import BusSettings
 
-UNREACHABLE = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)  # a broker asked is down
+# a broker asked is down (TimeoutError: the admin waited for a node that never became ready)
+UNREACHABLE = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError, TimeoutError)
+ADMIN_TIMEOUT_MS = 10_000  # an admin request's wait for its node (aiokafka's default: 40 s)
 log = logging.getLogger("yibao.bus")
 
 # The broker's epoch: the token at offset 0 of this topic. A broker that lost its data (the embedded
@@ -149,9 +151,10 @@ class Bus:
     # --- topics -----------------------------------------------------------------------
 
     def admin(self) -> AIOKafkaAdminClient:
-        return AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+        return AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin",
+                                   request_timeout_ms=ADMIN_TIMEOUT_MS)
 
-    async def ensure_topics(self, extra: Iterable[tuple[str, int]] = (), patience_s: float = 30.0) -> list[str]:
+    async def ensure_topics(self, extra: Iterable[tuple[str, int]] = (), patience_s: float = 60.0) -> list[str]:
         """Create every registry topic (and .retry/.dlq) that does not exist, with the registry's
         configs (retention, cleanup policy); return the logical names of the new ones. A broker
         that has died but is still listed (the cluster fences it within seconds) may be the one
