@@ -15,6 +15,7 @@ from services.bus.db import make_engine
 from services.identity import Authenticator, Caller, IdentityError, bearer, issue_token, read_token
 from services.settle.auth import AuthError, Gate, hospital_headers
 from services.settle.nonces import NonceLog, nonce_engine
+from tests.helpers import wait_until
 
 KEY = "test-key"
 
@@ -139,12 +140,11 @@ async def test_nonces_arriving_during_a_write_go_together_in_the_next(tmp_path: 
     held = threading.Event()
     log._thread.submit(held.wait, 5)  # the log's thread is busy
     first = asyncio.ensure_future(log.first_use("H44010400001", "a", now))
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert log._waiting == [] and log.transactions == 0  # the writer took "a" and waits for the thread
+    await wait_until(lambda: log._writer is not None and not log._waiting, timeout=5,
+                     what='the writer to take "a" and wait for the thread')
+    assert log.transactions == 0
     later = [asyncio.ensure_future(log.first_use("H44010400001", n, now)) for n in ("b", "c", "a")]
-    await asyncio.sleep(0)
-    assert len(log._waiting) == 3
+    await wait_until(lambda: len(log._waiting) == 3, timeout=5, what="three nonces waiting behind the write")
     held.set()
     assert await first is True
     assert [await f for f in later] == [True, True, False]
