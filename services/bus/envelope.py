@@ -19,9 +19,9 @@ Headers = list[tuple[str, bytes]]
 
 
 class Reader(Protocol):
-    """What validates a value: a model class, or a reader of one (a lighter view, a memo)."""
+    """What validates a value from its JSON bytes: a model class (its own view, or a lighter one)."""
 
-    def model_validate(self, obj: Any) -> Any: ...
+    def model_validate_json(self, json_data: bytes) -> Any: ...
 
 
 class RecordReader(Protocol):
@@ -204,11 +204,14 @@ def decode(topic: str, key: bytes | None, value: bytes | None, headers: Any,
     try:
         if read_record is not None:
             event = read_record(value, hd)
-        else:
-            event = reader.model_validate(orjson.loads(value))  # type: ignore[union-attr]
+        else:  # parsed by pydantic: a view's unread fields are skipped, never built as Python objects
+            event = reader.model_validate_json(value)  # type: ignore[union-attr]
     except orjson.JSONDecodeError as exc:
         raise BadMessageError(f"value is not JSON: {exc}", "NOT_JSON") from None
     except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise BadMessageError(f"value is not JSON: {first['msg']}", "NOT_JSON") from None
         errs = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
         )

@@ -163,6 +163,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self.stats = {"handled": 0, "retried": 0, "dead_lettered": 0, "loop_restarts": 0}
+        self._meter_cache: dict[str, tuple[Any, Any]] = {}
         self.state: dict[str, str] = {}  # consumer ("main", "retry") → running, restarting, stopped
         bus.on_new_epoch(self.restart)
 
@@ -372,8 +373,7 @@ class Worker:
         topic = self.bus.settings.logical(rec.topic).removesuffix(RETRY_SUFFIX)
         if retry and header_dict(rec.headers).get(CONSUMER) != self.group:
             return
-        headers = header_list(rec.headers)
-        msg = await self._decode_or_dead_letter(rec, topic, headers)
+        msg = await self._decode_or_dead_letter(rec, topic)
         if msg is None or await self._giving_up(rec, topic, msg) or await self._expired(rec, topic, msg):
             return
         t0 = time.perf_counter()
@@ -381,8 +381,9 @@ class Worker:
             with tracing.handling(self.group, topic, msg.headers, rec.partition, rec.offset):
                 await self.handlers[topic](msg)
             self.stats["handled"] += 1
-            HANDLE.labels(self.group, topic).observe(time.perf_counter() - t0)
-            RECORDS.labels(self.group, topic, "handled").inc()
+            timing, handled = self._meters(topic)
+            timing.observe(time.perf_counter() - t0)
+            handled.inc()
         except PermanentError as exc:
             await self._give_up(rec, topic, msg, str(exc), exc)
         except Exception as exc:
@@ -393,8 +394,7 @@ class Worker:
         assert isinstance(handler, BatchHandler)
         valid: list[tuple[ConsumerRecord[Any, Any], Incoming]] = []
         for rec in records:
-            headers = header_list(rec.headers)
-            msg = await self._decode_or_dead_letter(rec, topic, headers)
+            msg = await self._decode_or_dead_letter(rec, topic)
             if msg is not None and not (await self._giving_up(rec, topic, msg) or await self._expired(rec, topic, msg)):
                 valid.append((rec, msg))
         if not valid:
@@ -406,29 +406,38 @@ class Worker:
         except Exception as exc:  # the whole batch failed: each message retries on its own
             errors = [exc] * len(valid)
         share = (time.perf_counter() - t0) / len(valid)
-        timing = HANDLE.labels(self.group, topic)
+        timing, handled = self._meters(topic)
         for (rec, msg), err in zip(valid, errors, strict=True):
             if err is None:
                 self.stats["handled"] += 1
                 timing.observe(share)
-                RECORDS.labels(self.group, topic, "handled").inc()
+                handled.inc()
             elif isinstance(err, PermanentError):
                 await self._give_up(rec, topic, msg, str(err), err)
             else:
                 await self._retry_or_give_up(rec, topic, msg, err if isinstance(err, Exception) else
                                              RuntimeError(str(err)))
 
-    async def _decode_or_dead_letter(self, rec: ConsumerRecord[Any, Any], topic: str,
-                                     headers: Headers) -> Incoming | None:
+    def _meters(self, topic: str) -> tuple[Any, Any]:
+        """The time histogram and the handled counter of a topic (looked up once: labels() per record
+        was a lock and a dict lookup each)."""
+        meters = self._meter_cache.get(topic)
+        if meters is None:
+            meters = self._meter_cache[topic] = (HANDLE.labels(self.group, topic),
+                                                 RECORDS.labels(self.group, topic, "handled"))
+        return meters
+
+    async def _decode_or_dead_letter(self, rec: ConsumerRecord[Any, Any], topic: str) -> Incoming | None:
         """The validated message, or None once a record that cannot be read (value, key or any
         header) is on the dead-letter topic with the reason."""
         try:
-            return decode(topic, rec.key, rec.value, headers, rec.partition, rec.offset, self.read_as.get(topic))
+            return decode(topic, rec.key, rec.value, rec.headers, rec.partition, rec.offset, self.read_as.get(topic))
         except BadMessageError as exc:
-            await self._dead_letter(rec, topic, headers, exc, attempts=1)
+            await self._dead_letter(rec, topic, header_list(rec.headers), exc, attempts=1)
         except Exception as exc:  # a decoder bug must not stop the consumer either
             log.exception("%s: %s@%d/%d could not be read", self.group, topic, rec.partition, rec.offset)
-            await self._dead_letter(rec, topic, headers, exc, attempts=1, reason=f"unreadable: {exc!r}"[:500])
+            await self._dead_letter(rec, topic, header_list(rec.headers), exc, attempts=1,
+                                    reason=f"unreadable: {exc!r}"[:500])
         return None
 
     async def _expired(self, rec: ConsumerRecord[Any, Any], topic: str, msg: Incoming) -> bool:
