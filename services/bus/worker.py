@@ -419,8 +419,8 @@ class Worker:
                                              RuntimeError(str(err)))
 
     def _meters(self, topic: str) -> tuple[Any, Any]:
-        """The time histogram and the handled counter of a topic (looked up once: labels() per record
-        was a lock and a dict lookup each)."""
+        """The time histogram and the handled counter of a topic, looked up once (labels() takes a
+        lock and a dict lookup)."""
         meters = self._meter_cache.get(topic)
         if meters is None:
             meters = self._meter_cache[topic] = (HANDLE.labels(self.group, topic),
