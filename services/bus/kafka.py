@@ -272,7 +272,8 @@ class KafkaCluster:
                     raise KafkaUnavailableError(
                         f"Kafka node {node.node_id} exited with code {node.proc.returncode}; "
                         f"its log: {node.dir / 'server.log'}\n{self.log_tail(node)}")
-            if all(_run(_count_brokers(f"127.0.0.1:{n.port}")) >= want for n in self.nodes):
+            # a port not yet listening is not asked: the client would log each refused connection
+            if all(port_open(n.port) and _run(_count_brokers(f"127.0.0.1:{n.port}")) >= want for n in self.nodes):
                 return
             if time.monotonic() > end:
                 raise KafkaUnavailableError(f"Kafka did not list {want} broker(s) within {timeout:.0f} s; "
