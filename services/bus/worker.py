@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException
+from prometheus_client import Counter, Histogram
 
 from schemas.topics import DLQ_SUFFIX, RETRY_SUFFIX
 from services import tracing
@@ -163,7 +164,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self.stats = {"handled": 0, "retried": 0, "dead_lettered": 0, "loop_restarts": 0}
-        self._meter_cache: dict[str, tuple[Any, Any]] = {}
+        self._meter_cache: dict[str, tuple[Histogram, Counter]] = {}
         self.state: dict[str, str] = {}  # consumer ("main", "retry") → running, restarting, stopped
         bus.on_new_epoch(self.restart)
 
@@ -418,7 +419,7 @@ class Worker:
                 await self._retry_or_give_up(rec, topic, msg, err if isinstance(err, Exception) else
                                              RuntimeError(str(err)))
 
-    def _meters(self, topic: str) -> tuple[Any, Any]:
+    def _meters(self, topic: str) -> tuple[Histogram, Counter]:
         """The time histogram and the handled counter of a topic, looked up once (labels() takes a
         lock and a dict lookup)."""
         meters = self._meter_cache.get(topic)
