@@ -26,7 +26,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -38,6 +37,7 @@ from services.bus.client import wait_for_leaders
 from services.bus.settings import BusSettings
 from services.enroll.domain import with_check_char
 from services.identity import headers_for, province_of
+from services.loadclient import Connection, HttpError
 from services.platform import SERVICES, Platform
 from services.settle.auth import SigningAuth
 
@@ -249,17 +249,17 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
     waited: list[float] = []  # open loop: ms from arrival to sending, where over 1 ms
     start = time.monotonic()
     measure_from, end = start + warmup, start + warmup + seconds
-    url = p.url("settle") + "/fsi/callService"
+    origin, path = p.url("settle"), "/fsi/callService"
     settled: list[tuple[str, str, str, str]] = []  # (hospital, psn, region, setl_id) that may be reversed
     signer = SigningAuth()
 
-    def session() -> aiohttp.ClientSession:
-        # one session is one keep-alive connection, as a hospital's HIS holds; aiohttp because the
-        # load generator shares the two cores with the platform, and httpx cost it three times the
-        # CPU per request (measured)
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+    def session() -> Connection:
+        # one keep-alive connection, as a hospital's HIS holds; services/loadclient.py because the
+        # load generator shares the cores with the platform, and aiohttp doubled its CPU per
+        # settlement (httpx tripled aiohttp's: docs/performance.md)
+        return Connection(origin, timeout_s=60)
 
-    async def visit(c: aiohttp.ClientSession, arrived: float) -> None:
+    async def visit(c: Connection, arrived: float) -> None:
         psn, region = random.choice(people)
         x = random.random()
         if mixed and x < MIX["2208"] and settled:
@@ -270,9 +270,9 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
         headers = {"content-type": "application/json"} | signer.headers(hosp)
         sent = time.monotonic()
         try:
-            async with c.post(url, data=orjson.dumps(body), headers=headers) as r:
-                status, ans = r.status, orjson.loads(await r.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            status, raw = await c.post(path, orjson.dumps(body), headers)
+            ans = orjson.loads(raw)
+        except (HttpError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             errors[type(exc).__name__] += 1
             return
         answered = time.monotonic()
@@ -302,13 +302,16 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
             waited.append((sent - arrived) * 1000)
 
     async def hospital() -> None:
-        async with session() as c:
+        c = session()
+        try:
             while (now := time.monotonic()) < end:
                 await visit(c, now)
+        finally:
+            await c.close()
 
     async def arrivals() -> None:
-        idle: list[aiohttp.ClientSession] = []
-        opened: list[aiohttp.ClientSession] = []
+        idle: list[Connection] = []
+        opened: list[Connection] = []
         in_flight = asyncio.Semaphore(concurrency)
         pending: set[asyncio.Task[None]] = set()
 

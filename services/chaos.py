@@ -26,7 +26,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 from sqlalchemy import text
 
@@ -34,6 +33,7 @@ from services.bench import claim, enrol_population
 from services.bus.broker import free_port
 from services.bus.db import database_url, make_engine
 from services.bus.kafka import KafkaCluster
+from services.loadclient import Connection, HttpError
 from services.platform import SERVICES, Platform
 from services.settle import clearing
 from services.settle.auth import SigningAuth
@@ -43,21 +43,24 @@ from services.settle.refdata import Reference
 async def send_claims(p: Platform, people: list[tuple[str, str]], seconds: float, concurrency: int,
                       answers: dict[str, dict[str, Any]]) -> None:
     """Cross-province 2207s; each msgid's answer as the hospital saw it (or the error it got)."""
-    signer, url, end = SigningAuth(), p.url("settle") + "/fsi/callService", time.monotonic() + seconds
+    signer, origin, end = SigningAuth(), p.url("settle"), time.monotonic() + seconds
 
     async def hospital() -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as c:
+        c = Connection(origin, timeout_s=60)
+        try:
             while time.monotonic() < end:
                 psn, region = random.choice(people)
                 body = claim(psn, region)
                 hosp = body["fixmedins_code"]
                 headers = {"content-type": "application/json"} | signer.headers(hosp)
                 try:
-                    async with c.post(url, data=orjson.dumps(body), headers=headers) as r:
-                        answers[body["msgid"]] = {"http": r.status, **orjson.loads(await r.read())}
-                except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+                    status, raw = await c.post("/fsi/callService", orjson.dumps(body), headers)
+                    answers[body["msgid"]] = {"http": status, **orjson.loads(raw)}
+                except (HttpError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
                     answers[body["msgid"]] = {"http": None, "error": type(exc).__name__}
                     await asyncio.sleep(0.2)  # the settle API itself is being restarted
+        finally:
+            await c.close()
 
     await asyncio.gather(*(hospital() for _ in range(concurrency)))
 
