@@ -125,3 +125,25 @@ async def test_no_answer_in_time_is_a_timeout() -> None:
 def test_only_plain_http_urls() -> None:
     with pytest.raises(ValueError, match="only http://"):
         Connection("https://127.0.0.1:1")
+
+
+async def test_a_second_request_while_one_is_in_flight_is_refused() -> None:
+    release = asyncio.Event()
+
+    async def held(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        await release.wait()
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+
+    origin, server = await raw_server(held)
+    c = Connection(origin)
+    first = asyncio.ensure_future(c.post("/", b"{}", {}))
+    await wait_until(lambda: c._conn is not None and c._conn.waiter is not None, timeout=5,
+                     what="the first request to be sent")
+    with pytest.raises(RuntimeError, match="one request at a time"):
+        await c.post("/", b"{}", {})
+    release.set()
+    assert await first == (200, b"ok")
+    await c.close()
+    server.close()
