@@ -519,7 +519,8 @@ def print_report(r: dict[str, Any]) -> None:
         a = r["at_rate"]
         w = a["waited_to_be_sent_ms"]
         print(f"\nopen loop at {a['load']['offered_per_s']:g}/s: {w['count']} of {a['settled']} requests were sent "
-              f"over 1 ms after they arrived (no free connection, or the generator behind), p99 {w['p99']} ms")
+              f"over 1 ms after they arrived ({a['load']['max_in_flight']} already in flight, or the generator behind), "
+              f"p99 {w['p99']} ms")
         print_cpu(a["cpu_percent_of_one_core"], a["cpu_ms_per_settlement"])
     for m in (r.get("mixed"), r.get("mixed_at_rate")):
         if not m:
