@@ -10,8 +10,8 @@ request is refused after a restart and by every API process. The request awaits 
 loop, and every nonce that arrived in the meantime goes into the same transaction: a transaction
 per request was the largest cost of the hospital interface (docs/performance.md). On SQLite the
 transaction runs on the loop: the file has no other writer, a commit is 50–90 µs of CPU, and
-handing it to a thread and back added ~170 µs to each request that arrived alone. On PostgreSQL it runs in the log's own
-thread, because there the commit waits for the server and the loop must not."""
+handing it to a thread and back added ~170 µs to each request that arrived alone. On PostgreSQL
+it runs in the log's own thread: there the commit waits for the server, and the loop must not."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class NonceLog:
         self.transactions = 0
         self._waiting: list[tuple[_Pending, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
-        self._due_on: asyncio.AbstractEventLoop | None = None  # the loop a write on the loop is due on
+        self._due_on: asyncio.AbstractEventLoop | None = None  # SQLite: the loop a write is due on, None when none is
         self.in_thread = engine.dialect.name != "sqlite" if in_thread is None else in_thread
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nonces") if self.in_thread else None
         self._pruned_ms = 0
