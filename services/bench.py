@@ -129,6 +129,20 @@ async def enrol_population(p: Platform, n: int) -> list[tuple[str, str]]:
     return list(people)
 
 
+FSI_PATH = "/fsi/callService"
+# what a hospital's request can meet on the way: the connection cut or refused, no answer in time,
+# an answer that is not JSON
+SEND_ERRORS = (HttpError, OSError, TimeoutError, orjson.JSONDecodeError)
+
+
+async def call_service(c: Connection, signer: SigningAuth, body: dict[str, Any]) -> tuple[int, Any]:
+    """One request to the hospital interface, signed as the hospital the body names: (HTTP status,
+    the answer read from JSON). Raises one of SEND_ERRORS."""
+    headers = {"content-type": "application/json"} | signer.headers(body["fixmedins_code"])
+    status, raw = await c.post(FSI_PATH, orjson.dumps(body), headers)
+    return status, orjson.loads(raw)
+
+
 def claim(psn: str, region: str, inpatient: bool = False) -> dict[str, Any]:
     """2207 with 2–5 common lines, or (inpatient) 2304 with 30–200 lines from the whole catalogue."""
     # each person is treated at one hospital: a person in three hospitals at once is what the
@@ -249,7 +263,7 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
     waited: list[float] = []  # open loop: ms from arrival to sending, where over 1 ms
     start = time.monotonic()
     measure_from, end = start + warmup, start + warmup + seconds
-    origin, path = p.url("settle"), "/fsi/callService"
+    origin = p.url("settle")
     settled: list[tuple[str, str, str, str]] = []  # (hospital, psn, region, setl_id) that may be reversed
     signer = SigningAuth()
 
@@ -266,13 +280,10 @@ async def drive(p: Platform, people: list[tuple[str, str]], seconds: float, conc
             body = reversal(*settled.pop(random.randrange(len(settled))))
         else:
             body = claim(psn, region, inpatient=mixed and x < MIX["2208"] + MIX["2304"])
-        hosp = body["fixmedins_code"]
-        headers = {"content-type": "application/json"} | signer.headers(hosp)
         sent = time.monotonic()
         try:
-            status, raw = await c.post(path, orjson.dumps(body), headers)
-            ans = orjson.loads(raw)
-        except (HttpError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            status, ans = await call_service(c, signer, body)
+        except SEND_ERRORS as exc:
             errors[type(exc).__name__] += 1
             return
         answered = time.monotonic()

@@ -29,11 +29,11 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from services.bench import claim, enrol_population
+from services.bench import SEND_ERRORS, call_service, claim, enrol_population
 from services.bus.broker import free_port
 from services.bus.db import database_url, make_engine
 from services.bus.kafka import KafkaCluster
-from services.loadclient import Connection, HttpError
+from services.loadclient import Connection
 from services.platform import SERVICES, Platform
 from services.settle import clearing
 from services.settle.auth import SigningAuth
@@ -51,12 +51,10 @@ async def send_claims(p: Platform, people: list[tuple[str, str]], seconds: float
             while time.monotonic() < end:
                 psn, region = random.choice(people)
                 body = claim(psn, region)
-                hosp = body["fixmedins_code"]
-                headers = {"content-type": "application/json"} | signer.headers(hosp)
                 try:
-                    status, raw = await c.post("/fsi/callService", orjson.dumps(body), headers)
-                    answers[body["msgid"]] = {"http": status, **orjson.loads(raw)}
-                except (HttpError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+                    status, ans = await call_service(c, signer, body)
+                    answers[body["msgid"]] = {"http": status, **ans}
+                except SEND_ERRORS as exc:
                     answers[body["msgid"]] = {"http": None, "error": type(exc).__name__}
                     await asyncio.sleep(0.2)  # the settle API itself is being restarted
         finally:
