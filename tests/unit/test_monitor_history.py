@@ -48,3 +48,33 @@ def test_the_clinic_read_stops_at_enough_persons(engine: Engine) -> None:
         h = BatchHistory(set())
         h.load(s, [])
         assert len(h.persons_at(CLINIC, DAY, "360100", "J06.900", at_most=1)) == 1
+
+
+class _Batch:
+    """What load() reads of a batch's settlements: whose, and from when."""
+
+    def __init__(self, psn_no: str, begntime: date) -> None:
+        self.psn_no, self.begntime, self.lines = psn_no, begntime, []
+
+
+def test_a_batch_reads_its_persons_past_typed_as_the_rules_read_it(engine: Engine) -> None:
+    with engine.begin() as c:  # an inpatient stay with an amount a float cannot hold, and one too old to matter
+        c.execute(insert(EPISODES).values(
+            msgid="M7", psn_no="P1", fixmedins_code=CLINIC, mdtrtarea_admvs="440100", insuplc_admdvs="360100",
+            inpatient=True, begntime=date(2026, 10, 1), endtime=date(2026, 10, 9), diagnoses="K35.800,",
+            medfee=Decimal("4321.10"), selfpay=Decimal("1234.57"), reversed=False))
+        c.execute(insert(EPISODES).values(
+            msgid="M8", psn_no="P1", fixmedins_code=CLINIC, mdtrtarea_admvs="440100", insuplc_admdvs="360100",
+            inpatient=False, begntime=date(2024, 1, 2), endtime=date(2024, 1, 2), diagnoses="I10",
+            medfee=Decimal("10.00"), selfpay=Decimal("1.00"), reversed=False))
+    with Session(engine) as s:
+        h = BatchHistory(set())
+        h.load(s, [_Batch("P1", DAY), _Batch("P5", DAY)])  # type: ignore[list-item]
+    stays = sorted(h.past["P1"], key=lambda p: p.stay.msgid)
+    assert [p.stay.msgid for p in stays] == ["M0", "M7"]  # M8 ended over 400 days before the batch
+    stay = stays[1].stay
+    assert (stay.inpatient, stay.begntime, stay.endtime, stay.diagnoses) == (True, date(2026, 10, 1),
+                                                                           date(2026, 10, 9), ("K35.800",))
+    assert stays[0].stay.inpatient is False and stays[0].stay.diagnoses == ("J06.900",)
+    assert h.selfpay_in("P1", 2026) == Decimal("1235.57")  # exact: 1.00 + 1234.57
+    assert h.past["P5"] == []  # reversed
