@@ -9,8 +9,8 @@ in a closed loop (its capacity) and arriving at random at a share of that capaci
 or BENCH_MIXED_RATE per second). After each load's phases it looks for the highest rate arriving at
 random that keeps the load's p99 within its target (BENCH_TARGET_P99_MS, BENCH_MIXED_TARGET_P99_MS),
 by bisection in BENCH_SEARCH_STEPS short phases. Then it measures a bare aiokafka consume→produce
-chain of the same length on the same broker. Prints a table and writes var/bench.json; the run's own state (gigabytes
-of broker log) goes unless BENCH_KEEP_STATE=1.
+chain of the same length on the same broker. Prints a table and writes var/bench.json; the run's
+own state (gigabytes of broker log) goes unless BENCH_KEEP_STATE=1.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class Past(NamedTuple):
 
 
 def _past_of(row: tuple[Any, ...]) -> Past:
-    """A monitor_episodes row of `_PAST` as the driver gives it: on SQLite, dates as ISO text,
+    """A monitor_episodes row of `_past_for` as the driver gives it: on SQLite, dates as ISO text,
     booleans as 0/1 and amounts as numbers (what SQLAlchemy wrote: 2 decimals); on PostgreSQL,
     dates, booleans and Decimals."""
     msgid, _psn, hosp, area, insuplc, inpatient, begn, end, diagnoses, selfpay = row
@@ -71,10 +71,11 @@ def _past_of(row: tuple[Any, ...]) -> Past:
                 insuplc, selfpay if isinstance(selfpay, Decimal) else Decimal(f"{selfpay:.2f}"))
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)
 def _past_for(persons: int) -> Statement:
     """The past encounters of `persons` persons (parameters p0…), on the driver's cursor: a batch
-    reads thousands of rows, and Core's row processing was half the read."""
+    reads thousands of rows, and Core's row processing was half the read. One statement per
+    number of persons (a batch's, or CHUNK)."""
     names = ", ".join(f":p{i}" for i in range(persons))
     return Statement(f"""SELECT msgid, psn_no, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, inpatient,
                                 begntime, endtime, diagnoses, selfpay FROM monitor_episodes
